@@ -1,0 +1,33 @@
+"""minigen: Chapter 7 ("Synthesis") of The Little Book of Deep Learning, from scratch in NumPy.
+
+    from minigen import Tensor, no_grad
+    import minigen.functional as F
+"""
+
+from minigen import backend
+from minigen.rng import manual_seed
+from minigen.tensor import (
+    Tensor,
+    default_dtype,
+    enable_grad,
+    get_default_dtype,
+    is_grad_enabled,
+    no_grad,
+    set_default_dtype,
+    tensor,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Tensor",
+    "tensor",
+    "no_grad",
+    "enable_grad",
+    "is_grad_enabled",
+    "get_default_dtype",
+    "set_default_dtype",
+    "default_dtype",
+    "manual_seed",
+    "backend",
+]

@@ -1,0 +1,425 @@
+"""Elementwise ops, reductions and matmul, each with its hand-written backward.
+
+Every op follows the same pattern (micrograd's, on arrays):
+
+    def op(a):
+        y = <forward on a.data>                 # the value
+        def backward(g):                        # g = dL/dy, same shape as y
+            return (<dL/da = g * dy/da>,)       # one gradient per parent
+        return node(y, (a,), backward)
+
+Binary ops broadcast like NumPy; a gradient that flowed through a broadcast is
+summed back to its operand's shape by `unbroadcast`. Python numbers are kept as
+they are, so `x * 2.0` stays float32 (NumPy's weak scalars).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from minigen import backend
+from minigen.tensor import Tensor, node
+
+__all__ = [
+    "add", "sub", "mul", "div", "neg", "pow", "exp", "log", "sqrt", "tanh", "sigmoid",
+    "relu", "silu", "gelu", "abs", "maximum", "minimum", "where", "clip",
+    "sum", "mean", "var", "max", "min", "logsumexp", "matmul", "astype", "unbroadcast",
+]  # fmt: skip
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def unbroadcast(g: Any, shape: tuple[int, ...]) -> Any:
+    """Sum `g` over the axes along which an operand of `shape` was broadcast."""
+    if g.shape == shape:
+        return g
+    lead = g.ndim - len(shape)
+    if lead:
+        g = g.sum(axis=tuple(range(lead)))
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
+    if axes:
+        g = g.sum(axis=axes, keepdims=True)
+    return g
+
+
+def _lift(x: Any) -> Tensor:
+    """A constant operand as a tensor; Python numbers stay Python numbers (weak dtype)."""
+    if isinstance(x, Tensor):
+        return x
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, int | float | bool):
+        t = Tensor.__new__(Tensor)
+        t.data, t.grad, t.requires_grad, t._ctx, t._retain, t.name = x, None, False, None, False, None
+        return t
+    return Tensor(x) if not hasattr(x, "dtype") else _const_array(x)
+
+
+def _const_array(x: Any) -> Tensor:
+    t = Tensor.__new__(Tensor)
+    t.data, t.grad, t.requires_grad, t._ctx, t._retain, t.name = x, None, False, None, False, None
+    return t
+
+
+def _broadcast_shapes(op: str, a: Any, b: Any) -> None:
+    """Raise a ValueError naming the op and both shapes if they do not broadcast."""
+    sa, sb = np.shape(a), np.shape(b)
+    try:
+        np.broadcast_shapes(sa, sb)
+    except ValueError:
+        raise ValueError(f"{op}: shapes {sa} and {sb} cannot be broadcast together") from None
+
+
+def _binary(op: str, a: Any, b: Any) -> tuple[Tensor, Tensor, Any, Any]:
+    a, b = _lift(a), _lift(b)
+    ad, bd = a.data, b.data
+    if getattr(ad, "shape", ()) != getattr(bd, "shape", ()):
+        _broadcast_shapes(op, ad, bd)
+    return a, b, ad, bd
+
+
+# ----------------------------------------------------------------------------- arithmetic
+
+
+def add(a: Any, b: Any) -> Tensor:
+    a, b, ad, bd = _binary("add", a, b)
+
+    def backward(g):  # d(a+b)/da = d(a+b)/db = 1
+        return (
+            unbroadcast(g, ad.shape) if a.requires_grad else None,
+            unbroadcast(g, bd.shape) if b.requires_grad else None,
+        )
+
+    return node(ad + bd, (a, b), backward)
+
+
+def sub(a: Any, b: Any) -> Tensor:
+    a, b, ad, bd = _binary("sub", a, b)
+
+    def backward(g):
+        return (
+            unbroadcast(g, ad.shape) if a.requires_grad else None,
+            unbroadcast(-g, bd.shape) if b.requires_grad else None,
+        )
+
+    return node(ad - bd, (a, b), backward)
+
+
+def mul(a: Any, b: Any) -> Tensor:
+    a, b, ad, bd = _binary("mul", a, b)
+
+    def backward(g):  # d(ab)/da = b, d(ab)/db = a
+        return (
+            unbroadcast(g * bd, ad.shape) if a.requires_grad else None,
+            unbroadcast(g * ad, bd.shape) if b.requires_grad else None,
+        )
+
+    return node(ad * bd, (a, b), backward)
+
+
+def div(a: Any, b: Any) -> Tensor:
+    a, b, ad, bd = _binary("div", a, b)
+
+    def backward(g):  # d(a/b)/da = 1/b, d(a/b)/db = -a/b^2
+        return (
+            unbroadcast(g / bd, ad.shape) if a.requires_grad else None,
+            unbroadcast(-g * ad / (bd * bd), bd.shape) if b.requires_grad else None,
+        )
+
+    return node(ad / bd, (a, b), backward)
+
+
+def neg(a: Tensor) -> Tensor:
+    return node(-a.data, (a,), lambda g: (-g,))
+
+
+def pow(a: Any, b: Any) -> Tensor:
+    """a ** b; the gradient w.r.t. a tensor exponent needs a > 0 (it uses log a)."""
+    a, b, ad, bd = _binary("pow", a, b)
+    y = ad**bd
+
+    def backward(g):  # d(a^b)/da = b a^(b-1), d(a^b)/db = a^b log a
+        xp = backend.array_module(g)
+        return (
+            unbroadcast(g * bd * ad ** (bd - 1), ad.shape) if a.requires_grad else None,
+            unbroadcast(g * y * xp.log(ad), bd.shape) if b.requires_grad else None,
+        )
+
+    return node(y, (a, b), backward)
+
+
+# ----------------------------------------------------------------------------- elementwise
+
+
+def exp(a: Tensor) -> Tensor:
+    y = backend.array_module(a.data).exp(a.data)
+    return node(y, (a,), lambda g: (g * y,))  # d e^a / da = e^a
+
+
+def log(a: Tensor) -> Tensor:
+    ad = a.data
+    return node(backend.array_module(ad).log(ad), (a,), lambda g: (g / ad,))
+
+
+def sqrt(a: Tensor) -> Tensor:
+    y = backend.array_module(a.data).sqrt(a.data)
+    return node(y, (a,), lambda g: (g * 0.5 / y,))  # d sqrt(a) / da = 1 / (2 sqrt(a))
+
+
+def tanh(a: Tensor) -> Tensor:
+    y = backend.array_module(a.data).tanh(a.data)
+    return node(y, (a,), lambda g: (g * (1 - y * y),))  # d tanh / da = 1 - tanh^2
+
+
+def _sigmoid(x: Any) -> Any:
+    """1 / (1 + e^-x), computed without overflow for either sign of x."""
+    xp = backend.array_module(x)
+    e = xp.exp(-xp.abs(x))
+    return xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def sigmoid(a: Tensor) -> Tensor:
+    y = _sigmoid(a.data)
+    return node(y, (a,), lambda g: (g * y * (1 - y),))  # s' = s (1 - s)
+
+
+def relu(a: Tensor) -> Tensor:
+    ad = a.data
+    return node(ad * (ad > 0), (a,), lambda g: (g * (ad > 0),))
+
+
+def silu(a: Tensor) -> Tensor:
+    ad = a.data
+    s = _sigmoid(ad)
+    # silu(x) = x s(x);  silu'(x) = s(x) (1 + x (1 - s(x)))
+    return node(ad * s, (a,), lambda g: (g * s * (1 + ad * (1 - s)),))
+
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def gelu(a: Tensor, approximate: str = "none") -> Tensor:
+    """GELU(x) = x Phi(x), exactly ("none") or with GPT-2's tanh approximation ("tanh")."""
+    xp, x = backend.array_module(a.data), a.data
+    if approximate == "none":
+        cdf = 0.5 * (1 + backend.erf(x * (1 / math.sqrt(2.0))))  # Phi(x)
+
+        def backward(g):  # d/dx x Phi(x) = Phi(x) + x phi(x)
+            return (g * (cdf + x * _INV_SQRT_2PI * xp.exp(-0.5 * x * x)),)
+
+        return node(x * cdf, (a,), backward)
+    if approximate == "tanh":
+        # GELU(x) ~ x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+        t = xp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x * x * x))
+
+        def backward_tanh(g):
+            dt = (1 - t * t) * _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x * x)
+            return (g * (0.5 * (1 + t) + 0.5 * x * dt),)
+
+        return node(0.5 * x * (1 + t), (a,), backward_tanh)
+    raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+
+
+def abs(a: Tensor) -> Tensor:
+    xp, ad = backend.array_module(a.data), a.data
+    return node(xp.abs(ad), (a,), lambda g: (g * xp.sign(ad),))
+
+
+def _select(op: str, a: Any, b: Any, pick_a: Any) -> Tensor:
+    """maximum / minimum: the gradient goes to the chosen operand, split evenly on ties."""
+    a, b, ad, bd = _binary(op, a, b)
+    y = pick_a(ad, bd)
+
+    def backward(g):
+        wa = (y == ad).astype(g.dtype) - (ad == bd).astype(g.dtype) * 0.5  # 1, 0, 1/2 on a tie
+        return (
+            unbroadcast(g * wa, np.shape(ad)) if a.requires_grad else None,
+            unbroadcast(g * (1 - wa), np.shape(bd)) if b.requires_grad else None,
+        )
+
+    return node(y, (a, b), backward)
+
+
+def maximum(a: Any, b: Any) -> Tensor:
+    return _select("maximum", a, b, lambda x, y: backend.array_module(x, y).maximum(x, y))
+
+
+def minimum(a: Any, b: Any) -> Tensor:
+    return _select("minimum", a, b, lambda x, y: backend.array_module(x, y).minimum(x, y))
+
+
+def where(cond: Any, a: Any, b: Any) -> Tensor:
+    """Elementwise `a if cond else b`; the gradient flows to the chosen side."""
+    c = cond.data if isinstance(cond, Tensor) else cond
+    a, b, ad, bd = _binary("where", a, b)
+    xp = backend.array_module(c, ad, bd)
+    y = xp.where(c, ad, bd)
+
+    def backward(g):
+        return (
+            unbroadcast(xp.where(c, g, 0), np.shape(ad)) if a.requires_grad else None,
+            unbroadcast(xp.where(c, 0, g), np.shape(bd)) if b.requires_grad else None,
+        )
+
+    return node(y, (a, b), backward)
+
+
+def clip(a: Tensor, lo: float | None = None, hi: float | None = None) -> Tensor:
+    """Clamp to [lo, hi]; the gradient passes where lo <= a <= hi (PyTorch's clamp)."""
+    xp, ad = backend.array_module(a.data), a.data
+    y = xp.clip(ad, lo, hi)
+    inside = xp.ones(ad.shape, dtype=bool)
+    if lo is not None:
+        inside &= ad >= lo
+    if hi is not None:
+        inside &= ad <= hi
+    return node(y, (a,), lambda g: (g * inside,))
+
+
+def astype(a: Tensor, dtype: Any) -> Tensor:
+    src = a.data.dtype
+    return node(a.data.astype(dtype), (a,), lambda g: (g.astype(src),))
+
+
+# ----------------------------------------------------------------------------- reductions
+
+
+def _axes(axis: Any, ndim: int) -> tuple[int, ...]:
+    if axis is None:
+        return tuple(range(ndim))
+    if isinstance(axis, int):
+        axis = (axis,)
+    return tuple(ax % ndim for ax in axis)
+
+
+def _expand(g: Any, shape: tuple[int, ...], axis: Any, keepdims: bool) -> Any:
+    """Put the reduced axes back into `g` and broadcast it to `shape`."""
+    xp = backend.array_module(g)
+    if not keepdims:
+        g = xp.expand_dims(g, _axes(axis, len(shape)))
+    return xp.broadcast_to(g, shape)
+
+
+def _count(shape: tuple[int, ...], axis: Any) -> int:
+    return math.prod(shape[ax] for ax in _axes(axis, len(shape)))
+
+
+def sum(a: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:
+    shape = a.data.shape
+    y = a.data.sum(axis=axis, keepdims=keepdims)
+    return node(y, (a,), lambda g: (_expand(g, shape, axis, keepdims),))
+
+
+def mean(a: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:
+    shape = a.data.shape
+    y = a.data.mean(axis=axis, keepdims=keepdims)
+    n = _count(shape, axis)
+    return node(y, (a,), lambda g: (_expand(g / n, shape, axis, keepdims),))
+
+
+def var(a: Tensor, axis: Any = None, keepdims: bool = False, ddof: int = 0) -> Tensor:
+    """Variance with NumPy's convention: divide by n - ddof (ddof=0 by default)."""
+    shape, n = a.data.shape, _count(a.data.shape, axis)
+    xc = a.data - a.data.mean(axis=axis, keepdims=True)
+    y = (xc * xc).sum(axis=axis, keepdims=keepdims) / (n - ddof)
+    # d/dx_i sum_j (x_j - mu)^2 / (n - ddof) = 2 (x_i - mu) / (n - ddof)
+    return node(y, (a,), lambda g: (_expand(g, shape, axis, keepdims) * (2 / (n - ddof)) * xc,))
+
+
+def _extreme(a: Tensor, axis: Any, keepdims: bool, which: str) -> Tensor:
+    ad = a.data
+    y = ad.max(axis=axis, keepdims=keepdims) if which == "max" else ad.min(axis=axis, keepdims=keepdims)
+
+    def backward(g):  # the gradient goes to the extreme entries, split evenly on ties
+        share = (ad == _expand(y, ad.shape, axis, keepdims)).astype(g.dtype)
+        share /= share.sum(axis=axis, keepdims=True)
+        return (_expand(g, ad.shape, axis, keepdims) * share,)
+
+    return node(y, (a,), backward)
+
+
+def max(a: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:
+    return _extreme(a, axis, keepdims, "max")
+
+
+def min(a: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:
+    return _extreme(a, axis, keepdims, "min")
+
+
+def logsumexp(a: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:
+    xp, ad = backend.array_module(a.data), a.data
+    m = ad.max(axis=axis, keepdims=True)
+    m = xp.where(xp.isfinite(m), m, 0)
+    # log sum_i e^{x_i} = m + log sum_i e^{x_i - m}, with m = max_i x_i (no overflow)
+    lse = xp.log(xp.exp(ad - m).sum(axis=axis, keepdims=True)) + m
+    y = lse if keepdims else lse.reshape(_squeezed(lse.shape, axis))
+
+    def backward(g):  # d lse / dx_i = softmax(x)_i
+        return (_expand(g, ad.shape, axis, keepdims) * xp.exp(ad - lse),)
+
+    return node(y, (a,), backward)
+
+
+def _squeezed(shape: tuple[int, ...], axis: Any) -> tuple[int, ...]:
+    axes = _axes(axis, len(shape))
+    return tuple(n for i, n in enumerate(shape) if i not in axes)
+
+
+# ----------------------------------------------------------------------------- matmul
+
+
+def _check_matmul(sa: tuple[int, ...], sb: tuple[int, ...]) -> None:
+    if len(sa) == 0 or len(sb) == 0:
+        raise ValueError(f"matmul: operands must have at least one axis, got shapes {sa} and {sb}")
+    ka, kb = sa[-1], sb[-2] if len(sb) >= 2 else sb[0]
+    if ka != kb:
+        raise ValueError(
+            f"matmul: shapes {sa} and {sb} are not aligned: {ka} (last axis of the first) "
+            f"!= {kb} ({'second-to-last' if len(sb) >= 2 else 'only'} axis of the second)"
+        )
+    try:
+        np.broadcast_shapes(sa[:-2], sb[:-2])
+    except ValueError:
+        raise ValueError(f"matmul: batch axes of shapes {sa} and {sb} do not broadcast") from None
+
+
+def matmul(a: Any, b: Any) -> Tensor:
+    """(..., n, k) @ (..., k, m) -> (..., n, m), batch axes broadcast as in NumPy."""
+    a, b = _lift(a), _lift(b)
+    ad, bd = a.data, b.data
+    _check_matmul(ad.shape, bd.shape)
+    if ad.ndim > 2 and bd.ndim == 2:  # (..., k) @ (k, m): one large GEMM instead of a batch
+        y = (ad.reshape(-1, ad.shape[-1]) @ bd).reshape(*ad.shape[:-1], bd.shape[-1])
+    else:
+        y = ad @ bd
+
+    def backward(g):
+        A = ad[None, :] if ad.ndim == 1 else ad  # 1-D operands act as (1, k) and (k, 1)
+        B = bd[:, None] if bd.ndim == 1 else bd
+        G = g
+        if ad.ndim == 1:
+            G = G[..., None, :]
+        if bd.ndim == 1:
+            G = G[..., None]
+        ga = gb = None
+        if B.ndim == 2 and A.ndim > 2:  # the Linear case: fold the batch into the rows
+            G2 = G.reshape(-1, G.shape[-1])  # (N, m)
+            if a.requires_grad:
+                ga = (G2 @ B.T).reshape(A.shape)  # dL/dA = G B^T
+            if b.requires_grad:
+                gb = A.reshape(-1, A.shape[-1]).T @ G2  # dL/dB = A^T G, summed over the batch
+        else:
+            if a.requires_grad:
+                ga = unbroadcast(G @ B.swapaxes(-1, -2), A.shape)
+            if b.requires_grad:
+                gb = unbroadcast(A.swapaxes(-1, -2) @ G, B.shape)
+        return (
+            None if ga is None else ga.reshape(ad.shape),
+            None if gb is None else gb.reshape(bd.shape),
+        )
+
+    return node(y, (a, b), backward)

@@ -1,0 +1,460 @@
+"""Tensor: an ndarray that remembers how it was made, and reverse-mode autodiff.
+
+Each op (in `ops.py`, `shape_ops.py`, `functional.py`) computes its output array and
+hands `node()` two things: the tensors it read (its *parents*) and a `backward`
+closure that maps the gradient of the loss w.r.t. the output, dL/dy, to the
+gradients w.r.t. each parent, dL/dx_i = dL/dy . dy/dx_i (the chain rule).
+
+`Tensor.backward()` sorts the graph topologically (every node after the nodes
+it was computed from), walks it from the loss back to the leaves, sums the
+gradients flowing into each node, and stores them in `.grad` of the leaves
+(tensors created with `requires_grad=True`, such as parameters). The graph is
+freed as it is walked, so memory does not grow across training steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from minigen import backend
+
+__all__ = [
+    "Tensor",
+    "no_grad",
+    "enable_grad",
+    "is_grad_enabled",
+    "get_default_dtype",
+    "set_default_dtype",
+    "default_dtype",
+    "tensor",
+    "node",
+]
+
+# ----------------------------------------------------------------------------- global state
+
+_grad_enabled = True
+_default_dtype: np.dtype = np.dtype(np.float32)
+
+
+def is_grad_enabled() -> bool:
+    return _grad_enabled
+
+
+class no_grad(contextlib.ContextDecorator):
+    """Context manager (and decorator) under which no graph is recorded."""
+
+    def __enter__(self) -> None:
+        global _grad_enabled
+        self._prev, _grad_enabled = _grad_enabled, False
+
+    def __exit__(self, *exc: object) -> None:
+        global _grad_enabled
+        _grad_enabled = self._prev
+
+
+class enable_grad(contextlib.ContextDecorator):
+    """Record the graph again inside a `no_grad` block."""
+
+    def __enter__(self) -> None:
+        global _grad_enabled
+        self._prev, _grad_enabled = _grad_enabled, True
+
+    def __exit__(self, *exc: object) -> None:
+        global _grad_enabled
+        _grad_enabled = self._prev
+
+
+def get_default_dtype() -> np.dtype:
+    """The float dtype new tensors get from Python numbers and float arrays (float32)."""
+    return _default_dtype
+
+
+def set_default_dtype(dtype: Any) -> None:
+    global _default_dtype
+    dt = np.dtype(dtype)
+    if dt.kind != "f":
+        raise ValueError(f"default dtype must be a float dtype, got {dt}")
+    _default_dtype = dt
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: Any) -> Iterator[None]:
+    """Temporarily change the default float dtype (e.g. float64 for gradient checks)."""
+    prev = _default_dtype
+    set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        set_default_dtype(prev)
+
+
+# A marker for a node whose graph was already walked by backward() and freed.
+_FREED = ("freed",)
+
+# ----------------------------------------------------------------------------- the Tensor
+
+
+class Tensor:
+    """An n-dimensional array with an optional gradient.
+
+    Args:
+        data: an array (NumPy or CuPy), a Python number or a nested list.
+        dtype: the element type. Python numbers and *float* arrays get the
+            default float dtype (float32) unless `dtype` says otherwise;
+            integer and boolean arrays keep theirs (indices, targets, masks).
+        requires_grad: whether `backward()` should compute `.grad` for it.
+    """
+
+    __slots__ = ("data", "grad", "requires_grad", "_ctx", "_retain", "name", "__weakref__")
+    __array_priority__ = 1000.0  # `ndarray + Tensor` calls Tensor.__radd__
+
+    def __init__(self, data: Any, dtype: Any = None, requires_grad: bool = False) -> None:
+        if isinstance(data, Tensor):
+            data = data.data
+        if dtype is not None:
+            dtype = np.dtype(dtype)
+        xp = backend.array_module(data) if hasattr(data, "dtype") else backend.xp
+        arr = xp.asarray(data)
+        if dtype is None and arr.dtype.kind == "f" and arr.dtype != _default_dtype:
+            dtype = _default_dtype
+        elif dtype is None and arr.dtype.kind in "iu" and not hasattr(data, "dtype"):
+            dtype = np.dtype(np.int64)  # Python ints become int64 on every platform
+        if dtype is not None and arr.dtype != dtype:
+            arr = arr.astype(dtype)
+        if requires_grad and arr.dtype.kind != "f":
+            raise ValueError(f"only float tensors can require grad, got dtype {arr.dtype}")
+        self.data = arr
+        self.grad: Any = None
+        self.requires_grad = requires_grad
+        self._ctx: Any = None  # (backward_fn, parents) for a computed tensor, None for a leaf
+        self._retain = False
+        self.name: str | None = None
+
+    # -- basic attributes -------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.data.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.data.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim
+
+    @property
+    def size(self) -> int:
+        return self.data.size
+
+    @property
+    def is_leaf(self) -> bool:
+        return self._ctx is None
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def numpy(self) -> np.ndarray:
+        """The data as a NumPy array (a copy when it lives on the GPU)."""
+        return backend.to_numpy(self.data)
+
+    def item(self) -> float | int | bool:
+        return self.data.item()
+
+    def tolist(self) -> Any:
+        return self.numpy().tolist()
+
+    def detach(self) -> Tensor:
+        """The same data, cut from the graph (no gradient flows through it)."""
+        return _wrap(self.data)
+
+    def retain_grad(self) -> Tensor:
+        """Keep `.grad` on this non-leaf tensor after backward (for inspection)."""
+        self._retain = True
+        return self
+
+    def requires_grad_(self, flag: bool = True) -> Tensor:
+        if flag and self.data.dtype.kind != "f":
+            raise ValueError(f"only float tensors can require grad, got dtype {self.dtype}")
+        self.requires_grad = flag
+        return self
+
+    def zero_grad(self) -> None:
+        self.grad = None
+
+    def __repr__(self) -> str:
+        body = np.array2string(self.numpy(), precision=4, separator=", ", threshold=20)
+        extra = ", requires_grad=True" if self.requires_grad else ""
+        if self.dtype != _default_dtype:
+            extra = f", dtype={self.dtype}" + extra
+        return f"Tensor({body}{extra})"
+
+    def __bool__(self) -> bool:
+        return bool(self.data)
+
+    def __float__(self) -> float:
+        return float(self.data)
+
+    def __int__(self) -> int:
+        return int(self.data)
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    # -- reverse-mode autodiff --------------------------------------------------------------
+    def backward(self, grad: Any = None, retain_graph: bool = False) -> None:
+        """Accumulate d(self)/d(leaf) into `.grad` of every leaf that requires grad.
+
+        Args:
+            grad: dL/d(self), needed when `self` is not a scalar.
+            retain_graph: keep the graph so backward can be called through it again.
+        """
+        if not self.requires_grad:
+            raise RuntimeError(
+                "backward() called on a tensor that does not require grad "
+                "(no input required grad, or it was computed under no_grad())"
+            )
+        xp = backend.array_module(self.data)
+        if grad is None:
+            if self.data.size != 1:
+                raise RuntimeError(
+                    f"backward() without a gradient needs a scalar, but this tensor has shape "
+                    f"{self.shape}; reduce it first (e.g. .sum()) or pass grad= of that shape"
+                )
+            grad = xp.ones_like(self.data)
+        else:
+            grad = grad.data if isinstance(grad, Tensor) else xp.asarray(grad, dtype=self.dtype)
+            if grad.shape != self.shape:
+                raise ValueError(
+                    f"backward(): grad has shape {grad.shape} but the tensor has shape {self.shape}"
+                )
+
+        grads: dict[int, Any] = {id(self): grad}  # dL/d(node), summed over the node's uses
+        for t in _toposort(self):
+            g = grads.pop(id(t), None)
+            if g is None:
+                continue
+            ctx = t._ctx
+            if ctx is None or t._retain:  # a leaf, or a node whose grad we keep
+                _accumulate(t, g)
+                if ctx is None:
+                    continue
+            if ctx is _FREED:
+                raise RuntimeError(
+                    "backward() through a graph that was already freed: an earlier backward() "
+                    "walked it; call the first backward(retain_graph=True) to walk it twice"
+                )
+            backward_fn, parents = ctx
+            # the chain rule: dL/dx_i = dL/dy . dy/dx_i, one term per parent
+            for p, gp in zip(parents, backward_fn(g), strict=True):
+                if gp is None or not p.requires_grad:
+                    continue
+                k = id(p)
+                prev = grads.get(k)
+                grads[k] = gp if prev is None else prev + gp
+            if not retain_graph:
+                t._ctx = _FREED
+
+    # -- operators (implemented in ops.py and shape_ops.py, imported at the end) -------------
+    def __add__(self, o: Any) -> Tensor:
+        return ops.add(self, o)
+
+    def __radd__(self, o: Any) -> Tensor:
+        return ops.add(o, self)
+
+    def __sub__(self, o: Any) -> Tensor:
+        return ops.sub(self, o)
+
+    def __rsub__(self, o: Any) -> Tensor:
+        return ops.sub(o, self)
+
+    def __mul__(self, o: Any) -> Tensor:
+        return ops.mul(self, o)
+
+    def __rmul__(self, o: Any) -> Tensor:
+        return ops.mul(o, self)
+
+    def __truediv__(self, o: Any) -> Tensor:
+        return ops.div(self, o)
+
+    def __rtruediv__(self, o: Any) -> Tensor:
+        return ops.div(o, self)
+
+    def __pow__(self, o: Any) -> Tensor:
+        return ops.pow(self, o)
+
+    def __rpow__(self, o: Any) -> Tensor:
+        return ops.pow(o, self)
+
+    def __neg__(self) -> Tensor:
+        return ops.neg(self)
+
+    def __matmul__(self, o: Any) -> Tensor:
+        return ops.matmul(self, o)
+
+    def __rmatmul__(self, o: Any) -> Tensor:
+        return ops.matmul(o, self)
+
+    def __getitem__(self, idx: Any) -> Tensor:
+        return shape_ops.getitem(self, idx)
+
+    # comparisons give boolean tensors, outside the graph
+    def __lt__(self, o: Any) -> Tensor:
+        return _wrap(self.data < _raw(o))
+
+    def __le__(self, o: Any) -> Tensor:
+        return _wrap(self.data <= _raw(o))
+
+    def __gt__(self, o: Any) -> Tensor:
+        return _wrap(self.data > _raw(o))
+
+    def __ge__(self, o: Any) -> Tensor:
+        return _wrap(self.data >= _raw(o))
+
+    # -- methods, named as in NumPy (and PyTorch where NumPy has none) ------------------------
+    def exp(self) -> Tensor:
+        return ops.exp(self)
+
+    def log(self) -> Tensor:
+        return ops.log(self)
+
+    def sqrt(self) -> Tensor:
+        return ops.sqrt(self)
+
+    def tanh(self) -> Tensor:
+        return ops.tanh(self)
+
+    def sigmoid(self) -> Tensor:
+        return ops.sigmoid(self)
+
+    def relu(self) -> Tensor:
+        return ops.relu(self)
+
+    def abs(self) -> Tensor:
+        return ops.abs(self)
+
+    def clip(self, lo: float | None = None, hi: float | None = None) -> Tensor:
+        return ops.clip(self, lo, hi)
+
+    def sum(self, axis: Any = None, keepdims: bool = False) -> Tensor:
+        return ops.sum(self, axis, keepdims)
+
+    def mean(self, axis: Any = None, keepdims: bool = False) -> Tensor:
+        return ops.mean(self, axis, keepdims)
+
+    def var(self, axis: Any = None, keepdims: bool = False, ddof: int = 0) -> Tensor:
+        return ops.var(self, axis, keepdims, ddof)
+
+    def max(self, axis: Any = None, keepdims: bool = False) -> Tensor:
+        return ops.max(self, axis, keepdims)
+
+    def min(self, axis: Any = None, keepdims: bool = False) -> Tensor:
+        return ops.min(self, axis, keepdims)
+
+    def logsumexp(self, axis: Any = None, keepdims: bool = False) -> Tensor:
+        return ops.logsumexp(self, axis, keepdims)
+
+    def argmax(self, axis: int | None = None) -> Tensor:
+        return _wrap(self.data.argmax(axis=axis))
+
+    def reshape(self, *shape: Any) -> Tensor:
+        return shape_ops.reshape(self, *shape)
+
+    def transpose(self, *axes: Any) -> Tensor:
+        return shape_ops.transpose(self, *axes)
+
+    def swapaxes(self, a: int, b: int) -> Tensor:
+        return shape_ops.swapaxes(self, a, b)
+
+    @property
+    def T(self) -> Tensor:
+        return shape_ops.transpose(self)
+
+    def expand_dims(self, axis: int | Sequence[int]) -> Tensor:
+        return shape_ops.expand_dims(self, axis)
+
+    def squeeze(self, axis: int | Sequence[int] | None = None) -> Tensor:
+        return shape_ops.squeeze(self, axis)
+
+    def broadcast_to(self, shape: Sequence[int]) -> Tensor:
+        return shape_ops.broadcast_to(self, shape)
+
+    def astype(self, dtype: Any) -> Tensor:
+        return ops.astype(self, dtype)
+
+
+# ----------------------------------------------------------------------------- graph helpers
+
+
+def _wrap(data: Any) -> Tensor:
+    """A leaf tensor around an existing array, with no checks (internal fast path)."""
+    t = Tensor.__new__(Tensor)
+    t.data, t.grad, t.requires_grad, t._ctx, t._retain, t.name = data, None, False, None, False, None
+    return t
+
+
+def _raw(x: Any) -> Any:
+    return x.data if isinstance(x, Tensor) else x
+
+
+def node(data: Any, parents: tuple[Tensor, ...], backward: Callable[[Any], tuple]) -> Tensor:
+    """Wrap an op's output; record (backward, parents) if any parent needs a gradient.
+
+    `backward(g)` receives dL/d(output) and returns one gradient (or None) per parent,
+    each with that parent's shape.
+    """
+    t = _wrap(data)
+    if _grad_enabled:
+        for p in parents:
+            if p.requires_grad:
+                t.requires_grad = True
+                t._ctx = (backward, parents)
+                break
+    return t
+
+
+def _toposort(root: Tensor) -> list[Tensor]:
+    """Nodes reachable from `root` that require grad, root first, leaves last."""
+    order: list[Tensor] = []
+    seen: set[int] = set()
+    stack: list[tuple[Tensor, bool]] = [(root, False)]
+    while stack:  # iterative depth-first search: no recursion limit on deep graphs
+        t, children_done = stack.pop()
+        if children_done:
+            order.append(t)
+            continue
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        stack.append((t, True))
+        ctx = t._ctx
+        if ctx is not None and ctx is not _FREED:
+            for p in ctx[1]:
+                if p.requires_grad and id(p) not in seen:
+                    stack.append((p, False))
+    order.reverse()
+    return order
+
+
+def _accumulate(t: Tensor, g: Any) -> None:
+    """t.grad += g, in place when t.grad exists (so optimizers may own the buffer)."""
+    if g.shape != t.data.shape:  # a broadcast view from a reduction's backward
+        g = backend.array_module(g).broadcast_to(g, t.data.shape)
+    if t.grad is None:
+        t.grad = g.astype(t.data.dtype, copy=True)  # a copy: g may be shared with other nodes
+    else:
+        t.grad += g
+
+
+def tensor(data: Any, dtype: Any = None, requires_grad: bool = False) -> Tensor:
+    """Create a tensor (same rules as `Tensor(...)`)."""
+    return Tensor(data, dtype=dtype, requires_grad=requires_grad)
+
+
+# Imported last: ops.py and shape_ops.py import Tensor from this module.
+from minigen import ops  # noqa: E402
+from minigen import shape_ops  # noqa: E402

@@ -1,0 +1,48 @@
+"""minigen: Chapter 7 ("Synthesis") of The Little Book of Deep Learning, from scratch in NumPy."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+setup(
+    name="minigen",
+    version="0.1.0",
+    description=(
+        "GPT text generation, few-shot prediction, RLHF, denoising diffusion and "
+        "CLIP-guided synthesis from scratch in NumPy, after Chapter 7 of "
+        "The Little Book of Deep Learning"
+    ),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["minigen", "minigen.*"]),
+    package_data={"minigen": ["assets/*", "assets/**/*"]},
+    install_requires=[
+        "numpy>=1.24",
+        "scipy>=1.10",  # scipy.special.erf for the exact GELU
+        "numba>=0.58",
+        "matplotlib>=3.7",
+        "tqdm>=4.60",
+        "safetensors>=0.4",
+    ],
+    extras_require={
+        "dev": [
+            "pytest>=7.4",
+            "hypothesis>=6.80",
+            "nbmake>=1.5",
+            "jupyter",
+            "ipykernel",
+            "ruff>=0.5",
+        ],
+        "gpu": ["cupy-cuda12x"],
+        # Test oracles and benchmark peers only: never imported at run time.
+        "oracle": ["torch==2.13.0"],
+    },
+    entry_points={"console_scripts": ["minigen=minigen.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
