@@ -1,7 +1,7 @@
 """minigen: Chapter 7 ("Synthesis") of The Little Book of Deep Learning, from scratch in NumPy.
 
-    from minigen import Tensor, no_grad
-    import minigen.functional as F
+from minigen import Tensor, no_grad
+import minigen.functional as F
 """
 
 from minigen import backend

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from minigen import backend
-from minigen.tensor import Tensor, node
+from minigen.tensor import Tensor, _wrap, node
 
 __all__ = [
     "add", "sub", "mul", "div", "neg", "pow", "exp", "log", "sqrt", "tanh", "sigmoid",
@@ -51,17 +51,9 @@ def _lift(x: Any) -> Tensor:
         return x
     if isinstance(x, np.generic):
         x = x.item()
-    if isinstance(x, int | float | bool):
-        t = Tensor.__new__(Tensor)
-        t.data, t.grad, t.requires_grad, t._ctx, t._retain, t.name = x, None, False, None, False, None
-        return t
-    return Tensor(x) if not hasattr(x, "dtype") else _const_array(x)
-
-
-def _const_array(x: Any) -> Tensor:
-    t = Tensor.__new__(Tensor)
-    t.data, t.grad, t.requires_grad, t._ctx, t._retain, t.name = x, None, False, None, False, None
-    return t
+    if isinstance(x, int | float | bool) or hasattr(x, "dtype"):
+        return _wrap(x)  # a constant: no gradient flows to it
+    return Tensor(x)
 
 
 def _broadcast_shapes(op: str, a: Any, b: Any) -> None:
@@ -332,7 +324,8 @@ def var(a: Tensor, axis: Any = None, keepdims: bool = False, ddof: int = 0) -> T
 
 def _extreme(a: Tensor, axis: Any, keepdims: bool, which: str) -> Tensor:
     ad = a.data
-    y = ad.max(axis=axis, keepdims=keepdims) if which == "max" else ad.min(axis=axis, keepdims=keepdims)
+    reduce = ad.max if which == "max" else ad.min
+    y = reduce(axis=axis, keepdims=keepdims)
 
     def backward(g):  # the gradient goes to the extreme entries, split evenly on ties
         share = (ad == _expand(y, ad.shape, axis, keepdims)).astype(g.dtype)
@@ -400,11 +393,9 @@ def matmul(a: Any, b: Any) -> Tensor:
     def backward(g):
         A = ad[None, :] if ad.ndim == 1 else ad  # 1-D operands act as (1, k) and (k, 1)
         B = bd[:, None] if bd.ndim == 1 else bd
-        G = g
+        G = g[..., None] if bd.ndim == 1 else g  # the axes numpy dropped for 1-D operands
         if ad.ndim == 1:
             G = G[..., None, :]
-        if bd.ndim == 1:
-            G = G[..., None]
         ga = gb = None
         if B.ndim == 2 and A.ndim > 2:  # the Linear case: fold the batch into the rows
             G2 = G.reshape(-1, G.shape[-1])  # (N, m)

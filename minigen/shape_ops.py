@@ -119,7 +119,8 @@ def split(a: Tensor, indices_or_sections: int | Sequence[int], axis: int = 0) ->
     else:
         bounds = [0, *indices_or_sections, n]
     lead = (slice(None),) * (axis % a.ndim)
-    return [getitem(a, (*lead, slice(lo, hi))) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    pieces = zip(bounds[:-1], bounds[1:], strict=True)
+    return [getitem(a, (*lead, slice(lo, hi))) for lo, hi in pieces]
 
 
 def _is_basic(idx: Any) -> bool:

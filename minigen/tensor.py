@@ -393,7 +393,8 @@ class Tensor:
 def _wrap(data: Any) -> Tensor:
     """A leaf tensor around an existing array, with no checks (internal fast path)."""
     t = Tensor.__new__(Tensor)
-    t.data, t.grad, t.requires_grad, t._ctx, t._retain, t.name = data, None, False, None, False, None
+    t.data, t.grad, t.requires_grad = data, None, False
+    t._ctx, t._retain, t.name = None, False, None
     return t
 
 
@@ -456,5 +457,4 @@ def tensor(data: Any, dtype: Any = None, requires_grad: bool = False) -> Tensor:
 
 
 # Imported last: ops.py and shape_ops.py import Tensor from this module.
-from minigen import ops  # noqa: E402
-from minigen import shape_ops  # noqa: E402
+from minigen import ops, shape_ops  # noqa: E402

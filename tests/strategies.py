@@ -6,6 +6,8 @@ broadcast together; the profile in conftest.py sets `deadline=None`.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -53,3 +55,88 @@ def matmul_shapes(draw: st.DrawFn) -> tuple[tuple[int, ...], tuple[int, ...]]:
     a = draw(st.sampled_from([(k,), (*batch_a, n, k)]))
     b = draw(st.sampled_from([(k,), (*batch_b, k, m)]))
     return a, b
+
+
+def positive_arrays(shape: Any, lo: float = 0.2, hi: float = 3.0) -> st.SearchStrategy[np.ndarray]:
+    """Entries in [lo, hi] (domains of log, sqrt, pow)."""
+    return arrays(shape, lo, hi)
+
+
+@st.composite
+def nonzero_arrays(draw: st.DrawFn, shape: Any, lo: float = 0.5, hi: float = 3.0) -> np.ndarray:
+    """Entries with |x| in [lo, hi], either sign (denominators)."""
+    shp = draw(shape) if isinstance(shape, st.SearchStrategy) else shape
+    mags = draw(arrays(shp, lo, hi))
+    return np.where(draw(hnp.arrays(np.bool_, shp)), -mags, mags)
+
+
+@st.composite
+def separated_arrays(draw: st.DrawFn, shape: Any, gap: float = 0.01) -> np.ndarray:
+    """Distinct entries at least `gap` apart and away from 0: no ties or kinks within a
+    finite-difference step (for max, relu, abs, clip...)."""
+    shp = draw(shape) if isinstance(shape, st.SearchStrategy) else shape
+    n = int(np.prod(shp))
+    ints = draw(st.lists(st.integers(-300, 300).filter(bool), min_size=n, max_size=n, unique=True))
+    return (np.array(ints, dtype=np.float64) * gap + gap / 2).reshape(shp)
+
+
+@st.composite
+def reduce_args(draw: st.DrawFn, min_dims: int = 1) -> tuple[tuple[int, ...], Any, bool]:
+    """(shape, axis, keepdims) with axis None, an int (maybe negative) or a tuple of axes."""
+    shape = draw(shapes(min_dims=min_dims, max_dims=3))
+    nd = len(shape)
+    axis = draw(
+        st.one_of(
+            st.none(),
+            st.integers(-nd, nd - 1),
+            st.lists(st.integers(0, nd - 1), min_size=1, max_size=nd, unique=True).map(tuple),
+        )
+    )
+    return shape, axis, draw(st.booleans())
+
+
+@st.composite
+def index_args(draw: st.DrawFn) -> tuple[tuple[int, ...], Any]:
+    """(shape, index): basic slices/ints, an integer array with repeats, or a boolean mask."""
+    shape = draw(shapes(min_dims=1, max_dims=3, max_side=5))
+    kind = draw(st.sampled_from(["basic", "ints", "mask"]))
+    if kind == "ints":
+        idx = np.array(draw(st.lists(st.integers(-shape[0], shape[0] - 1), min_size=1, max_size=6)))
+        return shape, idx
+    if kind == "mask":
+        return shape, draw(hnp.arrays(np.bool_, shape))
+    parts: list[Any] = []
+    for n in shape:
+        parts.append(
+            draw(
+                st.one_of(
+                    st.integers(-n, n - 1),
+                    st.builds(
+                        slice, st.integers(-n, n), st.integers(-n, n), st.sampled_from([1, 2, -1])
+                    ),
+                )
+            )
+        )
+    return shape, tuple(parts)
+
+
+@st.composite
+def conv_args(draw: st.DrawFn) -> dict[str, Any]:
+    """Shapes for conv2d: x (N, C, H, W), w (O, C, k, k), a stride and a padding that fit."""
+    N, C, O = draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    k, stride, pad = (
+        draw(st.sampled_from([1, 2, 3])),
+        draw(st.integers(1, 2)),
+        draw(st.integers(0, 1)),
+    )
+    H = draw(st.integers(max(1, k - 2 * pad), 6))
+    W = draw(st.integers(max(1, k - 2 * pad), 6))
+    return {"x": (N, C, H, W), "w": (O, C, k, k), "stride": stride, "padding": pad}
+
+
+@st.composite
+def attention_shapes(draw: st.DrawFn) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """q (B, H, T, D), k (B, H, S, D), v (B, H, S, Dv) with S >= T."""
+    B, H, T = draw(st.integers(1, 2)), draw(st.integers(1, 2)), draw(st.integers(1, 4))
+    S, D, Dv = T + draw(st.integers(0, 2)), draw(st.integers(1, 4)), draw(st.integers(1, 3))
+    return (B, H, T, D), (B, H, S, D), (B, H, S, Dv)

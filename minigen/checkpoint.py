@@ -1,0 +1,101 @@
+"""Checkpoints: safetensors files written atomically, with the config in their metadata.
+
+No pickle anywhere: a checkpoint holds named arrays and a JSON config, nothing that
+runs code when loaded. Every file is written to a temporary name beside its
+destination, flushed to disk, then renamed over it, so a crash mid-write never
+leaves a truncated file where a good one was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from minigen import backend
+
+__all__ = [
+    "CheckpointError", "atomic_write", "save", "load", "save_module", "load_module",
+]  # fmt: skip
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable, or does not fit the model."""
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write `data` to `path` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save(
+    path: str | os.PathLike,
+    tensors: Mapping[str, Any],
+    config: Mapping[str, Any] | None = None,
+) -> Path:
+    """Save named arrays (NumPy or CuPy) and a JSON-able config to a safetensors file."""
+    from safetensors.numpy import save as st_save
+
+    arrays = {k: np.ascontiguousarray(backend.to_numpy(v)) for k, v in tensors.items()}
+    metadata = {"format": "minigen", "config": json.dumps(dict(config or {}), sort_keys=True)}
+    return atomic_write(path, st_save(arrays, metadata=metadata))
+
+
+def load(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Load (arrays, config) from a safetensors file, with errors that name the file."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+            arrays = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open API
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from None
+    try:
+        config = json.loads(meta.get("config", "{}"))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(
+            f"{path}: the config in its metadata is not valid JSON ({e})"
+        ) from None
+    return arrays, config
+
+
+def save_module(
+    module: Any, path: str | os.PathLike, config: Mapping[str, Any] | None = None
+) -> Path:
+    """Save a module's parameters (its state_dict) and its config."""
+    return save(path, module.state_dict(), config)
+
+
+def load_module(module: Any, path: str | os.PathLike, strict: bool = True) -> dict[str, Any]:
+    """Load parameters saved by `save_module` into `module`; returns the saved config.
+
+    Raises CheckpointError naming the file and the key (and both shapes) that do not fit.
+    """
+    arrays, config = load(path)
+    try:
+        module.load_state_dict(arrays, strict=strict)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    return config

@@ -1,0 +1,316 @@
+"""Neural-network ops with fused forward and backward passes.
+
+`import minigen.functional as F`. Each op here is one node of the graph, however
+many NumPy passes its math takes, so the Python overhead stays per op, not per
+elementary operation. The array-level math is kept in plain functions
+(`softmax_forward`, `layer_norm_backward`, `attention_forward`, ...) that take and
+return arrays: the kernels of `kernels/` mirror exactly these.
+
+Softmax over the last axis, with m = max_j x_j for stability:
+    softmax(x)_i = e^{x_i - m} / sum_j e^{x_j - m}
+Layer norm over the last axis of size C:
+    y = (x - mean(x)) / sqrt(var(x) + eps) * w + b
+Attention (Vaswani et al. 2017), per head, with a causal mask for autoregression:
+    Att(Q, K, V) = softmax(Q K^T / sqrt(d) + M) V,   M_ij = -inf where key j is in the future
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from minigen import backend, rng
+from minigen.conv import avg_pool2d, conv2d, group_norm, upsample_nearest2d
+from minigen.ops import gelu, relu, sigmoid, silu, tanh, unbroadcast
+from minigen.tensor import Tensor, node
+
+__all__ = [
+    "relu", "gelu", "silu", "sigmoid", "tanh", "logsigmoid", "softmax", "log_softmax",
+    "cross_entropy", "mse_loss", "linear", "layer_norm", "embedding", "dropout",
+    "scaled_dot_product_attention", "causal_mask", "conv2d", "group_norm", "avg_pool2d",
+    "upsample_nearest2d",
+]  # fmt: skip
+
+# ----------------------------------------------------------------------------- softmax
+
+
+def softmax_forward(x: Any, axis: int = -1) -> Any:
+    xp = backend.array_module(x)
+    e = xp.exp(x - x.max(axis=axis, keepdims=True))
+    e /= e.sum(axis=axis, keepdims=True)
+    return e
+
+
+def softmax_backward(y: Any, dy: Any, axis: int = -1) -> Any:
+    # dx_i = y_i (dy_i - sum_j dy_j y_j)
+    return y * (dy - (dy * y).sum(axis=axis, keepdims=True))
+
+
+def log_softmax_forward(x: Any, axis: int = -1) -> Any:
+    xp = backend.array_module(x)
+    z = x - x.max(axis=axis, keepdims=True)
+    return z - xp.log(xp.exp(z).sum(axis=axis, keepdims=True))
+
+
+def log_softmax_backward(y: Any, dy: Any, axis: int = -1) -> Any:
+    # dx_i = dy_i - softmax(x)_i sum_j dy_j,  with softmax(x) = e^y
+    xp = backend.array_module(y)
+    return dy - xp.exp(y) * dy.sum(axis=axis, keepdims=True)
+
+
+def softmax(x: Tensor, axis: int = -1) -> Tensor:
+    y = softmax_forward(x.data, axis)
+    return node(y, (x,), lambda g: (softmax_backward(y, g, axis),))
+
+
+def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
+    y = log_softmax_forward(x.data, axis)
+    return node(y, (x,), lambda g: (log_softmax_backward(y, g, axis),))
+
+
+def logsigmoid(x: Tensor) -> Tensor:
+    """log sigmoid(x) = min(x, 0) - log(1 + e^{-|x|}), stable for either sign."""
+    xp, xd = backend.array_module(x.data), x.data
+    y = xp.minimum(xd, 0) - xp.log1p(xp.exp(-xp.abs(xd)))
+    # d/dx log sigmoid(x) = 1 - sigmoid(x) = e^{log sigmoid(x) - x}
+    return node(y, (x,), lambda g: (g * xp.exp(y - xd),))
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def cross_entropy(
+    logits: Tensor, target: Any, ignore_index: int = -100, reduction: str = "mean"
+) -> Tensor:
+    """-log softmax(logits)[target], averaged over the targets that are not `ignore_index`.
+
+    logits: (..., C) scores; target: (...) integer class ids.
+    """
+    x = logits.data
+    t = target.data if isinstance(target, Tensor) else backend.array_module(x).asarray(target)
+    xp = backend.array_module(x)
+    if x.shape[:-1] != t.shape:
+        raise ValueError(
+            f"cross_entropy: logits of shape {x.shape} need targets of shape {x.shape[:-1]}, "
+            f"got targets of shape {t.shape}"
+        )
+    if t.dtype.kind not in "iu":
+        raise ValueError(f"cross_entropy: targets must be integer class ids, got dtype {t.dtype}")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"cross_entropy: reduction must be mean, sum or none, got {reduction!r}")
+    C = x.shape[-1]
+    valid = t != ignore_index  # (...)
+    if bool(((t < 0) | (t >= C))[valid].any()):
+        raise ValueError(f"cross_entropy: a target lies outside [0, {C}) (and is not ignore_index)")
+    t_safe = xp.where(valid, t, 0)[..., None]  # (..., 1)
+    logp = log_softmax_forward(x)  # (..., C)
+    # the loss of one example: -log p(target) = -log softmax(x)_target
+    nll = -xp.take_along_axis(logp, t_safe, axis=-1)[..., 0] * valid  # (...)
+    n = int(valid.sum()) if reduction == "mean" else 1
+    y = nll if reduction == "none" else nll.sum() / n
+
+    def backward(g):
+        # d(-log softmax(x)_t)/dx = softmax(x) - onehot(t)
+        d = xp.exp(logp)  # (..., C)
+        xp.put_along_axis(d, t_safe, xp.take_along_axis(d, t_safe, axis=-1) - 1, axis=-1)
+        scale = (g[..., None] if reduction == "none" else g / n) * valid[..., None]
+        return (d * scale,)
+
+    return node(y, (logits,), backward)
+
+
+def mse_loss(pred: Tensor, target: Any, reduction: str = "mean") -> Tensor:
+    """mean((pred - target)^2); both must have the same shape."""
+    tgt = target if isinstance(target, Tensor) else Tensor(target, dtype=pred.dtype)
+    if pred.shape != tgt.shape:
+        raise ValueError(f"mse_loss: pred has shape {pred.shape} but target has shape {tgt.shape}")
+    diff = pred.data - tgt.data
+    n = diff.size if reduction == "mean" else 1
+    y = (diff * diff).sum() / n if reduction != "none" else diff * diff
+
+    def backward(g):  # d/dpred (pred - target)^2 = 2 (pred - target)
+        d = 2 * diff * (g / n if reduction != "none" else g)
+        return (d, -d)
+
+    return node(y, (pred, tgt), backward)
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """y = x W + b, with W of shape (in, out): one GEMM over all leading axes."""
+    xd, w = x.data, weight.data
+    if xd.shape[-1] != w.shape[0]:
+        raise ValueError(
+            f"linear: input of shape {xd.shape} does not match weight of shape {w.shape} "
+            f"({xd.shape[-1]} != {w.shape[0]})"
+        )
+    x2 = xd.reshape(-1, xd.shape[-1])  # (N, in)
+    y = x2 @ w  # (N, out)
+    if bias is not None:
+        y += bias.data
+    y = y.reshape(*xd.shape[:-1], w.shape[1])
+
+    def backward(g):
+        g2 = g.reshape(-1, g.shape[-1])  # (N, out)
+        return (
+            (g2 @ w.T).reshape(xd.shape) if x.requires_grad else None,  # dL/dx = g W^T
+            x2.T @ g2 if weight.requires_grad else None,  # dL/dW = x^T g
+            g2.sum(axis=0) if bias is not None and bias.requires_grad else None,
+        )
+
+    parents = (x, weight, bias) if bias is not None else (x, weight)
+    return node(y, parents, backward if bias is not None else lambda g: backward(g)[:2])
+
+
+def normalize_forward(x: Any, eps: float) -> tuple[Any, Any]:
+    """(x - mean) / sqrt(var + eps) over the last axis; returns (xhat, rstd)."""
+    xp = backend.array_module(x)
+    xc = x - x.mean(axis=-1, keepdims=True)
+    rstd = 1 / xp.sqrt((xc * xc).mean(axis=-1, keepdims=True) + eps)  # (..., 1)
+    return xc * rstd, rstd
+
+
+def normalize_backward(dxhat: Any, xhat: Any, rstd: Any) -> Any:
+    # dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)), means over the last axis
+    return rstd * (
+        dxhat
+        - dxhat.mean(axis=-1, keepdims=True)
+        - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True)
+    )
+
+
+def layer_norm_forward(x: Any, w: Any, b: Any, eps: float) -> tuple[Any, Any, Any]:
+    xhat, rstd = normalize_forward(x, eps)
+    y = xhat * w if w is not None else xhat.copy()
+    if b is not None:
+        y += b
+    return y, xhat, rstd
+
+
+def layer_norm_backward(dy: Any, xhat: Any, rstd: Any, w: Any) -> tuple[Any, Any, Any]:
+    C = xhat.shape[-1]
+    dx = normalize_backward(dy * w if w is not None else dy, xhat, rstd)
+    dw = (dy * xhat).reshape(-1, C).sum(axis=0)
+    db = dy.reshape(-1, C).sum(axis=0)
+    return dx, dw, db
+
+
+def layer_norm(
+    x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None, eps: float = 1e-5
+) -> Tensor:
+    """Normalise the last axis to mean 0, variance 1, then scale by `weight`, shift by `bias`."""
+    C = x.shape[-1]
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None and p.shape != (C,):
+            raise ValueError(f"layer_norm: {name} has shape {p.shape}, expected ({C},)")
+    w = weight.data if weight is not None else None
+    y, xhat, rstd = layer_norm_forward(x.data, w, bias.data if bias is not None else None, eps)
+    parents = tuple(t for t in (x, weight, bias) if t is not None)
+
+    def backward(g):
+        dx, dw, db = layer_norm_backward(g, xhat, rstd, w)
+        return (dx, *((dw,) if weight is not None else ()), *((db,) if bias is not None else ()))
+
+    return node(y, parents, backward)
+
+
+def embedding(idx: Any, weight: Tensor) -> Tensor:
+    """Rows of `weight` picked by integer ids: (...) -> (..., D)."""
+    ids = idx.data if isinstance(idx, Tensor) else backend.array_module(weight.data).asarray(idx)
+    if ids.dtype.kind not in "iu":
+        raise ValueError(f"embedding: ids must be integers, got dtype {ids.dtype}")
+    V = weight.shape[0]
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= V):
+        raise ValueError(f"embedding: ids must lie in [0, {V}), got [{ids.min()}, {ids.max()}]")
+    wd = weight.data
+
+    def backward(g):  # each row's gradient is the sum over the positions that picked it
+        dw = backend.array_module(g).zeros(wd.shape, dtype=g.dtype)
+        backend.scatter_add(dw, ids.reshape(-1), g.reshape(-1, wd.shape[1]))
+        return (dw,)
+
+    return node(wd[ids], (weight,), backward)
+
+
+def dropout(x: Tensor, p: float = 0.5, training: bool = True, gen: Any = None) -> Tensor:
+    """Zero each entry with probability p and scale the rest by 1/(1-p) (identity in eval)."""
+    if not 0 <= p <= 1:
+        raise ValueError(f"dropout: p must lie in [0, 1], got {p}")
+    if not training or p == 0:
+        return x
+    keep = rng.rand(*x.shape, dtype=x.dtype, gen=gen) >= p
+    mask = keep / (1 - p) if p < 1 else keep * 0
+    mask = mask.astype(x.dtype)
+    return node(x.data * mask, (x,), lambda g: (g * mask,))
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+def causal_mask(T: int, S: int, xp: Any = np) -> Any:
+    """(T, S) booleans, True where query i may attend to key j: j <= i + (S - T).
+
+    With S == T this is the lower triangle; with S > T (cached keys from earlier
+    steps), the T queries are the last T positions of the sequence.
+    """
+    return xp.tri(T, S, S - T, dtype=bool)
+
+
+def attention_forward(
+    q: Any, k: Any, v: Any, scale: float, is_causal: bool, mask: Any = None
+) -> tuple[Any, Any]:
+    """softmax(q k^T * scale + M) v; returns (y, att)."""
+    xp = backend.array_module(q)
+    s = q @ k.swapaxes(-1, -2)  # (..., T, S)
+    s *= scale
+    if is_causal:
+        s = xp.where(causal_mask(s.shape[-2], s.shape[-1], xp), s, -xp.inf)
+    if mask is not None:
+        s = xp.where(mask, s, -xp.inf) if mask.dtype == bool else s + mask
+    att = softmax_forward(s)  # (..., T, S)
+    return att @ v, att  # (..., T, Dv), (..., T, S)
+
+
+def attention_backward(
+    dy: Any, q: Any, k: Any, v: Any, att: Any, scale: float
+) -> tuple[Any, Any, Any]:
+    dv = att.swapaxes(-1, -2) @ dy  # (..., S, Dv)
+    datt = dy @ v.swapaxes(-1, -2)  # (..., T, S)
+    ds = softmax_backward(att, datt) * scale  # through the softmax and the scale
+    dq = ds @ k  # (..., T, D)
+    dk = ds.swapaxes(-1, -2) @ q  # (..., S, D)
+    return dq, dk, dv
+
+
+def scaled_dot_product_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    is_causal: bool = False,
+    attn_mask: Any = None,
+    scale: float | None = None,
+) -> Tensor:
+    """Attention as one fused node: q (..., T, D), k (..., S, D), v (..., S, Dv) -> (..., T, Dv).
+
+    `attn_mask` is a boolean array (True = may attend) or an additive float array,
+    broadcastable to (..., T, S).
+    """
+    qd, kd, vd = q.data, k.data, v.data
+    if qd.shape[-1] != kd.shape[-1] or kd.shape[-2] != vd.shape[-2]:
+        raise ValueError(
+            f"scaled_dot_product_attention: q {qd.shape}, k {kd.shape}, v {vd.shape} do not fit "
+            "(need q (..., T, D), k (..., S, D), v (..., S, Dv))"
+        )
+    scale = 1 / math.sqrt(qd.shape[-1]) if scale is None else scale
+    mask = attn_mask.data if isinstance(attn_mask, Tensor) else attn_mask
+    y, att = attention_forward(qd, kd, vd, scale, is_causal, mask)
+
+    def backward(g):
+        dq, dk, dv = attention_backward(g, qd, kd, vd, att, scale)
+        return unbroadcast(dq, qd.shape), unbroadcast(dk, kd.shape), unbroadcast(dv, vd.shape)
+
+    return node(y, (q, k, v), backward)
