@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
             "decision boundary as a PNG (more steps join as the chapter's parts land)."
         ),
     )
-    p.add_argument("--out", default="minigen-demo", help="folder for the figures (default: %(default)s)")
+    p.add_argument("--out", default="minigen-demo", help="output folder (default: %(default)s)")
     p.add_argument("--fast", action="store_true", help="fewer training steps (for a quick check)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.set_defaults(func=_cmd_demo)

@@ -53,7 +53,7 @@ def train_classifier(
     seed: int = 0,
     progress: bool = True,
 ) -> tuple[MLP, list[float]]:
-    """Train an MLP classifier with AdamW and a warm-up + cosine schedule; returns (model, losses)."""
+    """Train an MLP classifier with AdamW and warm-up + cosine decay; returns (model, losses)."""
     minigen.manual_seed(seed)
     classes = int(y.max()) + 1
     model = MLP([X.shape[1], hidden, hidden, hidden, classes])

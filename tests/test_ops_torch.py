@@ -18,7 +18,8 @@ pytestmark = pytest.mark.oracle
 
 
 def assert_close(ours: np.ndarray, theirs: np.ndarray, what: str) -> None:
-    assert np.shape(ours) == np.shape(theirs), f"{what}: shape {np.shape(ours)} vs {np.shape(theirs)}"
+    shapes = np.shape(ours), np.shape(theirs)
+    assert shapes[0] == shapes[1], f"{what}: shape {shapes[0]} vs {shapes[1]}"
     scale = max(1.0, float(np.abs(theirs).max(initial=0.0)))
     err = float(np.abs(np.asarray(ours) - theirs).max(initial=0.0))
     assert err <= 1e-8 * scale, f"{what}: max abs error {err:.3g} (scale {scale:.3g})"
@@ -41,4 +42,5 @@ def test_values_and_gradients_match_pytorch(spec, data):
     ty.backward(torch.tensor(u))
     for i, (x, t) in enumerate(zip(xs, tts, strict=True)):
         tg = np.zeros(x.shape) if t.grad is None else t.grad.numpy()
-        assert_close(x.grad if x.grad is not None else np.zeros(x.shape), tg, f"{spec.name} grad {i}")
+        xg = np.zeros(x.shape) if x.grad is None else x.grad
+        assert_close(xg, tg, f"{spec.name} grad {i}")
