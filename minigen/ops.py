@@ -16,6 +16,7 @@ they are, so `x * 2.0` stays float32 (NumPy's weak scalars).
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
 import numpy as np
@@ -56,28 +57,23 @@ def _lift(x: Any) -> Tensor:
     return Tensor(x)
 
 
-def _broadcast_shapes(op: str, a: Any, b: Any) -> None:
-    """Raise a ValueError naming the op and both shapes if they do not broadcast."""
-    sa, sb = np.shape(a), np.shape(b)
-    try:
-        np.broadcast_shapes(sa, sb)
-    except ValueError:
-        raise ValueError(f"{op}: shapes {sa} and {sb} cannot be broadcast together") from None
-
-
-def _binary(op: str, a: Any, b: Any) -> tuple[Tensor, Tensor, Any, Any]:
+def _binary(op: str, a: Any, b: Any, f: Any) -> tuple[Tensor, Tensor, Any, Any, Any]:
+    """Lift both operands and compute y = f(a, b); a shape error names the op and both shapes."""
     a, b = _lift(a), _lift(b)
     ad, bd = a.data, b.data
-    if getattr(ad, "shape", ()) != getattr(bd, "shape", ()):
-        _broadcast_shapes(op, ad, bd)
-    return a, b, ad, bd
+    try:
+        y = f(ad, bd)
+    except ValueError:
+        sa, sb = np.shape(ad), np.shape(bd)
+        raise ValueError(f"{op}: shapes {sa} and {sb} cannot be broadcast together") from None
+    return a, b, ad, bd, y
 
 
 # ----------------------------------------------------------------------------- arithmetic
 
 
 def add(a: Any, b: Any) -> Tensor:
-    a, b, ad, bd = _binary("add", a, b)
+    a, b, ad, bd, y = _binary("add", a, b, operator.add)
 
     def backward(g):  # d(a+b)/da = d(a+b)/db = 1
         return (
@@ -85,11 +81,11 @@ def add(a: Any, b: Any) -> Tensor:
             unbroadcast(g, bd.shape) if b.requires_grad else None,
         )
 
-    return node(ad + bd, (a, b), backward)
+    return node(y, (a, b), backward)
 
 
 def sub(a: Any, b: Any) -> Tensor:
-    a, b, ad, bd = _binary("sub", a, b)
+    a, b, ad, bd, y = _binary("sub", a, b, operator.sub)
 
     def backward(g):
         return (
@@ -97,11 +93,11 @@ def sub(a: Any, b: Any) -> Tensor:
             unbroadcast(-g, bd.shape) if b.requires_grad else None,
         )
 
-    return node(ad - bd, (a, b), backward)
+    return node(y, (a, b), backward)
 
 
 def mul(a: Any, b: Any) -> Tensor:
-    a, b, ad, bd = _binary("mul", a, b)
+    a, b, ad, bd, y = _binary("mul", a, b, operator.mul)
 
     def backward(g):  # d(ab)/da = b, d(ab)/db = a
         return (
@@ -109,11 +105,11 @@ def mul(a: Any, b: Any) -> Tensor:
             unbroadcast(g * ad, bd.shape) if b.requires_grad else None,
         )
 
-    return node(ad * bd, (a, b), backward)
+    return node(y, (a, b), backward)
 
 
 def div(a: Any, b: Any) -> Tensor:
-    a, b, ad, bd = _binary("div", a, b)
+    a, b, ad, bd, y = _binary("div", a, b, operator.truediv)
 
     def backward(g):  # d(a/b)/da = 1/b, d(a/b)/db = -a/b^2
         return (
@@ -121,7 +117,7 @@ def div(a: Any, b: Any) -> Tensor:
             unbroadcast(-g * ad / (bd * bd), bd.shape) if b.requires_grad else None,
         )
 
-    return node(ad / bd, (a, b), backward)
+    return node(y, (a, b), backward)
 
 
 def neg(a: Tensor) -> Tensor:
@@ -130,8 +126,7 @@ def neg(a: Tensor) -> Tensor:
 
 def pow(a: Any, b: Any) -> Tensor:
     """a ** b; the gradient w.r.t. a tensor exponent needs a > 0 (it uses log a)."""
-    a, b, ad, bd = _binary("pow", a, b)
-    y = ad**bd
+    a, b, ad, bd, y = _binary("pow", a, b, operator.pow)
 
     def backward(g):  # d(a^b)/da = b a^(b-1), d(a^b)/db = a^b log a
         xp = backend.array_module(g)
@@ -223,8 +218,7 @@ def abs(a: Tensor) -> Tensor:
 
 def _select(op: str, a: Any, b: Any, pick_a: Any) -> Tensor:
     """maximum / minimum: the gradient goes to the chosen operand, split evenly on ties."""
-    a, b, ad, bd = _binary(op, a, b)
-    y = pick_a(ad, bd)
+    a, b, ad, bd, y = _binary(op, a, b, pick_a)
 
     def backward(g):
         wa = (y == ad).astype(g.dtype) - (ad == bd).astype(g.dtype) * 0.5  # 1, 0, 1/2 on a tie
@@ -247,9 +241,8 @@ def minimum(a: Any, b: Any) -> Tensor:
 def where(cond: Any, a: Any, b: Any) -> Tensor:
     """Elementwise `a if cond else b`; the gradient flows to the chosen side."""
     c = cond.data if isinstance(cond, Tensor) else cond
-    a, b, ad, bd = _binary("where", a, b)
-    xp = backend.array_module(c, ad, bd)
-    y = xp.where(c, ad, bd)
+    xp = backend.array_module(c, _lift(a).data, _lift(b).data)
+    a, b, ad, bd, y = _binary("where", a, b, lambda x, z: xp.where(c, x, z))
 
     def backward(g):
         return (
