@@ -7,8 +7,20 @@ from minigen.text.corpus import (
     stdlib_corpus,
     train_val_split,
 )
+from minigen.text.tokenizers import (
+    ByteBPETokenizer,
+    CharTokenizer,
+    load_tokenizer,
+    tokenizer_from_dict,
+    train_bpe,
+)
 
 __all__ = [
+    "CharTokenizer",
+    "ByteBPETokenizer",
+    "train_bpe",
+    "load_tokenizer",
+    "tokenizer_from_dict",
     "load_corpus",
     "stdlib_corpus",
     "shakespeare_corpus",
