@@ -179,7 +179,7 @@ def test_gpt2_files_errors_name_the_file_and_the_entry(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------- oracle
 @pytest.fixture(scope="module")
-def hf_gpt2(bpe: ByteBPETokenizer, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+def hf_gpt2(bpe: ByteBPETokenizer, tmp_path_factory: pytest.TempPathFactory):
     transformers = pytest.importorskip("transformers")
     directory = tmp_path_factory.mktemp("hf_gpt2")
     bpe.save_gpt2_files(directory)

@@ -22,7 +22,7 @@ from minigen.text import (
     train_bpe,
 )
 from minigen.text.gpt2_tokenizer import EOT, bytes_to_unicode, pretokenize
-from tests.strategies import texts
+from tests.strategies import assigned_texts, texts
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -187,6 +187,16 @@ def test_bpe_decode_rejects_unknown_ids(bpe: ByteBPETokenizer) -> None:
     for bad in (bpe.vocab_size, -1):
         with pytest.raises(ValueError, match=f"token id {bad} at position 2"):
             bpe.decode([0, 1, bad])
+
+
+@given(assigned_texts(max_pieces=10))
+def test_bpe_decode_of_a_cut_character_is_a_replacement_mark(
+    bpe: ByteBPETokenizer, text: str
+) -> None:
+    """Ids that end inside a character decode with U+FFFD there, as GPT-2 does."""
+    ids = bpe.encode(text) + [bpe.vocab[bytes_to_unicode()[0xC3]]]  # é is c3 a9 in UTF-8
+    assert bpe.decode_bytes(ids) == text.encode("utf-8") + b"\xc3"
+    assert bpe.decode(ids) == text + "\ufffd"
 
 
 @given(texts(max_pieces=10))
