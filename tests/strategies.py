@@ -140,3 +140,38 @@ def attention_shapes(draw: st.DrawFn) -> tuple[tuple[int, ...], tuple[int, ...],
     B, H, T = draw(st.integers(1, 2)), draw(st.integers(1, 2)), draw(st.integers(1, 4))
     S, D, Dv = T + draw(st.integers(0, 2)), draw(st.integers(1, 4)), draw(st.integers(1, 3))
     return (B, H, T, D), (B, H, S, D), (B, H, S, Dv)
+
+
+# ----------------------------------------------------------------------------- text (tokenizers)
+
+# The hard cases of GPT-2's pre-tokeniser: contractions (lower case only are special), runs of
+# whitespace of every kind (U+001C..U+001F are isspace() but not \s), digits and other
+# numbers, punctuation runs, accents (composed and combining), CJK, emoji with modifiers, NUL.
+_TEXT_PIECES = [
+    *["'s", "'t", "'re", "'ve", "'m", "'ll", "'d", "'S", "'LL", "'", "''", "n't", "it's"],
+    *[" ", "  ", "   ", "\n", "\n\n", "\t", "\r\n", " \n ", "  x", "\xa0", "\u3000", "\x85"],
+    *["\x1c", "\x1f", "\x0b", "\u2028", "\x00", "\x7f", "\ufeff", "\u200b"],
+    *["0", "42", " 2024", "3.14", "½", "Ⅻ", "٣", "...", "!?", " --", "(", ")", '"', "#"],
+    *["a", " the", "The", "é", "e\u0301", "ß", "Ω", "日本語", "😀", "👍🏽", "🇫🇷", " 🙂"],
+]
+
+# every code point but the unassigned ones (Cn), whose class the `regex` module and
+# transformers (newer Unicode versions) may know when this Python does not
+_ASSIGNED = st.characters(exclude_categories=("Cs", "Cn"))
+
+
+def texts(max_pieces: int = 30) -> st.SearchStrategy[str]:
+    """Any Python string, lone surrogates included, rich in the pre-tokeniser's hard cases."""
+    piece = st.one_of(
+        st.sampled_from([*_TEXT_PIECES, "\ud800", "\udfff", "\ud83d"]),
+        st.text(st.characters(exclude_categories=()), max_size=6),
+    )
+    return st.lists(piece, max_size=max_pieces).map("".join)
+
+
+def assigned_texts(max_pieces: int = 30, specials: tuple[str, ...] = ()) -> st.SearchStrategy[str]:
+    """Strings of assigned code points (no surrogates), the hard cases and `specials`."""
+    piece = st.one_of(
+        st.sampled_from(_TEXT_PIECES + list(specials)), st.text(_ASSIGNED, max_size=6)
+    )
+    return st.lists(piece, max_size=max_pieces).map("".join)
