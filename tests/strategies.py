@@ -53,3 +53,16 @@ def matmul_shapes(draw: st.DrawFn) -> tuple[tuple[int, ...], tuple[int, ...]]:
     a = draw(st.sampled_from([(k,), (*batch_a, n, k)]))
     b = draw(st.sampled_from([(k,), (*batch_b, k, m)]))
     return a, b
+
+
+# ----------------------------------------------------------------------------- diffusion
+
+
+def timesteps(num_train_timesteps: int = 1000) -> st.SearchStrategy[int]:
+    """A timestep index 0 .. T-1 (diffusers' convention: k names the book's x_{k+1})."""
+    return st.integers(0, num_train_timesteps - 1)
+
+
+def schedule_names() -> st.SearchStrategy[str]:
+    """The noise schedules minigen.diffusion implements."""
+    return st.sampled_from(["linear", "cosine"])
