@@ -66,3 +66,16 @@ def timesteps(num_train_timesteps: int = 1000) -> st.SearchStrategy[int]:
 def schedule_names() -> st.SearchStrategy[str]:
     """The noise schedules minigen.diffusion implements."""
     return st.sampled_from(["linear", "cosine"])
+
+
+def timestep_batches(num_train_timesteps: int = 1000) -> st.SearchStrategy[list[int]]:
+    """One timestep per sample of a small batch (1 to 4 samples)."""
+    return st.lists(timesteps(num_train_timesteps), min_size=1, max_size=4)
+
+
+@st.composite
+def timestep_requests(draw: st.DrawFn, max_T: int = 2000) -> tuple[int, int, str]:
+    """(T, num_inference_steps, spacing) with 1 <= num_inference_steps <= T."""
+    T = draw(st.integers(1, max_T))
+    n = draw(st.integers(1, T))
+    return T, n, draw(st.sampled_from(["leading", "trailing", "linspace"]))

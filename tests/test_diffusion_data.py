@@ -64,8 +64,13 @@ def test_toy2d_unknown_name():
         load_toy2d("circles")
 
 
-def test_digits_standardised():
-    x, y, norm = load_digits("standard")
+@pytest.fixture(scope="module")
+def digits():
+    return {scaling: load_digits(scaling) for scaling in ("standard", "range")}
+
+
+def test_digits_standardised(digits):
+    x, y, norm = digits["standard"]
     assert x.shape == (1797, 1, 8, 8) and x.dtype == np.float32
     assert y.dtype == np.int64 and sorted(set(y.tolist())) == list(range(10))
     assert abs(float(x.mean(dtype=np.float64))) < 1e-5
@@ -76,10 +81,10 @@ def test_digits_standardised():
     assert pixels.max() == pytest.approx(16, abs=1e-4)
 
 
-def test_digits_scaled_to_minus_one_one():
-    x, y, norm = load_digits("range")
+def test_digits_scaled_to_minus_one_one(digits):
+    x, y, norm = digits["range"]
     assert x.min() == -1.0 and x.max() == 1.0 and x.dtype == np.float32
-    np.testing.assert_array_equal(load_digits("standard").y, y)
+    np.testing.assert_array_equal(digits["standard"].y, y)
     assert set(np.unique(norm.inverse(x)).tolist()) <= set(range(17))
 
 

@@ -242,6 +242,7 @@ def test_sampling_with_a_seed_is_reproducible():
     minigen.manual_seed(3)
     np.testing.assert_array_equal(c, sample_loop(sched, den, (8, 2)))
     assert not np.array_equal(a, c)
+    assert sample_loop(sched, den, (4,), dtype=np.float32).dtype == np.float32
 
 
 def test_float32_stays_float32():
@@ -251,6 +252,8 @@ def test_float32_stays_float32():
     out = sched.step(x * 0.1, int(sched.timesteps[0]), x, eta=0.5)
     assert out.prev_sample.dtype == np.float32 and out.pred_original_sample.dtype == np.float32
     assert DDPMScheduler().step(x, 500, x).prev_sample.dtype == np.float32
+    eps64 = x.astype(np.float64)  # a float64 denoiser does not promote the chain
+    assert DDPMScheduler().step(eps64, 500, x).prev_sample.dtype == np.float32
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -5,11 +5,11 @@ sample size used (stated next to each), so they are deterministic and not fragil
 """
 
 import math
+import re
 
 import numpy as np
 import pytest
 from hypothesis import given
-from hypothesis import strategies as st
 from scipy import stats
 
 from minigen.diffusion import NoiseSchedule, cosine_betas, linear_betas
@@ -29,9 +29,9 @@ def test_linear_betas_run_from_1e4_to_002_evenly():
     np.testing.assert_allclose(np.diff(b), (0.02 - 1e-4) / 999, rtol=1e-9)
 
 
-@given(T=st.integers(1, 2000), t=st.integers(0, 1999))
-def test_cosine_abar_follows_the_squared_cosine_until_the_clip(T, t):
-    t = t % T
+@given(req=S.timestep_requests())
+def test_cosine_abar_follows_the_squared_cosine_until_the_clip(req):
+    T, t = req[0], req[1] - 1  # any T and any timestep 0 .. T-1
     abar = NoiseSchedule(cosine_betas(T)).alphas_cumprod[t]
     f = lambda u: math.cos((u / T + 0.008) / 1.008 * math.pi / 2) ** 2
     betas = cosine_betas(T)
@@ -139,6 +139,15 @@ def test_timesteps_must_be_integers(t):
         SCHEDULES["linear"].add_noise(x, x, t)
 
 
+@pytest.mark.parametrize("t", [np.array([1, 2, 3]), np.array([[1, 2]])])
+def test_one_timestep_per_sample(t):
+    x = np.zeros((2, 3))
+    with pytest.raises(
+        ValueError, match=rf"timesteps {re.escape(str(t.shape))} for samples \(2, 3\)"
+    ):
+        SCHEDULES["linear"].add_noise(x, x, t)
+
+
 def test_noise_of_another_shape_is_refused():
     with pytest.raises(ValueError, match=r"\(2, 3\) and \(3, 2\)"):
         SCHEDULES["linear"].add_noise(np.zeros((2, 3)), np.zeros((3, 2)), 5)
@@ -147,7 +156,7 @@ def test_noise_of_another_shape_is_refused():
 # ----------------------------------------------------------------------------- the forward process
 
 
-@given(name=S.schedule_names(), t=st.lists(S.timesteps(), min_size=1, max_size=4))
+@given(name=S.schedule_names(), t=S.timestep_batches())
 def test_add_noise_broadcasts_one_timestep_per_sample(name, t):
     s, g = SCHEDULES[name], np.random.default_rng(0)
     x0, eps = g.standard_normal((len(t), 3, 2)), g.standard_normal((len(t), 3, 2))  # (B, 3, 2)

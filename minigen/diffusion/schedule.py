@@ -161,15 +161,19 @@ class NoiseSchedule:
             )
         return arr
 
-    def _at(self, values: np.ndarray, t: Any, ndim: int, like: Any) -> Any:
-        """values[t] shaped to broadcast over an array of `ndim` axes, the first the batch."""
+    def _at(self, values: np.ndarray, t: Any, like: Any) -> Any:
+        """values[t] shaped to broadcast over `like`: a float, or (B, 1, ..., 1) per sample."""
         t = self.check_timestep(t)
         if isinstance(t, int):
             return float(values[t])
-        if t.ndim > 1 or (t.ndim == 1 and ndim == 0):
-            raise ValueError(f"per-sample timesteps must be 0-D or (B,), got shape {t.shape}")
+        shape = np.shape(like)
+        if t.ndim > 1 or (t.ndim == 1 and (not shape or shape[0] != t.shape[0])):
+            raise ValueError(
+                f"per-sample timesteps must have shape (B,) for a batch of shape (B, ...):"
+                f" got timesteps {t.shape} for samples {shape}"
+            )
         xp = backend.array_module(like)
-        v = values[t].reshape(t.shape + (1,) * (ndim - t.ndim))  # (B, 1, ..., 1)
+        v = values[t].reshape(t.shape + (1,) * (len(shape) - t.ndim))  # (B, 1, ..., 1)
         return xp.asarray(v)
 
     # ------------------------------------------------------------------ the forward process
@@ -177,7 +181,7 @@ class NoiseSchedule:
     def forward_step(self, x_t: Any, noise: Any, t: Any) -> Any:
         """One step of the chain: x_t (t steps of noise) -> x_{t+1}, using betas[t]."""
         _check_same_shape(x_t, noise, "x_t", "noise")
-        beta = self._at(self.betas, t, np.ndim(x_t), x_t)  # () or (B, 1, ...)
+        beta = self._at(self.betas, t, x_t)  # () or (B, 1, ...)
         xp = backend.array_module(x_t)
         # add a bit of white noise, re-normalise the variance to 1:
         # x_{t+1} = sqrt(1 - beta_{t+1}) x_t + sqrt(beta_{t+1}) eps
@@ -213,7 +217,7 @@ class NoiseSchedule:
     def add_noise(self, x0: Any, noise: Any, t: Any) -> Any:
         """The closed form: the sample at timestep t (an int, or one int per sample of axis 0)."""
         _check_same_shape(x0, noise, "x0", "noise")
-        abar = self._at(self.alphas_cumprod, t, np.ndim(x0), x0)  # () or (B, 1, ...)
+        abar = self._at(self.alphas_cumprod, t, x0)  # () or (B, 1, ...)
         xp = backend.array_module(x0)
         # x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps
         out = xp.sqrt(abar) * x0 + xp.sqrt(1 - abar) * noise
@@ -222,9 +226,9 @@ class NoiseSchedule:
     def q_posterior(self, x0: Any, x_t: Any, t: Any) -> tuple[Any, Any]:
         """Mean and variance of q(x_{t-1} | x_t, x_0) (consecutive timesteps)."""
         _check_same_shape(x0, x_t, "x0", "x_t")
-        c1 = self._at(self.posterior_mean_coef1, t, np.ndim(x0), x0)
-        c2 = self._at(self.posterior_mean_coef2, t, np.ndim(x0), x0)
-        var = self._at(self.posterior_variance, t, np.ndim(x0), x0)
+        c1 = self._at(self.posterior_mean_coef1, t, x0)
+        c2 = self._at(self.posterior_mean_coef2, t, x0)
+        var = self._at(self.posterior_variance, t, x0)
         # mutilde_t(x_t, x_0) = c1_t x_0 + c2_t x_t
         return c1 * x0 + c2 * x_t, var
 

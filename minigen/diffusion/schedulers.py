@@ -120,7 +120,17 @@ def make_timesteps(
 
 
 class _Scheduler:
-    """What DDPM and DDIM share: the schedule, the timesteps, the checks and predictions."""
+    """What DDPM and DDIM share: the schedule, the timesteps, the checks and predictions.
+
+    Arguments (diffusers' names and defaults, except `clip_sample`):
+        num_train_timesteps: T, the length of the diffusion chain (1000).
+        beta_start, beta_end: the range of the "linear" schedule (1e-4, 0.02).
+        beta_schedule: "linear" or "cosine" (alias "squaredcos_cap_v2").
+        trained_betas: explicit betas, overriding the three above.
+        prediction_type: what the denoiser predicts, "epsilon" (the noise) or "sample" (x_0).
+        clip_sample, clip_sample_range: clip the predicted x_0 to [-range, range] (off).
+        timestep_spacing, steps_offset: how `set_timesteps` picks its timesteps.
+    """
 
     order = 1
     init_noise_sigma = 1.0  # x_T ~ N(0, I)
@@ -290,7 +300,7 @@ class DDPMScheduler(_Scheduler):
                 sigma_t = math.sqrt(posterior_variance(abar_t, abar_prev))
             z = self._noise(sample, generator, variance_noise)
         x_prev = ddpm_noise_step(sample, eps_hat, z, beta_t, alpha_t, abar_t, sigma_t)
-        return SchedulerOutput(prev_sample=x_prev, pred_original_sample=x0_hat)
+        return _output(x_prev, x0_hat, sample)
 
 
 class DDIMScheduler(_Scheduler):
@@ -340,7 +350,7 @@ class DDIMScheduler(_Scheduler):
         x_prev = abar_prev**0.5 * x0_hat + max(direction, 0.0) ** 0.5 * eps_hat  # like x_t
         if sigma > 0:
             x_prev = x_prev + sigma * self._noise(sample, generator, variance_noise)
-        return SchedulerOutput(prev_sample=x_prev, pred_original_sample=x0_hat)
+        return _output(x_prev, x0_hat, sample)
 
 
 def sample_loop(
@@ -349,16 +359,18 @@ def sample_loop(
     x_T: Any,
     generator: np.random.Generator | None = None,
     progress: bool = False,
+    dtype: Any = np.float64,
     **step_kwargs: Any,
 ) -> Any:
     """Denoise `x_T` over `scheduler.timesteps`; `denoiser(x_t, t)` returns its prediction.
 
-    `x_T` is the starting noise, or a shape to draw it from N(0, I) with `generator`
-    (default: minigen.rng.generator()). Extra keywords go to `step` (e.g. eta for DDIM).
+    `x_T` is the starting noise, or a shape to draw it from N(0, I) in `dtype` with
+    `generator` (default: minigen.rng.generator(), which also draws every step's noise).
+    Extra keywords go to `step` (e.g. eta for DDIM).
     """
     gen = generator if generator is not None else _rng.generator()
     if isinstance(x_T, tuple):
-        x_T = gen.standard_normal(x_T)  # (..., ) float64
+        x_T = gen.standard_normal(x_T, dtype=dtype)  # the shape asked for
     x = x_T
     timesteps = scheduler.timesteps
     if progress:
@@ -368,6 +380,15 @@ def sample_loop(
     for t in timesteps:
         x = scheduler.step(denoiser(x, int(t)), int(t), x, generator=gen, **step_kwargs).prev_sample
     return x
+
+
+def _output(x_prev: Any, x0_hat: Any, sample: Any) -> SchedulerOutput:
+    """The step's result in the sample's floating dtype (a float64 denoiser output
+    does not turn a float32 chain into float64)."""
+    dt = getattr(sample, "dtype", None)
+    if dt in (np.float32, np.float64):
+        x_prev, x0_hat = x_prev.astype(dt, copy=False), x0_hat.astype(dt, copy=False)
+    return SchedulerOutput(prev_sample=x_prev, pred_original_sample=x0_hat)
 
 
 def _as_int(timestep: Any) -> Any:
