@@ -109,6 +109,18 @@ def test_timesteps_match(cls_name, spacing, n):
     np.testing.assert_array_equal(ours.timesteps, theirs.timesteps.numpy())
 
 
+def test_trailing_timesteps_match_for_every_step_count():
+    """T = 1000 with n = 1 .. 1000, and T = 999 with n = 1 .. 100. For some n (e.g. 13 when
+    T = 999) diffusers' float arange yields n + 1 timesteps, the last -1; there we keep its
+    first n."""
+    for T, ns in ((1000, range(1, 1001)), (999, range(1, 101))):
+        ours, theirs = pair("DDPM", T=T, timestep_spacing="trailing")
+        for n in ns:
+            ours.set_timesteps(n)
+            theirs.set_timesteps(n)
+            np.testing.assert_array_equal(ours.timesteps, theirs.timesteps.numpy()[:n])
+
+
 @pytest.mark.parametrize("n", [10, 50, 999])
 def test_leading_timesteps_with_an_offset_match(n):
     ours, theirs = pair("DDIM", steps_offset=1)

@@ -129,6 +129,13 @@ def test_timesteps_decrease_within_range(spacing, T, n):
         assert ts[-1] == 0
 
 
+@given(req=S.timestep_requests())
+def test_any_request_gives_n_distinct_decreasing_timesteps(req):
+    T, n, spacing = req
+    ts = make_timesteps(T, n, spacing)
+    assert len(ts) == n and np.all(np.diff(ts) < 0) and ts[-1] >= 0 and ts[0] <= T - 1
+
+
 BAD_REQUESTS = [(1000, 0), (1000, 1001), (10, 3, "uniform"), (10, 10, "leading", 1)]
 
 

@@ -106,7 +106,9 @@ def make_timesteps(
     if spacing == "leading":  # 0, k, 2k, ... with k = T // n, plus an offset
         ts = np.arange(n, dtype=np.int64)[::-1] * (T // n) + steps_offset
     elif spacing == "trailing":  # T-1, T-1-k, ... with k = T / n, so the first step is at T-1
-        ts = np.round(np.arange(T, 0, -T / n)).astype(np.int64) - 1
+        # the values of diffusers' np.arange(T, 0, -T / n) (steps of (T - T / n) - T, as NumPy
+        # does), but always n of them: float rounding can stretch that arange to n + 1
+        ts = np.round(T + np.arange(n) * ((T - T / n) - T)).astype(np.int64) - 1
     elif spacing == "linspace":  # n points evenly spread over 0 .. T-1, both ends included
         ts = np.linspace(0, T - 1, n).round()[::-1].astype(np.int64)
     else:
