@@ -184,7 +184,7 @@ class NoiseSchedule:
         beta = self._at(self.betas, t, x_t)  # () or (B, 1, ...)
         xp = backend.array_module(x_t)
         # add a bit of white noise, re-normalise the variance to 1:
-        # x_{t+1} = sqrt(1 - beta_{t+1}) x_t + sqrt(beta_{t+1}) eps
+        # x_{t+1} = sqrt(1 - beta_{t+1}) x_t + sqrt(beta_{t+1}) eps,   beta_{t+1} = betas[t]
         out = xp.sqrt(1 - beta) * x_t + xp.sqrt(beta) * noise
         return _as_input_dtype(out, x_t, noise)
 
@@ -219,7 +219,7 @@ class NoiseSchedule:
         _check_same_shape(x0, noise, "x0", "noise")
         abar = self._at(self.alphas_cumprod, t, x0)  # () or (B, 1, ...)
         xp = backend.array_module(x0)
-        # x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps
+        # x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps,   abar_t = alphas_cumprod[t]
         out = xp.sqrt(abar) * x0 + xp.sqrt(1 - abar) * noise
         return _as_input_dtype(out, x0, noise)
 
