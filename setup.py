@@ -26,6 +26,7 @@ setup(
         "matplotlib>=3.7",
         "tqdm>=4.60",
         "safetensors>=0.4",
+        "scikit-learn>=1.2",  # its bundled 8x8 digits (offline)
     ],
     extras_require={
         "dev": [
@@ -38,7 +39,7 @@ setup(
         ],
         "gpu": ["cupy-cuda12x"],
         # Test oracles and benchmark peers only: never imported at run time.
-        "oracle": ["torch==2.13.0", "transformers>=4.40", "regex"],
+        "oracle": ["torch==2.13.0", "transformers>=4.40", "regex", "diffusers>=0.30"],
     },
     entry_points={"console_scripts": ["minigen=minigen.cli:main"]},
     classifiers=[

@@ -175,3 +175,29 @@ def assigned_texts(max_pieces: int = 30, specials: tuple[str, ...] = ()) -> st.S
         st.sampled_from(_TEXT_PIECES + list(specials)), st.text(_ASSIGNED, max_size=6)
     )
     return st.lists(piece, max_size=max_pieces).map("".join)
+
+
+# ----------------------------------------------------------------------------- diffusion
+
+
+def timesteps(num_train_timesteps: int = 1000) -> st.SearchStrategy[int]:
+    """A timestep index 0 .. T-1 (diffusers' convention: k names the book's x_{k+1})."""
+    return st.integers(0, num_train_timesteps - 1)
+
+
+def schedule_names() -> st.SearchStrategy[str]:
+    """The noise schedules minigen.diffusion implements."""
+    return st.sampled_from(["linear", "cosine"])
+
+
+def timestep_batches(num_train_timesteps: int = 1000) -> st.SearchStrategy[list[int]]:
+    """One timestep per sample of a small batch (1 to 4 samples)."""
+    return st.lists(timesteps(num_train_timesteps), min_size=1, max_size=4)
+
+
+@st.composite
+def timestep_requests(draw: st.DrawFn, max_T: int = 2000) -> tuple[int, int, str]:
+    """(T, num_inference_steps, spacing) with 1 <= num_inference_steps <= T."""
+    T = draw(st.integers(1, max_T))
+    n = draw(st.integers(1, T))
+    return T, n, draw(st.sampled_from(["leading", "trailing", "linspace"]))
