@@ -4,8 +4,10 @@ from minigen import Tensor, no_grad
 import minigen.functional as F
 """
 
-from minigen import backend
+from minigen import backend, checkpoint, functional, nn, optim
+from minigen.ops import abs, exp, log, maximum, minimum, sqrt, tanh, where
 from minigen.rng import manual_seed
+from minigen.shape_ops import concatenate, split, stack
 from minigen.tensor import (
     Tensor,
     default_dtype,
@@ -30,4 +32,19 @@ __all__ = [
     "default_dtype",
     "manual_seed",
     "backend",
+    "functional",
+    "nn",
+    "optim",
+    "checkpoint",
+    "where",
+    "maximum",
+    "minimum",
+    "exp",
+    "log",
+    "sqrt",
+    "tanh",
+    "abs",
+    "concatenate",
+    "stack",
+    "split",
 ]
