@@ -27,6 +27,7 @@ from minigen.synthesis.captions import (
     make_split,
     parse_caption,
 )
+from minigen.synthesis.checker import Detection, Score, parse, parse_batch, score, score_batch
 from minigen.synthesis.scenes import (
     COLOURS,
     SHAPES,
@@ -64,4 +65,10 @@ __all__ = [
     "caption_scenes",
     "Split",
     "make_split",
+    "Detection",
+    "Score",
+    "parse",
+    "parse_batch",
+    "score",
+    "score_batch",
 ]
