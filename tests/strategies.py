@@ -201,3 +201,26 @@ def timestep_requests(draw: st.DrawFn, max_T: int = 2000) -> tuple[int, int, str
     T = draw(st.integers(1, max_T))
     n = draw(st.integers(1, T))
     return T, n, draw(st.sampled_from(["leading", "trailing", "linspace"]))
+
+
+# ----------------------------------------------------------------------------- synthesis: scenes
+
+
+@st.composite
+def scene_objects(draw: st.DrawFn, max_objects: int = 3, distinct_things: bool = False) -> list:
+    """The objects of one valid scene (minigen.synthesis.scenes.SceneObject): 1..max_objects
+    objects in distinct cells, never two of one colour in 4-adjacent cells; with
+    distinct_things, no two objects share both colour and shape."""
+    from minigen.synthesis.scenes import COLOURS, GRID, SHAPES, SceneObject
+
+    k = draw(st.integers(1, max_objects))
+    cell = st.tuples(st.integers(0, GRID - 1), st.integers(0, GRID - 1))
+    cells = draw(st.lists(cell, min_size=k, max_size=k, unique=True))
+    objects: list = []
+    for r, c in cells:
+        near = {o.colour for o in objects if abs(o.row - r) + abs(o.col - c) == 1}
+        colour = draw(st.sampled_from([x for x in COLOURS if x not in near]))
+        used = {o.shape for o in objects if o.colour == colour} if distinct_things else set()
+        shape = draw(st.sampled_from([s for s in SHAPES if s not in used]))
+        objects.append(SceneObject(colour, shape, r, c))
+    return objects
