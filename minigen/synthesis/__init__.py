@@ -4,6 +4,9 @@ from minigen.synthesis import generate, caption_scenes, score_batch
 scenes = generate(64, seed=0)                       # images (64, 3, 16, 16) in [0, 1]
 data = caption_scenes(scenes)                       # captions, tokens, properties
 score_batch(data.images, data.captions)             # picoclvr score per image: all 1.0
+
+clip = train_clip().model                           # CLIP, noise-aware (~5 min on 2 cores)
+g = clip_grad(clip, x_t, t, "a red circle")         # grad_x (z_img(x_t, t) . z_txt)
 """
 
 from minigen.synthesis.captions import (
@@ -28,6 +31,27 @@ from minigen.synthesis.captions import (
     parse_caption,
 )
 from minigen.synthesis.checker import Detection, Score, parse, parse_batch, score, score_batch
+from minigen.synthesis.clip import (
+    CLIP,
+    CLIPConfig,
+    caption_key,
+    contrastive_loss,
+    positives,
+)
+from minigen.synthesis.clip_train import (
+    TrainResult,
+    describes,
+    in_distribution_scenes,
+    load_clip,
+    minimal_edits,
+    plot_similarity,
+    retrieval_accuracy,
+    save_clip,
+    similarity,
+    train_clip,
+    training_data,
+)
+from minigen.synthesis.guidance import clip_grad
 from minigen.synthesis.scenes import (
     COLOURS,
     SHAPES,
@@ -71,4 +95,21 @@ __all__ = [
     "parse_batch",
     "score",
     "score_batch",
+    "CLIP",
+    "CLIPConfig",
+    "caption_key",
+    "positives",
+    "contrastive_loss",
+    "clip_grad",
+    "TrainResult",
+    "training_data",
+    "train_clip",
+    "save_clip",
+    "load_clip",
+    "similarity",
+    "describes",
+    "minimal_edits",
+    "retrieval_accuracy",
+    "in_distribution_scenes",
+    "plot_similarity",
 ]
