@@ -224,3 +224,21 @@ def scene_objects(draw: st.DrawFn, max_objects: int = 3, distinct_things: bool =
         shape = draw(st.sampled_from([s for s in SHAPES if s not in used]))
         objects.append(SceneObject(colour, shape, r, c))
     return objects
+
+
+# ----------------------------------------------------------------------------- synthesis: CLIP
+
+
+@st.composite
+def contrastive_batches(draw: st.DrawFn, max_batch: int = 5, max_dim: int = 4) -> tuple:
+    """(z_img (B, E), z_txt (B, E), s (), positive (B, B) bool) for the contrastive loss:
+    raw float64 embeddings (not normalised), a log-scale s in [0, 4.5] (below the cap at
+    log 100: no kink), and the positives of a random grouping of the B captions (an
+    equivalence: symmetric, with a true diagonal)."""
+    B = draw(st.integers(1, max_batch))
+    E = draw(st.integers(1, max_dim))
+    z_img = draw(nonzero_arrays((B, E)))
+    z_txt = draw(nonzero_arrays((B, E)))
+    s = np.asarray(draw(floats(0.0, 4.5)))
+    labels = np.asarray(draw(st.lists(st.integers(0, B - 1), min_size=B, max_size=B)))
+    return z_img, z_txt, s, labels[:, None] == labels[None, :]
