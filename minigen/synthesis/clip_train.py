@@ -74,7 +74,7 @@ def train_clip(
     data: CaptionedScenes | None = None,
     n_train: int = 20000,
     data_seed: int = 0,
-    steps: int = 1500,
+    steps: int = 1000,
     batch_size: int = 128,
     lr: float = 2e-3,
     weight_decay: float = 0.1,
@@ -91,6 +91,7 @@ def train_clip(
     from tqdm.auto import tqdm
 
     cfg = config or CLIPConfig()
+    given_data = data
     if data is None:
         data = training_data(cfg, n_train, data_seed)
     if data.images.shape[1:] != (3, cfg.image_size, cfg.image_size):
@@ -111,7 +112,7 @@ def train_clip(
     settings = {
         "steps": steps, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
         "warmup_steps": warmup_steps, "max_grad_norm": max_grad_norm, "seed": seed,
-        "n_train": len(data), "data_seed": data_seed,
+        "n_train": len(data), "data_seed": data_seed if given_data is None else None,
     }  # fmt: skip
     result = TrainResult(model, settings=settings)
     bar = tqdm(range(steps), desc="clip", disable=not progress)
