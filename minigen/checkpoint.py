@@ -54,7 +54,11 @@ def save(
     """Save named arrays (NumPy or CuPy) and a JSON-able config to a safetensors file."""
     from safetensors.numpy import save as st_save
 
-    arrays = {k: np.ascontiguousarray(backend.to_numpy(v)) for k, v in tensors.items()}
+    # ascontiguousarray turns a 0-d array into shape (1,): reshape keeps scalars scalars
+    arrays = {
+        k: np.ascontiguousarray(backend.to_numpy(v)).reshape(np.shape(v))
+        for k, v in tensors.items()
+    }
     metadata = {"format": "minigen", "config": json.dumps(dict(config or {}), sort_keys=True)}
     return atomic_write(path, st_save(arrays, metadata=metadata))
 

@@ -190,6 +190,19 @@ def test_checkpoint_round_trip_atomic_and_errors(tmp_path):
         checkpoint.load_module(small, path)
 
 
+def test_checkpoint_keeps_every_shape_and_dtype(tmp_path):
+    arrays = {
+        "scalar": np.array(2.5, dtype=np.float32),
+        "ints": np.arange(6, dtype=np.int64).reshape(2, 3),
+        "f64": np.ones((1, 4)),
+    }
+    loaded, config = checkpoint.load(checkpoint.save(tmp_path / "a.safetensors", arrays))
+    assert config == {}
+    for k, v in arrays.items():
+        assert loaded[k].shape == v.shape and loaded[k].dtype == v.dtype
+        np.testing.assert_array_equal(loaded[k], v)
+
+
 def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
     target = tmp_path / "a.txt"
     checkpoint.atomic_write(target, "old")
