@@ -1,0 +1,92 @@
+"""Argument checks shared by every kernel backend, so each one fails the same way.
+
+A kernel reads raw memory: a wrong shape or dtype that NumPy would broadcast or
+promote silently becomes an out-of-bounds read or a second compilation in Numba.
+So every public function checks its arrays first and names the op, the argument
+and both shapes (or dtypes) when something does not match.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+APPROXIMATIONS = ("tanh", "none")
+
+
+def check_float(op: str, **arrays: Any) -> np.dtype:
+    """All arrays are float32 or all are float64; return that dtype."""
+    dtypes = {name: np.dtype(a.dtype) for name, a in arrays.items()}
+    for name, dt in dtypes.items():
+        if dt not in FLOAT_DTYPES:
+            raise TypeError(f"{op}: {name} must be float32 or float64, got {dt}")
+    if len(set(dtypes.values())) > 1:
+        listed = ", ".join(f"{name} {dt}" for name, dt in dtypes.items())
+        raise TypeError(f"{op}: arrays must share one dtype, got {listed}")
+    return next(iter(dtypes.values()))
+
+
+def check_last_axis(op: str, x: Any) -> None:
+    """The array has a last axis to reduce over."""
+    if len(x.shape) == 0:
+        raise ValueError(f"{op}: expected an array with at least one axis, got shape ()")
+
+
+def check_same_shape(op: str, **arrays: Any) -> None:
+    """Every array has the shape of the first one."""
+    (first, a0), *rest = arrays.items()
+    for name, a in rest:
+        if tuple(a.shape) != tuple(a0.shape):
+            raise ValueError(
+                f"{op}: {name} has shape {tuple(a.shape)} but {first} has {tuple(a0.shape)}"
+            )
+
+
+def check_matmul(op: str, a: Any, b: Any) -> None:
+    """a is (n, k) and b is (k, m)."""
+    if len(a.shape) != 2 or len(b.shape) != 2:
+        raise ValueError(
+            f"{op}: expected 2-D operands (n, k) @ (k, m), got {tuple(a.shape)} @ {tuple(b.shape)}"
+        )
+    if a.shape[1] != b.shape[0]:
+        raise ValueError(
+            f"{op}: inner sizes differ: a is {tuple(a.shape)} and b is {tuple(b.shape)}"
+        )
+
+
+def check_scores(op: str, scores: Any) -> tuple[int, int]:
+    """Attention scores are (..., T, S) with S >= T keys; return (T, S)."""
+    if len(scores.shape) < 2:
+        raise ValueError(f"{op}: scores must be (..., T, S), got shape {tuple(scores.shape)}")
+    t, s = scores.shape[-2:]
+    if s < t:
+        raise ValueError(
+            f"{op}: scores {tuple(scores.shape)} have S={s} keys for T={t} queries; "
+            "the causal mask needs S >= T (the last query sees every key)"
+        )
+    return t, s
+
+
+def check_layer_norm(op: str, x: Any, weight: Any, **rows: Any) -> None:
+    """x is (..., C), weight (C,), and each per-row array (mean, rstd) has shape x.shape[:-1]."""
+    check_last_axis(op, x)
+    if tuple(weight.shape) != (x.shape[-1],):
+        raise ValueError(
+            f"{op}: weight has shape {tuple(weight.shape)} but x {tuple(x.shape)} needs "
+            f"({x.shape[-1]},)"
+        )
+    for name, r in rows.items():
+        if tuple(r.shape) != tuple(x.shape[:-1]):
+            raise ValueError(
+                f"{op}: {name} has shape {tuple(r.shape)} but x {tuple(x.shape)} needs "
+                f"{tuple(x.shape[:-1])}"
+            )
+
+
+def check_approximate(op: str, approximate: str) -> None:
+    if approximate not in APPROXIMATIONS:
+        raise ValueError(
+            f"{op}: approximate must be 'tanh' or 'none' (exact erf), got {approximate!r}"
+        )

@@ -1,0 +1,271 @@
+r"""The hot loops as fused Numba CPU kernels (backend "numba-cpu").
+
+Read beside `reference.py`: each kernel computes what the NumPy function of the
+same name computes, but in *one* sweep over each row instead of one sweep per
+array operation. NumPy's softmax reads and writes the whole (R, N) array five
+times and allocates four temporaries; the kernel below reads a row (64 floats:
+256 bytes, which stays in the L1 cache), finds its max, exponentiates and sums it,
+and scales it, touching main memory about once in and once out.
+
+How the loops are compiled:
+- `parallel=True` with `prange` over rows: rows are independent, so the two cores
+  split them. Waking threads costs microseconds, so tiny arrays would be better
+  served by one core; the shapes we care about (12*4*64 attention rows) are not tiny.
+- `fastmath={"reassoc", "contract"}` only on loops that *sum*: it lets LLVM add 8
+  partial sums in SIMD lanes (a different rounding order, not a different result
+  beyond rounding). We never assume "no inf, no NaN" (`ninf`, `nnan`): the causal
+  mask and the row maximum use -inf.
+- `cache=True`: the compiled machine code is kept in __pycache__, so only the first
+  run pays the compilation.
+- `fast_exp` (see `_numba_math.py`) is an exp LLVM can vectorise for float32.
+
+Each public function checks its arguments, makes its inputs C-contiguous with the
+reduced axis last, viewed as 2-D (rows, N), and calls a kernel that fills a
+preallocated output. Matmul: models keep calling BLAS (`a @ b`, many times faster);
+the two kernels here show why loop order and blocking matter.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from . import _checks as ck
+from ._numba_math import fast_exp
+from .numba_cpu_norm import (  # the second half of this backend
+    ddpm_step,
+    gelu_backward,
+    gelu_forward,
+    layer_norm_backward,
+    layer_norm_forward,
+)
+
+__all__ = [
+    "matmul_naive",
+    "matmul_tiled",
+    "matmul_backward",
+    "softmax_forward",
+    "softmax_backward",
+    "log_softmax_forward",
+    "log_softmax_backward",
+    "causal_softmax_forward",
+    "causal_softmax_backward",
+    "ddpm_step",
+    "layer_norm_forward",
+    "layer_norm_backward",
+    "gelu_forward",
+    "gelu_backward",
+]
+
+_FAST = {"reassoc", "contract"}  # vectorised sums; no assumptions about inf or NaN
+TILE = 64  # 64 x 64 float32 blocks: 16 KiB each, three of them fit a 48 KiB L1 + L2
+
+SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+GELU_CUBIC = 0.044715
+
+
+def _rows(x: np.ndarray) -> np.ndarray:
+    """x as a C-contiguous (rows, N) array, N the last axis (a view when possible)."""
+    return np.ascontiguousarray(x).reshape(-1, x.shape[-1])
+
+
+# ----------------------------------------------------------------------------- matmul
+
+
+@njit(parallel=True, cache=True)
+def _matmul_naive(a, b, c):
+    n, k = a.shape
+    m = b.shape[1]
+    for i in prange(n):  # one thread per block of rows of C
+        for j in range(m):
+            acc = c.dtype.type(0)
+            # C_ij = \sum_p A_ip B_pj: B is walked down a column, m floats apart, so
+            # each B_pj is a new cache line; for m >= 16 nearly every load misses.
+            for p in range(k):
+                acc += a[i, p] * b[p, j]
+            c[i, j] = acc
+
+
+@njit(parallel=True, cache=True)
+def _matmul_tiled(a, b, c):
+    n, k = a.shape
+    m = b.shape[1]
+    for ib in prange((n + TILE - 1) // TILE):  # one thread per band of TILE rows of C
+        i0, i1 = ib * TILE, min(ib * TILE + TILE, n)
+        for p0 in range(0, k, TILE):
+            p1 = min(p0 + TILE, k)
+            for j0 in range(0, m, TILE):
+                j1 = min(j0 + TILE, m)
+                # C[I, J] += A[I, P] B[P, J] on one block: the block of B (TILE rows)
+                # stays in cache while every row i of the band reuses it.
+                for i in range(i0, i1):
+                    for p in range(p0, p1):
+                        a_ip = a[i, p]
+                        # contiguous in j for both C and B: SIMD multiply-adds
+                        for j in range(j0, j1):
+                            c[i, j] += a_ip * b[p, j]
+
+
+def matmul_naive(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(n, k) @ (k, m) by the triple loop i, j, p (for reading; models use BLAS)."""
+    ck.check_matmul("matmul_naive", a, b)
+    ck.check_float("matmul_naive", a=a, b=b)
+    c = np.empty((a.shape[0], b.shape[1]), dtype=a.dtype)  # (n, m)
+    _matmul_naive(np.ascontiguousarray(a), np.ascontiguousarray(b), c)
+    return c
+
+
+def matmul_tiled(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(n, k) @ (k, m) in TILE x TILE blocks, loop order i, p, j (models use BLAS)."""
+    ck.check_matmul("matmul_tiled", a, b)
+    ck.check_float("matmul_tiled", a=a, b=b)
+    c = np.zeros((a.shape[0], b.shape[1]), dtype=a.dtype)  # (n, m)
+    _matmul_tiled(np.ascontiguousarray(a), np.ascontiguousarray(b), c)
+    return c
+
+
+def matmul_backward(a: np.ndarray, b: np.ndarray, dc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """dA = dC B^T, dB = A^T dC, both with the tiled kernel."""
+    ck.check_matmul("matmul_backward", a, b)
+    ck.check_float("matmul_backward", a=a, b=b, dc=dc)
+    if tuple(dc.shape) != (a.shape[0], b.shape[1]):
+        raise ValueError(
+            f"matmul_backward: dc has shape {tuple(dc.shape)} but a {tuple(a.shape)} @ "
+            f"b {tuple(b.shape)} is {(a.shape[0], b.shape[1])}"
+        )
+    return matmul_tiled(dc, b.T), matmul_tiled(a.T, dc)  # (n, k), (k, m)
+
+
+# ----------------------------------------------------------------------------- softmax
+
+
+@njit(parallel=True, fastmath=_FAST, cache=True)
+def _softmax_rows(x, y, log):
+    n = x.shape[1]
+    for r in prange(x.shape[0]):  # one row per iteration, rows split across cores
+        # m = max_j x_j   (starting from x_0 keeps m in the row's dtype)
+        m = x[r, 0]
+        for j in range(1, n):
+            m = max(m, x[r, j])
+        # s = \sum_j exp(x_j - m); write the exps as we go (y holds them for a moment)
+        s = x.dtype.type(0)
+        for j in range(n):
+            e = fast_exp(x[r, j] - m)
+            y[r, j] = e
+            s += e
+        if log:
+            # y_j = x_j - m - log s
+            shift = m + math.log(s)
+            for j in range(n):
+                y[r, j] = x[r, j] - shift
+        else:
+            # y_j = e_j / s   (one division per row, then multiplications)
+            inv = x.dtype.type(1) / s
+            for j in range(n):
+                y[r, j] *= inv
+
+
+@njit(parallel=True, fastmath=_FAST, cache=True)
+def _causal_softmax_rows(x, y, t, scale):
+    s_keys = x.shape[1]
+    for r in prange(x.shape[0]):  # rows are (batch..., query i), flattened
+        # query i sees keys j <= i + (S - T): the first `seen` of the row
+        seen = r % t + (s_keys - t) + 1
+        m = x[r, 0] * scale
+        for j in range(1, seen):
+            m = max(m, x[r, j] * scale)
+        s = x.dtype.type(0)
+        for j in range(seen):
+            e = fast_exp(x[r, j] * scale - m)
+            y[r, j] = e
+            s += e
+        inv = x.dtype.type(1) / s
+        for j in range(seen):
+            y[r, j] *= inv
+        # masked keys: exp(-inf) = 0, written rather than computed
+        for j in range(seen, s_keys):
+            y[r, j] = 0
+
+
+@njit(parallel=True, fastmath=_FAST, cache=True)
+def _softmax_backward_rows(y, dy, dx, scale, log):
+    n = y.shape[1]
+    for r in prange(y.shape[0]):
+        s = y.dtype.type(0)
+        if log:
+            # log-softmax: dx_i = dy_i - exp(y_i) \sum_j dy_j
+            for j in range(n):
+                s += dy[r, j]
+            for j in range(n):
+                dx[r, j] = dy[r, j] - fast_exp(y[r, j]) * s
+        else:
+            # softmax: dx_i = scale * y_i (dy_i - \sum_j dy_j y_j)
+            for j in range(n):
+                s += dy[r, j] * y[r, j]
+            for j in range(n):
+                dx[r, j] = scale * y[r, j] * (dy[r, j] - s)
+
+
+def _row_op(op: str, x: np.ndarray, log: bool) -> np.ndarray:
+    ck.check_last_axis(op, x)
+    ck.check_float(op, x=x)
+    if x.size == 0:
+        return np.empty_like(x)
+    x2 = _rows(x)  # (R, N)
+    y = np.empty_like(x2)  # (R, N)
+    _softmax_rows(x2, y, log)
+    return y.reshape(x.shape)
+
+
+def _row_backward(op: str, y: np.ndarray, dy: np.ndarray, scale: float, log: bool) -> np.ndarray:
+    ck.check_last_axis(op, y)
+    ck.check_same_shape(op, y=y, dy=dy)
+    ck.check_float(op, y=y, dy=dy)
+    if y.size == 0:
+        return np.empty_like(y)
+    dx = np.empty((y.size // y.shape[-1], y.shape[-1]), dtype=y.dtype)  # (R, N)
+    _softmax_backward_rows(_rows(y), _rows(dy), dx, y.dtype.type(scale), log)
+    return dx.reshape(y.shape)
+
+
+def softmax_forward(x: np.ndarray) -> np.ndarray:
+    """softmax over the last axis in one fused sweep per row."""
+    return _row_op("softmax_forward", x, log=False)
+
+
+def softmax_backward(y: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """dx = y * (dy - sum(dy * y)) in one fused sweep per row."""
+    return _row_backward("softmax_backward", y, dy, 1.0, log=False)
+
+
+def log_softmax_forward(x: np.ndarray) -> np.ndarray:
+    """log-softmax over the last axis in one fused sweep per row."""
+    return _row_op("log_softmax_forward", x, log=True)
+
+
+def log_softmax_backward(y: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """dx = dy - exp(y) * sum(dy) in one fused sweep per row."""
+    return _row_backward("log_softmax_backward", y, dy, 1.0, log=True)
+
+
+def causal_softmax_forward(scores: np.ndarray, scale: float) -> np.ndarray:
+    """Scale, causal mask and softmax of (..., T, S) scores in one sweep per row.
+
+    Masked keys are never read: their probabilities are written as 0.
+    """
+    t, _ = ck.check_scores("causal_softmax_forward", scores)
+    ck.check_float("causal_softmax_forward", scores=scores)
+    if scores.size == 0:
+        return np.empty_like(scores)
+    x2 = _rows(scores)  # (B*T, S)
+    y = np.empty_like(x2)  # (B*T, S)
+    _causal_softmax_rows(x2, y, t, scores.dtype.type(scale))
+    return y.reshape(scores.shape)
+
+
+def causal_softmax_backward(y: np.ndarray, dy: np.ndarray, scale: float) -> np.ndarray:
+    """d scores = scale * y * (dy - sum(dy * y)); masked entries (y = 0) get 0."""
+    ck.check_scores("causal_softmax_backward", y)
+    return _row_backward("causal_softmax_backward", y, dy, scale, log=False)
