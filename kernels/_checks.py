@@ -60,7 +60,7 @@ def check_scores(op: str, scores: Any) -> tuple[int, int]:
     """Attention scores are (..., T, S) with S >= T keys; return (T, S)."""
     if len(scores.shape) < 2:
         raise ValueError(f"{op}: scores must be (..., T, S), got shape {tuple(scores.shape)}")
-    t, s = scores.shape[-2:]
+    t, s = tuple(scores.shape)[-2:]
     if s < t:
         raise ValueError(
             f"{op}: scores {tuple(scores.shape)} have S={s} keys for T={t} queries; "
@@ -72,16 +72,15 @@ def check_scores(op: str, scores: Any) -> tuple[int, int]:
 def check_layer_norm(op: str, x: Any, weight: Any, **rows: Any) -> None:
     """x is (..., C), weight (C,), and each per-row array (mean, rstd) has shape x.shape[:-1]."""
     check_last_axis(op, x)
-    if tuple(weight.shape) != (x.shape[-1],):
+    shape = tuple(x.shape)  # a tuple: simulated device arrays reject negative indices
+    if tuple(weight.shape) != shape[-1:]:
         raise ValueError(
-            f"{op}: weight has shape {tuple(weight.shape)} but x {tuple(x.shape)} needs "
-            f"({x.shape[-1]},)"
+            f"{op}: weight has shape {tuple(weight.shape)} but x {shape} needs {shape[-1:]}"
         )
     for name, r in rows.items():
-        if tuple(r.shape) != tuple(x.shape[:-1]):
+        if tuple(r.shape) != shape[:-1]:
             raise ValueError(
-                f"{op}: {name} has shape {tuple(r.shape)} but x {tuple(x.shape)} needs "
-                f"{tuple(x.shape[:-1])}"
+                f"{op}: {name} has shape {tuple(r.shape)} but x {shape} needs {shape[:-1]}"
             )
 
 

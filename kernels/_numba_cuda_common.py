@@ -52,7 +52,9 @@ def block_max(buf, v):
     half = cuda.blockDim.x // 2
     while half > 0:
         if t < half:
-            buf[t] = max(buf[t], buf[t + half])
+            other = buf[t + half]
+            if other > buf[t]:
+                buf[t] = other
         cuda.syncthreads()
         half //= 2
     total = buf[0]
@@ -62,9 +64,11 @@ def block_max(buf, v):
 
 def device(a: Any) -> tuple[Any, bool]:
     """(a on the GPU, whether `a` was a host array): NumPy arrays are copied over."""
-    if isinstance(a, np.ndarray):
+    if isinstance(a, np.ndarray | np.generic):
         return cuda.to_device(np.ascontiguousarray(a)), True
-    if cuda.is_cuda_array(a):  # numba or CuPy device arrays
+    if hasattr(a, "copy_to_host"):  # a numba device array
+        return a, False
+    if hasattr(a, "__cuda_array_interface__"):  # another library's, e.g. CuPy's
         return cuda.as_cuda_array(a), False
     raise TypeError(f"expected a NumPy or CUDA device array, got {type(a).__name__}")
 

@@ -156,10 +156,10 @@ def _softmax_rows(x, y, log):
             y[r, j] = e
             s += e
         if log:
-            # y_j = x_j - m - log s
-            shift = m + math.log(s)
+            # y_j = (x_j - m) - log s   (not x_j - (m + log s): x_j - m is exact at the max)
+            log_s = math.log(s)
             for j in range(n):
-                y[r, j] = x[r, j] - shift
+                y[r, j] = (x[r, j] - m) - log_s
         else:
             # y_j = e_j / s   (one division per row, then multiplications)
             inv = x.dtype.type(1) / s

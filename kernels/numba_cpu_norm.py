@@ -91,19 +91,21 @@ def ddpm_step(
 @njit(parallel=True, fastmath=_FAST, cache=True)
 def _layer_norm_rows(x, w, b, eps, y, mean, rstd):
     c = x.shape[1]
+    one = x.dtype.type(1)  # typed constants: with a bare 1 or c, numba computes in float64
+    inv_c = one / x.dtype.type(c)
     for r in prange(x.shape[0]):
         # \mu = (1/C) \sum_c x_c
         s = x.dtype.type(0)
         for j in range(c):
             s += x[r, j]
-        mu = s / c
+        mu = s * inv_c
         # \sigma^2 = (1/C) \sum_c (x_c - \mu)^2   (second sweep over the cached row)
         v = x.dtype.type(0)
         for j in range(c):
             d = x[r, j] - mu
             v += d * d
         # rstd = 1 / sqrt(\sigma^2 + \epsilon)
-        rs = x.dtype.type(1) / math.sqrt(v / c + eps)
+        rs = one / math.sqrt(v * inv_c + eps)
         # y = (x - \mu) rstd w + b
         for j in range(c):
             y[r, j] = (x[r, j] - mu) * rs * w[j] + b[j]
@@ -114,6 +116,7 @@ def _layer_norm_rows(x, w, b, eps, y, mean, rstd):
 @njit(parallel=True, fastmath=_FAST, cache=True)
 def _layer_norm_backward_rows(dy, x, w, mean, rstd, dx, dw_part, db_part):
     n_rows, c = x.shape
+    inv_c = x.dtype.type(1) / x.dtype.type(c)
     for k in prange(dw_part.shape[0]):  # one chunk of rows per iteration
         for r in range(k * ROWS_PER_CHUNK, min(n_rows, (k + 1) * ROWS_PER_CHUNK)):
             mu, rs = mean[r], rstd[r]
@@ -124,8 +127,8 @@ def _layer_norm_backward_rows(dy, x, w, mean, rstd, dx, dw_part, db_part):
                 g = dy[r, j] * w[j]
                 sg += g
                 sgx += g * (x[r, j] - mu) * rs
-            sg /= c
-            sgx /= c
+            sg *= inv_c
+            sgx *= inv_c
             for j in range(c):
                 xhat = (x[r, j] - mu) * rs
                 # dx = rstd (g - mean(g) - \hat x mean(g \hat x))

@@ -93,11 +93,11 @@ def _matmul_tiled(a, b, c):
     j = cuda.blockIdx.x * TILE + tx
     n, k = a.shape
     m = b.shape[1]
-    acc = c.dtype.type(0)
+    zero = acc = c.dtype.type(0)  # typed zeros: a bare 0 would make float32 code float64
     for p0 in range(0, k, TILE):
         # each thread loads one element of each tile (zero padding past the edges)
-        sa[ty, tx] = a[i, p0 + tx] if i < n and p0 + tx < k else 0
-        sb[ty, tx] = b[p0 + ty, j] if p0 + ty < k and j < m else 0
+        sa[ty, tx] = a[i, p0 + tx] if i < n and p0 + tx < k else zero
+        sb[ty, tx] = b[p0 + ty, j] if p0 + ty < k and j < m else zero
         cuda.syncthreads()  # the tiles are complete before anyone reads them
         # C_ij += \sum_q A_i,p0+q B_p0+q,j  from shared memory: each value used TILE times
         for q in range(TILE):
@@ -155,7 +155,8 @@ def _softmax_rows(x, y, scale, t_queries, causal, log):
     # m = max_j scale x_j: each thread over its columns, then across the block
     m = x[r, 0] * scale
     for j in range(t, seen, nt):
-        m = max(m, x[r, j] * scale)
+        v = x[r, j] * scale
+        m = v if v > m else m  # max(m, v); numba.cuda's max() builtin needs a live GPU to type
     m = block_max(buf, m)
     # s = \sum_j exp(scale x_j - m)
     s = x.dtype.type(0)
@@ -195,17 +196,18 @@ def _softmax_backward_rows(y, dy, dx, scale, log):
 
 def _rows_launch(x: Any) -> tuple[int, int]:
     """(blocks, threads) for one block per row of the 2-D view of x."""
-    n = x.shape[-1]
+    n = tuple(x.shape)[-1]  # a tuple: simulated device arrays reject negative indices
     return x.size // n, threads_for(n, MAX_THREADS)
 
 
 def _forward(op: str, x: Any, scale: float, t_queries: int, causal: bool, log: bool) -> Any:
     ck.check_float(op, x=x)
     dx, host = device(x)
-    y = cuda.device_array(x.shape, dtype=x.dtype)
+    y = cuda.device_array(tuple(x.shape), dtype=x.dtype)
     if x.size:
         blocks, threads = _rows_launch(x)
-        x2, y2 = dx.reshape(blocks, x.shape[-1]), y.reshape(blocks, x.shape[-1])
+        shape = (blocks, x.size // blocks)
+        x2, y2 = dx.reshape(shape), y.reshape(shape)
         _softmax_rows[blocks, threads](x2, y2, x.dtype.type(scale), t_queries, causal, log)
     return host_or_device(y, host)
 
@@ -216,10 +218,10 @@ def _backward(op: str, y: Any, dy: Any, scale: float, log: bool) -> Any:
     ck.check_float(op, y=y, dy=dy)
     d_y, host = device(y)
     d_dy, _ = device(dy)
-    dx = cuda.device_array(y.shape, dtype=y.dtype)
+    dx = cuda.device_array(tuple(y.shape), dtype=y.dtype)
     if y.size:
         blocks, threads = _rows_launch(y)
-        shape = (blocks, y.shape[-1])
+        shape = (blocks, y.size // blocks)
         _softmax_backward_rows[blocks, threads](
             d_y.reshape(shape), d_dy.reshape(shape), dx.reshape(shape), y.dtype.type(scale), log
         )

@@ -83,17 +83,19 @@ def _layer_norm_rows(x, w, b, eps, y, mean, rstd):
     buf = cuda.shared.array(MAX_THREADS, x.dtype)
     r, t, nt = cuda.blockIdx.x, cuda.threadIdx.x, cuda.blockDim.x
     c = x.shape[1]
+    one = x.dtype.type(1)  # typed constants: with a bare 1 or c, numba computes in float64
+    inv_c = one / x.dtype.type(c)
     s = x.dtype.type(0)
     for j in range(t, c, nt):
         s += x[r, j]
     # \mu = (1/C) \sum_c x_c
-    mu = block_sum(buf, s) / c
+    mu = block_sum(buf, s) * inv_c
     v = x.dtype.type(0)
     for j in range(t, c, nt):
         d = x[r, j] - mu
         v += d * d
     # rstd = 1 / sqrt((1/C) \sum_c (x_c - \mu)^2 + \epsilon)
-    rs = 1 / math.sqrt(block_sum(buf, v) / c + eps)
+    rs = one / math.sqrt(block_sum(buf, v) * inv_c + eps)
     for j in range(t, c, nt):
         # y = (x - \mu) rstd w + b
         y[r, j] = (x[r, j] - mu) * rs * w[j] + b[j]
@@ -107,6 +109,7 @@ def _layer_norm_dx_rows(dy, x, w, mean, rstd, dx):
     buf = cuda.shared.array(MAX_THREADS, x.dtype)
     r, t, nt = cuda.blockIdx.x, cuda.threadIdx.x, cuda.blockDim.x
     c = x.shape[1]
+    inv_c = x.dtype.type(1) / x.dtype.type(c)
     mu, rs = mean[r], rstd[r]
     sg = x.dtype.type(0)
     sgx = x.dtype.type(0)
@@ -114,8 +117,8 @@ def _layer_norm_dx_rows(dy, x, w, mean, rstd, dx):
         g = dy[r, j] * w[j]  # g = dy w
         sg += g
         sgx += g * (x[r, j] - mu) * rs  # g \hat x
-    sg = block_sum(buf, sg) / c
-    sgx = block_sum(buf, sgx) / c
+    sg = block_sum(buf, sg) * inv_c
+    sgx = block_sum(buf, sgx) * inv_c
     for j in range(t, c, nt):
         # dx = rstd (g - mean(g) - \hat x mean(g \hat x))
         dx[r, j] = rs * (dy[r, j] * w[j] - sg - (x[r, j] - mu) * rs * sgx)
@@ -140,7 +143,7 @@ def layer_norm_forward(x: Any, weight: Any, bias: Any, eps: float = 1e-5) -> tup
     ck.check_layer_norm("layer_norm_forward", x, weight)
     ck.check_same_shape("layer_norm_forward", weight=weight, bias=bias)
     ck.check_float("layer_norm_forward", x=x, weight=weight, bias=bias)
-    c = x.shape[-1]
+    c = tuple(x.shape)[-1]  # a tuple: simulated device arrays reject negative indices
     rows = x.size // c if c else 0
     d_x, host = device(x)
     d_w, d_b = device(weight)[0], device(bias)[0]
@@ -153,8 +156,8 @@ def layer_norm_forward(x: Any, weight: Any, bias: Any, eps: float = 1e-5) -> tup
         )
     out = (
         y.reshape(tuple(x.shape)),
-        mean.reshape(tuple(x.shape[:-1])),
-        rstd.reshape(tuple(x.shape[:-1])),
+        mean.reshape(tuple(x.shape)[:-1]),
+        rstd.reshape(tuple(x.shape)[:-1]),
     )
     return tuple(host_or_device(a, host) for a in out)
 
@@ -164,7 +167,7 @@ def layer_norm_backward(dy: Any, x: Any, weight: Any, mean: Any, rstd: Any) -> t
     ck.check_layer_norm("layer_norm_backward", x, weight, mean=mean, rstd=rstd)
     ck.check_same_shape("layer_norm_backward", x=x, dy=dy)
     ck.check_float("layer_norm_backward", dy=dy, x=x, weight=weight, mean=mean, rstd=rstd)
-    c = x.shape[-1]
+    c = tuple(x.shape)[-1]  # a tuple: simulated device arrays reject negative indices
     rows = x.size // c if c else 0
     d_x, host = device(x)
     d_dy, d_w = device(dy)[0], device(weight)[0]
@@ -189,7 +192,8 @@ def layer_norm_backward(dy: Any, x: Any, weight: Any, mean: Any, rstd: Any) -> t
 
 @cuda.jit
 def _gelu(x, dy, out, use_tanh, backward):
-    dt = x.dtype.type
+    dt = x.dtype.type  # constants go through dt(): a bare 1 would make float32 code float64
+    one = dt(1)
     for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
         v = x[i]
         if use_tanh:
@@ -197,14 +201,14 @@ def _gelu(x, dy, out, use_tanh, backward):
             th = math.tanh(dt(SQRT_2_OVER_PI) * (v + dt(GELU_CUBIC) * v * v * v))
             if backward:
                 # gelu' = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi) (1 + 3 0.044715 x^2)
-                du = dt(SQRT_2_OVER_PI) * (1 + dt(3 * GELU_CUBIC) * v * v)
-                out[i] = dy[i] * (dt(0.5) * (1 + th) + dt(0.5) * v * (1 - th * th) * du)
+                du = dt(SQRT_2_OVER_PI) * (one + dt(3 * GELU_CUBIC) * v * v)
+                out[i] = dy[i] * (dt(0.5) * (one + th) + dt(0.5) * v * (one - th * th) * du)
             else:
                 # gelu(x) ~ 0.5 x (1 + tanh u)
-                out[i] = dt(0.5) * v * (1 + th)
+                out[i] = dt(0.5) * v * (one + th)
         else:
             # \Phi(x) = 0.5 (1 + erf(x / sqrt 2))
-            cdf = dt(0.5) * (1 + math.erf(v * dt(INV_SQRT_2)))
+            cdf = dt(0.5) * (one + math.erf(v * dt(INV_SQRT_2)))
             if backward:
                 # gelu' = \Phi(x) + x \phi(x),  \phi(x) = exp(-x^2/2) / sqrt(2 pi)
                 out[i] = dy[i] * (cdf + v * math.exp(dt(-0.5) * v * v) * dt(INV_SQRT_2PI))

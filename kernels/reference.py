@@ -70,13 +70,17 @@ def matmul_naive(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a[:, :, None] * b[None, :, :]).sum(axis=1)  # (n, k, 1) * (1, k, m) -> (n, m)
 
 
-def matmul_tiled(a: np.ndarray, b: np.ndarray, tile: int = 32) -> np.ndarray:
+TILE = 32  # the block size of `matmul_tiled`
+
+
+def matmul_tiled(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """C = A B one (tile x tile) block at a time: C_IJ = sum_K A_IK B_KJ.
 
     The same sum as `matmul_naive`, grouped by blocks. A kernel that works block by
     block reuses each loaded block of A and B `tile` times from fast memory (cache
     or GPU shared memory) instead of reloading it from slow memory for every output.
     """
+    tile = TILE
     ck.check_matmul("matmul_tiled", a, b)
     ck.check_float("matmul_tiled", a=a, b=b)
     (n, k), m = a.shape, b.shape[1]
@@ -212,12 +216,12 @@ def layer_norm_forward(
     ck.check_same_shape("layer_norm_forward", weight=weight, bias=bias)
     ck.check_float("layer_norm_forward", x=x, weight=weight, bias=bias)
     # \mu = mean_c x_c
-    mean = x.mean(axis=-1)  # (...)
+    mean = np.asarray(x.mean(axis=-1))  # (...)   (an array even when x is 1-D)
     xc = x - mean[..., None]  # (..., C)
     # \sigma^2 = mean_c (x_c - \mu)^2   (the biased variance, as in the book and PyTorch)
     var = (xc * xc).mean(axis=-1)  # (...)
     # rstd = 1 / sqrt(\sigma^2 + \epsilon)
-    rstd = 1.0 / np.sqrt(var + x.dtype.type(eps))  # (...)
+    rstd = np.asarray(1.0 / np.sqrt(var + x.dtype.type(eps)))  # (...)
     # y = \hat x w + b,  \hat x = (x - \mu) rstd
     y = xc * rstd[..., None] * weight + bias  # (..., C)
     return y, mean, rstd
