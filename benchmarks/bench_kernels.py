@@ -10,6 +10,9 @@ float32, the training dtype. For each case, every backend runs once per round, i
 an order that rotates between rounds (so slow drifts of a shared machine hit all of
 them alike); the table gives medians over the rounds and each kernel's speed-up
 over NumPy (numpy time / kernel time: above 1 means the kernel is faster).
+numba-cpu runs arrays under 1M elements on one core (waking threads costs more than
+the work on a busy machine); the "all cores" column forces every call onto all of
+Numba's threads (NUMBA_NUM_THREADS) to show what threads add, or cost, here.
 
 Matmul: models call BLAS (`a @ b`); the naive and tiled kernels are there to show
 why blocking matters, and the table shows how far both stay behind BLAS.
@@ -126,6 +129,19 @@ def to_backend(backend: str, args: tuple) -> tuple:
     return args
 
 
+def on_all_cores(backend, f: Callable) -> Callable:
+    """f, called with numba-cpu's parallel threshold at 0 (every call on all threads)."""
+
+    def call(*args):
+        previous = backend.set_parallel_min_size(0)
+        try:
+            return f(*args)
+        finally:
+            backend.set_parallel_min_size(previous)
+
+    return call
+
+
 def measure(funcs: list[Callable[[], object]], syncs: list, repeats: int) -> list[float]:
     """Median seconds per call of each function, rounds rotating the order."""
     per_call = []
@@ -161,7 +177,14 @@ def main(argv: list[str] | None = None) -> None:
     names = args.backends.split(",") if args.backends else list(mk.available())
     if mk.is_cuda_simulator() and "numba-cuda" in names and not args.backends:
         names.remove("numba-cuda")  # the simulator is for tests, not timings
-    kernels = [n for n in names if n != "numpy"]
+    # (column label, backend, every call on all cores): numba-cpu runs arrays under 1M
+    # elements on one core by default, so it gets a second column with all its threads
+    columns = []
+    for n in names:
+        if n == "numba-cpu":
+            columns += [("numba-cpu", n, False), ("numba-cpu all cores", n, True)]
+        elif n != "numpy":
+            columns.append((n, n, False))
     ref = mk.get("numpy")
     import numba
 
@@ -171,9 +194,9 @@ def main(argv: list[str] | None = None) -> None:
         f" {os.cpu_count()} CPUs, load average {load:.2f}; float32; median of {args.repeats}"
         " rounds; speed-up = numpy time / kernel time\n"
     )
-    head = "| case | shape | numpy (µs) | " + " | ".join(f"{k} (µs) | speed-up" for k in kernels)
+    head = "| case | shape | numpy (µs) | " + " | ".join(f"{c[0]} (µs) | speed-up" for c in columns)
     print(head + " |")
-    print("|" + "---|" * (3 + 2 * len(kernels)))
+    print("|" + "---|" * (3 + 2 * len(columns)))
     rng = np.random.default_rng(0)
     for name, shape, kernel, call_args in cases(rng):
         if args.only not in name:
@@ -185,8 +208,10 @@ def main(argv: list[str] | None = None) -> None:
             ref_f = getattr(ref, kernel)
             funcs = [lambda f=ref_f, c=call_args: f(*c)]
         syncs = [synchronizer("numpy")]
-        for k in kernels:
+        for _, k, all_cores in columns:
             f, dev_args = getattr(mk.get(k), kernel), to_backend(k, call_args)
+            if all_cores:
+                f = on_all_cores(mk.get(k), f)
             funcs.append(lambda f=f, c=dev_args: f(*c))
             syncs.append(synchronizer(k))
         times = measure(funcs, syncs, args.repeats)

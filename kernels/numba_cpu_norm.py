@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import _checks as ck
-from ._numba_math import fast_exp
+from ._numba_cpu_common import cores, fast_exp
 
 __all__ = [
     "ddpm_step",
@@ -79,9 +79,11 @@ def ddpm_step(
     flat = [np.ascontiguousarray(a).reshape(-1) for a in arrays.values()]
     out = np.empty(x_t.size, dtype=x_t.dtype)  # (n,)
     if z is None:
-        _ddpm_mean(flat[0], flat[1], c_eps, c_x, out)
+        with cores(out.size):
+            _ddpm_mean(flat[0], flat[1], c_eps, c_x, out)
     else:
-        _ddpm_step(flat[0], flat[1], flat[2], c_eps, c_x, dt(sigma_t), out)
+        with cores(out.size):
+            _ddpm_step(flat[0], flat[1], flat[2], c_eps, c_x, dt(sigma_t), out)
     return out.reshape(x_t.shape)
 
 
@@ -151,7 +153,8 @@ def layer_norm_forward(
     rstd = np.empty(x2.shape[0], dtype=x.dtype)  # (R,)
     if x.size:
         w, b = np.ascontiguousarray(weight), np.ascontiguousarray(bias)
-        _layer_norm_rows(x2, w, b, x.dtype.type(eps), y, mean, rstd)
+        with cores(x2.size):
+            _layer_norm_rows(x2, w, b, x.dtype.type(eps), y, mean, rstd)
     return y.reshape(x.shape), mean.reshape(x.shape[:-1]), rstd.reshape(x.shape[:-1])
 
 
@@ -169,16 +172,17 @@ def layer_norm_backward(
     dw_part = np.zeros((chunks, c), dtype=x.dtype)  # (chunks, C)
     db_part = np.zeros((chunks, c), dtype=x.dtype)  # (chunks, C)
     if x.size:
-        _layer_norm_backward_rows(
-            np.ascontiguousarray(dy).reshape(-1, c),
-            x2,
-            np.ascontiguousarray(weight),
-            np.ascontiguousarray(mean).reshape(-1),
-            np.ascontiguousarray(rstd).reshape(-1),
-            dx,
-            dw_part,
-            db_part,
-        )
+        with cores(x2.size):
+            _layer_norm_backward_rows(
+                np.ascontiguousarray(dy).reshape(-1, c),
+                x2,
+                np.ascontiguousarray(weight),
+                np.ascontiguousarray(mean).reshape(-1),
+                np.ascontiguousarray(rstd).reshape(-1),
+                dx,
+                dw_part,
+                db_part,
+            )
     return dx.reshape(x.shape), dw_part.sum(axis=0), db_part.sum(axis=0)
 
 
@@ -221,7 +225,8 @@ def gelu_forward(x: np.ndarray, approximate: str = "tanh") -> np.ndarray:
     ck.check_float("gelu_forward", x=x)
     flat = np.ascontiguousarray(x).reshape(-1)
     out = np.empty_like(flat)
-    _gelu(flat, flat, out, approximate == "tanh", False)
+    with cores(out.size):
+        _gelu(flat, flat, out, approximate == "tanh", False)
     return out.reshape(x.shape)
 
 
@@ -232,5 +237,6 @@ def gelu_backward(x: np.ndarray, dy: np.ndarray, approximate: str = "tanh") -> n
     ck.check_float("gelu_backward", x=x, dy=dy)
     flat = np.ascontiguousarray(x).reshape(-1)
     out = np.empty_like(flat)
-    _gelu(flat, np.ascontiguousarray(dy).reshape(-1), out, approximate == "tanh", True)
+    with cores(out.size):
+        _gelu(flat, np.ascontiguousarray(dy).reshape(-1), out, approximate == "tanh", True)
     return out.reshape(x.shape)

@@ -258,8 +258,8 @@ def gelu_forward(x: np.ndarray, approximate: str = "tanh") -> np.ndarray:
     ck.check_float("gelu_forward", x=x)
     dt = x.dtype.type
     if approximate == "tanh":
-        # u = sqrt(2/pi) (x + 0.044715 x^3)
-        u = dt(SQRT_2_OVER_PI) * (x + dt(GELU_CUBIC) * x**3)
+        # u = sqrt(2/pi) (x + 0.044715 x^3)   (x * x * x: float32 x**3 calls powf, 100x slower)
+        u = dt(SQRT_2_OVER_PI) * (x + dt(GELU_CUBIC) * x * x * x)
         # gelu(x) ~ 0.5 x (1 + tanh u)
         return dt(0.5) * x * (1 + np.tanh(u))
     # gelu(x) = x \Phi(x) = 0.5 x (1 + erf(x / sqrt 2))
@@ -273,7 +273,7 @@ def gelu_backward(x: np.ndarray, dy: np.ndarray, approximate: str = "tanh") -> n
     ck.check_float("gelu_backward", x=x, dy=dy)
     dt = x.dtype.type
     if approximate == "tanh":
-        th = np.tanh(dt(SQRT_2_OVER_PI) * (x + dt(GELU_CUBIC) * x**3))
+        th = np.tanh(dt(SQRT_2_OVER_PI) * (x + dt(GELU_CUBIC) * x * x * x))
         # d/dx = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
         du = dt(SQRT_2_OVER_PI) * (1 + dt(3 * GELU_CUBIC) * x * x)
         return dy * (dt(0.5) * (1 + th) + dt(0.5) * x * (1 - th * th) * du)

@@ -308,3 +308,46 @@ def test_rows_longer_than_a_block(backend, dtype):
     got = k.layer_norm_backward(dy, x, w, mean, rstd)
     for g, r in zip(got, ref.layer_norm_backward(dy, x, w, mean, rstd), strict=True):
         assert_close(g, r, scale=2.0)
+
+
+# ----------------------------------------------------------------------------- threads
+
+
+@pytest.mark.skipif(mk.why_unavailable("numba-cpu") is not None, reason="numba unavailable")
+def test_numba_cpu_on_all_cores_matches_the_reference(dtype):
+    """Small arrays run on one core; with the threshold at 0 the same kernels split their
+    rows over every thread (layer-norm backward: per-chunk partial sums, 3 chunks here)."""
+    k = mk.get("numba-cpu")
+    rng = np.random.default_rng(1)
+    x, dy = (rng.standard_normal((3, 70, 33)).astype(dtype) for _ in range(2))
+    w, bias = (rng.standard_normal(33).astype(dtype) for _ in range(2))
+    previous = k.set_parallel_min_size(0)
+    try:
+        assert_close(k.softmax_forward(x), ref.softmax_forward(x))
+        s = np.ascontiguousarray(x.transpose(0, 2, 1))  # (3, T=33, S=70)
+        assert_close(k.causal_softmax_forward(s, 0.3), ref.causal_softmax_forward(s, 0.3))
+        assert_close(k.gelu_backward(x, dy), ref.gelu_backward(x, dy))
+        assert_close(
+            k.ddpm_step(x, dy, x, 0.1, 0.9, 0.5, 0.3), ref.ddpm_step(x, dy, x, 0.1, 0.9, 0.5, 0.3)
+        )
+        y, mean, rstd = ref.layer_norm_forward(x, w, bias)
+        assert_close(k.layer_norm_forward(x, w, bias)[0], y)
+        got = k.layer_norm_backward(dy, x, w, mean, rstd)
+        for g, r in zip(got, ref.layer_norm_backward(dy, x, w, mean, rstd), strict=True):
+            assert_close(g, r, scale=210.0)
+        a = x.reshape(-1, 33)
+        c = mk.to_numpy(k.matmul_tiled(a, a.T))
+        assert np.all(np.abs(c - a.astype(np.float64) @ a.T) <= matmul_bound(a, a.T, dtype))
+    finally:
+        k.set_parallel_min_size(previous)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_nan_spreads_over_its_row_only(backend, dtype):
+    """As in the reference: a NaN input makes its whole row NaN, other rows stay finite."""
+    k, _, _ = backend_setup(backend)
+    x = np.random.default_rng(2).standard_normal((3, 5)).astype(dtype)
+    x[1, 2] = np.nan
+    for op in ("softmax_forward", "log_softmax_forward"):
+        y = mk.to_numpy(getattr(k, op)(x))
+        assert np.all(np.isnan(y[1])) and np.all(np.isfinite(y[[0, 2]])), (op, y)

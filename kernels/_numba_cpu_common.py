@@ -1,6 +1,18 @@
-r"""An exp that Numba can vectorise, for the CPU kernels in numba_cpu.py.
+r"""What the Numba CPU kernels share: an exp Numba can vectorise, and when to use threads.
 
-Why this file exists. NumPy's `np.exp` runs SIMD code: 8 or 16 float32 values per
+Threads. A `parallel=True` kernel splits its `prange` loop over the cores, but first
+wakes the worker threads: tens of microseconds on an idle machine, and milliseconds
+on a busy one (measured here, on 2 shared cores: a 0.2 ms softmax took 8 ms when
+its worker thread had to wait for a core). NumPy's own element-wise code runs on one
+core. So the kernels run on one core below `PARALLEL_MIN_SIZE` elements and on all
+of Numba's threads (`numba.get_num_threads()`) above it; `cores(size)` does this
+around each call, and `numba_cpu.set_parallel_min_size` changes the threshold
+(0: always all cores).
+
+Numba's on-disk cache does not notice edits to this file in the kernels that use
+`fast_exp`: delete kernels/__pycache__ after changing it.
+
+exp. NumPy's `np.exp` runs SIMD code: 8 or 16 float32 values per
 instruction. Inside a Numba loop, `math.exp(v)` becomes one call to the C library's
 `expf` per element, and a loop that calls a function cannot be vectorised (unless
 Intel's SVML library is installed). A fused softmax that calls `math.exp` is then
@@ -15,7 +27,7 @@ float64 arrays keep the C library's exact functions (gradient checks run in floa
 and there speed matters less). `fast_exp(v)` picks the version from the type of `v`
 when Numba compiles the caller (an `overload`), so kernels are written once.
 
-These functions are only used on the arguments the kernels give them:
+`fast_exp` is only used on the arguments the kernels give it:
 x <= 0 (softmax's x - max, log-probabilities, -|v| in a sigmoid), where values
 below -87 (results under 1.7e-38) are flushed to 0. Measured against float64:
 relative error under 1e-7 (about one float32 ulp) on [-87, 0].
@@ -23,13 +35,33 @@ relative error under 1e-7 (about one float32 ulp) on [-87, 0].
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
+import numba
 import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-__all__ = ["fast_exp"]
+__all__ = ["fast_exp", "cores", "PARALLEL_MIN_SIZE"]
+
+PARALLEL_MIN_SIZE = 1 << 20  # elements (4 MiB of float32): below this, one core
+
+
+@contextlib.contextmanager
+def cores(size: int) -> Iterator[None]:
+    """Run the parallel kernels inside on one core if `size` is below PARALLEL_MIN_SIZE."""
+    if size >= PARALLEL_MIN_SIZE:
+        yield
+        return
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)  # this thread's setting only
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
+
 
 _f = np.float32
 # ln 2 split in two (Cody & Waite): n * LN2_HI is exact in float32 for |n| < 2^9,
@@ -60,7 +92,8 @@ def _exp_f32(x):  # float32, x <= 0
     p = p * r + _f(1.0)
     # 2^n: put n + 127 in the exponent bits (23 to 30) of a float32
     two_n = np.int32((np.int32(n) + np.int32(127)) << np.int32(23)).view(np.float32)
-    return p * two_n if x >= _EXP_MIN else _f(0.0)
+    # below -87 the result is 0; written "not x < min" so that a NaN stays NaN
+    return _f(0.0) if x < _EXP_MIN else p * two_n
 
 
 def fast_exp(x):
