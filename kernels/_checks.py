@@ -12,20 +12,25 @@ from typing import Any
 
 import numpy as np
 
-FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 APPROXIMATIONS = ("tanh", "none")
 
 
 def check_float(op: str, **arrays: Any) -> np.dtype:
-    """All arrays are float32 or all are float64; return that dtype."""
-    dtypes = {name: np.dtype(a.dtype) for name, a in arrays.items()}
-    for name, dt in dtypes.items():
-        if dt not in FLOAT_DTYPES:
-            raise TypeError(f"{op}: {name} must be float32 or float64, got {dt}")
-    if len(set(dtypes.values())) > 1:
-        listed = ", ".join(f"{name} {dt}" for name, dt in dtypes.items())
-        raise TypeError(f"{op}: arrays must share one dtype, got {listed}")
-    return next(iter(dtypes.values()))
+    """All arrays are float32 or all are float64; return that dtype.
+
+    Runs on every kernel call, so the usual case costs a few comparisons.
+    """
+    dtype = None
+    for name, a in arrays.items():
+        if a.dtype != _F32 and a.dtype != _F64:
+            raise TypeError(f"{op}: {name} must be float32 or float64, got {a.dtype}")
+        if dtype is None:
+            dtype = a.dtype
+        elif a.dtype != dtype:
+            listed = ", ".join(f"{n} {v.dtype}" for n, v in arrays.items())
+            raise TypeError(f"{op}: arrays must share one dtype, got {listed}")
+    return dtype
 
 
 def check_last_axis(op: str, x: Any) -> None:
@@ -36,9 +41,9 @@ def check_last_axis(op: str, x: Any) -> None:
 
 def check_same_shape(op: str, **arrays: Any) -> None:
     """Every array has the shape of the first one."""
-    (first, a0), *rest = arrays.items()
-    for name, a in rest:
-        if tuple(a.shape) != tuple(a0.shape):
+    first, a0 = next(iter(arrays.items()))
+    for name, a in arrays.items():
+        if a.shape != a0.shape:
             raise ValueError(
                 f"{op}: {name} has shape {tuple(a.shape)} but {first} has {tuple(a0.shape)}"
             )

@@ -4,10 +4,10 @@ Threads. A `parallel=True` kernel splits its `prange` loop over the cores, but f
 wakes the worker threads: tens of microseconds on an idle machine, and milliseconds
 on a busy one (measured here, on 2 shared cores: a 0.2 ms softmax took 8 ms when
 its worker thread had to wait for a core). NumPy's own element-wise code runs on one
-core. So the kernels run on one core below `PARALLEL_MIN_SIZE` elements and on all
-of Numba's threads (`numba.get_num_threads()`) above it; `cores(size)` does this
-around each call, and `numba_cpu.set_parallel_min_size` changes the threshold
-(0: always all cores).
+core. So each kernel has a `threads` flag: True (from `PARALLEL_MIN_SIZE` elements
+on, see `use_threads`) runs its loop as `prange` on Numba's threads
+(`numba.get_num_threads()`), False as a plain loop on the calling core, which wakes
+no thread. `numba_cpu.set_parallel_min_size` changes the threshold (0: always threads).
 
 Numba's on-disk cache does not notice edits to this file in the kernels that use
 `fast_exp`: delete kernels/__pycache__ after changing it.
@@ -35,32 +35,20 @@ relative error under 1e-7 (about one float32 ulp) on [-87, 0].
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 
-import numba
 import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-__all__ = ["fast_exp", "cores", "PARALLEL_MIN_SIZE"]
+__all__ = ["fast_exp", "use_threads", "PARALLEL_MIN_SIZE"]
 
 PARALLEL_MIN_SIZE = 1 << 20  # elements (4 MiB of float32): below this, one core
 
 
-@contextlib.contextmanager
-def cores(size: int) -> Iterator[None]:
-    """Run the parallel kernels inside on one core if `size` is below PARALLEL_MIN_SIZE."""
-    if size >= PARALLEL_MIN_SIZE:
-        yield
-        return
-    before = numba.get_num_threads()
-    numba.set_num_threads(1)  # this thread's setting only
-    try:
-        yield
-    finally:
-        numba.set_num_threads(before)
+def use_threads(size: int) -> bool:
+    """Whether a kernel call on `size` elements should split its loop over the cores."""
+    return size >= PARALLEL_MIN_SIZE
 
 
 _f = np.float32

@@ -41,7 +41,7 @@ from numba import njit, prange
 
 from . import _checks as ck
 from . import _numba_cpu_common as _common
-from ._numba_cpu_common import cores, fast_exp
+from ._numba_cpu_common import fast_exp, use_threads
 from .numba_cpu_norm import (  # the second half of this backend
     ddpm_step,
     gelu_backward,
@@ -92,41 +92,60 @@ def _rows(x: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- matmul
+# Each kernel is written as the work of one unit (a row, a band of rows) plus a loop
+# over the units: `prange` (split over the cores) when `threads` is True, else a plain
+# `range` on the calling core, which starts no thread at all.
+
+
+@njit(cache=True)
+def _matmul_naive_row(a, b, c, i):
+    for j in range(b.shape[1]):
+        acc = c.dtype.type(0)
+        # C_ij = \sum_p A_ip B_pj: B is walked down a column, m floats apart, so each
+        # B_pj is on a new cache line; for m >= 16 nearly every load misses the cache.
+        for p in range(a.shape[1]):
+            acc += a[i, p] * b[p, j]
+        c[i, j] = acc
 
 
 @njit(parallel=True, cache=True)
-def _matmul_naive(a, b, c):
-    n, k = a.shape
-    m = b.shape[1]
-    for i in prange(n):  # one thread per block of rows of C
-        for j in range(m):
-            acc = c.dtype.type(0)
-            # C_ij = \sum_p A_ip B_pj: B is walked down a column, m floats apart, so
-            # each B_pj is a new cache line; for m >= 16 nearly every load misses.
-            for p in range(k):
-                acc += a[i, p] * b[p, j]
-            c[i, j] = acc
+def _matmul_naive(a, b, c, threads):
+    if threads:
+        for i in prange(a.shape[0]):  # rows of C split over the cores
+            _matmul_naive_row(a, b, c, i)
+    else:
+        for i in range(a.shape[0]):
+            _matmul_naive_row(a, b, c, i)
+
+
+@njit(cache=True)
+def _matmul_band(a, b, c, i0, i1):
+    k, m = b.shape
+    for p0 in range(0, k, TILE):
+        p1 = min(p0 + TILE, k)
+        # C[I, :] += A[I, P] B[P, :]: the block B[P, :] (TILE rows) is loaded into cache
+        # once and reused by all the rows i of the band, instead of being streamed from
+        # memory again for every row of C.
+        for i in range(i0, i1):
+            for p in range(p0, p1):
+                a_ip = a[i, p]
+                # C_i,: += A_ip B_p,:  both rows contiguous: SIMD multiply-adds. The loop
+                # runs over whole rows from 0, so Numba knows j >= 0 and drops its
+                # negative-index check, which would block vectorisation.
+                for j in range(m):
+                    c[i, j] += a_ip * b[p, j]
 
 
 @njit(parallel=True, cache=True)
-def _matmul_tiled(a, b, c):
-    n, k = a.shape
-    m = b.shape[1]
-    for ib in prange((n + TILE - 1) // TILE):  # one band of TILE rows of C per iteration
-        i0, i1 = ib * TILE, min(ib * TILE + TILE, n)
-        for p0 in range(0, k, TILE):
-            p1 = min(p0 + TILE, k)
-            # C[I, :] += A[I, P] B[P, :]: the block B[P, :] (TILE rows) is loaded into
-            # cache once and reused by all TILE rows i of the band, instead of being
-            # streamed from memory again for every row of C.
-            for i in range(i0, i1):
-                for p in range(p0, p1):
-                    a_ip = a[i, p]
-                    # C_i,: += A_ip B_p,: — both rows contiguous, so SIMD multiply-adds.
-                    # The loop runs over whole rows from 0: Numba then knows j >= 0 and
-                    # drops its negative-index check, which would block vectorisation.
-                    for j in range(m):
-                        c[i, j] += a_ip * b[p, j]
+def _matmul_tiled(a, b, c, threads):
+    n = a.shape[0]
+    bands = (n + TILE - 1) // TILE  # bands of TILE rows of C
+    if threads:
+        for ib in prange(bands):
+            _matmul_band(a, b, c, ib * TILE, min(ib * TILE + TILE, n))
+    else:
+        for ib in range(bands):
+            _matmul_band(a, b, c, ib * TILE, min(ib * TILE + TILE, n))
 
 
 def matmul_naive(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -134,8 +153,8 @@ def matmul_naive(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     ck.check_matmul("matmul_naive", a, b)
     ck.check_float("matmul_naive", a=a, b=b)
     c = np.empty((a.shape[0], b.shape[1]), dtype=a.dtype)  # (n, m)
-    with cores(a.shape[0] * a.shape[1] * b.shape[1]):  # multiply-adds
-        _matmul_naive(np.ascontiguousarray(a), np.ascontiguousarray(b), c)
+    threads = use_threads(a.shape[0] * a.shape[1] * b.shape[1])  # multiply-adds
+    _matmul_naive(np.ascontiguousarray(a), np.ascontiguousarray(b), c, threads)
     return c
 
 
@@ -144,8 +163,8 @@ def matmul_tiled(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     ck.check_matmul("matmul_tiled", a, b)
     ck.check_float("matmul_tiled", a=a, b=b)
     c = np.zeros((a.shape[0], b.shape[1]), dtype=a.dtype)  # (n, m)
-    with cores(a.shape[0] * a.shape[1] * b.shape[1]):  # multiply-adds
-        _matmul_tiled(np.ascontiguousarray(a), np.ascontiguousarray(b), c)
+    threads = use_threads(a.shape[0] * a.shape[1] * b.shape[1])  # multiply-adds
+    _matmul_tiled(np.ascontiguousarray(a), np.ascontiguousarray(b), c, threads)
     return c
 
 
@@ -164,71 +183,97 @@ def matmul_backward(a: np.ndarray, b: np.ndarray, dc: np.ndarray) -> tuple[np.nd
 # ----------------------------------------------------------------------------- softmax
 
 
-@njit(parallel=True, fastmath=_FAST, cache=True)
-def _softmax_rows(x, y, log):
-    n = x.shape[1]
-    for r in prange(x.shape[0]):  # one row per iteration, rows split across cores
-        # m = max_j x_j   (starting from x_0 keeps m in the row's dtype)
-        m = x[r, 0]
-        for j in range(1, n):
-            m = max(m, x[r, j])
-        # s = \sum_j exp(x_j - m); write the exps as we go (y holds them for a moment)
-        s = x.dtype.type(0)
+@njit(fastmath=_FAST, cache=True)
+def _softmax_row(x, y, log):  # one row: x, y of shape (N,)
+    n = x.shape[0]
+    # m = max_j x_j   (starting from x_0 keeps m in the row's dtype)
+    m = x[0]
+    for j in range(1, n):
+        m = max(m, x[j])
+    # s = \sum_j exp(x_j - m); write the exps as we go (y holds them for a moment)
+    s = x.dtype.type(0)
+    for j in range(n):
+        e = fast_exp(x[j] - m)
+        y[j] = e
+        s += e
+    if log:
+        # y_j = (x_j - m) - log s   (not x_j - (m + log s): x_j - m is exact at the max)
+        log_s = math.log(s)
         for j in range(n):
-            e = fast_exp(x[r, j] - m)
-            y[r, j] = e
-            s += e
-        if log:
-            # y_j = (x_j - m) - log s   (not x_j - (m + log s): x_j - m is exact at the max)
-            log_s = math.log(s)
-            for j in range(n):
-                y[r, j] = (x[r, j] - m) - log_s
-        else:
-            # y_j = e_j / s   (one division per row, then multiplications)
-            inv = x.dtype.type(1) / s
-            for j in range(n):
-                y[r, j] *= inv
-
-
-@njit(parallel=True, fastmath=_FAST, cache=True)
-def _causal_softmax_rows(x, y, t, scale):
-    s_keys = x.shape[1]
-    for r in prange(x.shape[0]):  # rows are (batch..., query i), flattened
-        # query i sees keys j <= i + (S - T): the first `seen` of the row
-        seen = r % t + (s_keys - t) + 1
-        m = x[r, 0] * scale
-        for j in range(1, seen):
-            m = max(m, x[r, j] * scale)
-        s = x.dtype.type(0)
-        for j in range(seen):
-            e = fast_exp(x[r, j] * scale - m)
-            y[r, j] = e
-            s += e
+            y[j] = (x[j] - m) - log_s
+    else:
+        # y_j = e_j / s   (one division per row, then multiplications)
         inv = x.dtype.type(1) / s
-        for j in range(seen):
-            y[r, j] *= inv
-        # masked keys: exp(-inf) = 0, written rather than computed
-        for j in range(seen, s_keys):
-            y[r, j] = 0
+        for j in range(n):
+            y[j] *= inv
 
 
-@njit(parallel=True, fastmath=_FAST, cache=True)
-def _softmax_backward_rows(y, dy, dx, scale, log):
-    n = y.shape[1]
-    for r in prange(y.shape[0]):
-        s = y.dtype.type(0)
-        if log:
-            # log-softmax: dx_i = dy_i - exp(y_i) \sum_j dy_j
-            for j in range(n):
-                s += dy[r, j]
-            for j in range(n):
-                dx[r, j] = dy[r, j] - fast_exp(y[r, j]) * s
-        else:
-            # softmax: dx_i = scale * y_i (dy_i - \sum_j dy_j y_j)
-            for j in range(n):
-                s += dy[r, j] * y[r, j]
-            for j in range(n):
-                dx[r, j] = scale * y[r, j] * (dy[r, j] - s)
+@njit(parallel=True, cache=True)
+def _softmax_rows(x, y, log, threads):
+    if threads:
+        for r in prange(x.shape[0]):  # rows are independent: split over the cores
+            _softmax_row(x[r], y[r], log)
+    else:
+        for r in range(x.shape[0]):
+            _softmax_row(x[r], y[r], log)
+
+
+@njit(fastmath=_FAST, cache=True)
+def _causal_softmax_row(x, y, seen, scale):  # one query's row of S keys
+    # query i sees keys j <= i + (S - T): the first `seen` of its row
+    m = x[0] * scale
+    for j in range(1, seen):
+        m = max(m, x[j] * scale)
+    s = x.dtype.type(0)
+    for j in range(seen):
+        e = fast_exp(x[j] * scale - m)
+        y[j] = e
+        s += e
+    inv = x.dtype.type(1) / s
+    for j in range(seen):
+        y[j] *= inv
+    # masked keys: exp(-inf) = 0, written rather than computed
+    for j in range(seen, x.shape[0]):
+        y[j] = 0
+
+
+@njit(parallel=True, cache=True)
+def _causal_softmax_rows(x, y, t, scale, threads):
+    extra = x.shape[1] - t  # S - T earlier (cached) keys every query sees
+    if threads:
+        for r in prange(x.shape[0]):  # rows are (batch..., query i), flattened: i = r % T
+            _causal_softmax_row(x[r], y[r], r % t + extra + 1, scale)
+    else:
+        for r in range(x.shape[0]):
+            _causal_softmax_row(x[r], y[r], r % t + extra + 1, scale)
+
+
+@njit(fastmath=_FAST, cache=True)
+def _softmax_backward_row(y, dy, dx, scale, log):
+    n = y.shape[0]
+    s = y.dtype.type(0)
+    if log:
+        # log-softmax: dx_i = dy_i - exp(y_i) \sum_j dy_j
+        for j in range(n):
+            s += dy[j]
+        for j in range(n):
+            dx[j] = dy[j] - fast_exp(y[j]) * s
+    else:
+        # softmax: dx_i = scale * y_i (dy_i - \sum_j dy_j y_j)
+        for j in range(n):
+            s += dy[j] * y[j]
+        for j in range(n):
+            dx[j] = scale * y[j] * (dy[j] - s)
+
+
+@njit(parallel=True, cache=True)
+def _softmax_backward_rows(y, dy, dx, scale, log, threads):
+    if threads:
+        for r in prange(y.shape[0]):
+            _softmax_backward_row(y[r], dy[r], dx[r], scale, log)
+    else:
+        for r in range(y.shape[0]):
+            _softmax_backward_row(y[r], dy[r], dx[r], scale, log)
 
 
 def _row_op(op: str, x: np.ndarray, log: bool) -> np.ndarray:
@@ -238,8 +283,7 @@ def _row_op(op: str, x: np.ndarray, log: bool) -> np.ndarray:
         return np.empty_like(x)
     x2 = _rows(x)  # (R, N)
     y = np.empty_like(x2)  # (R, N)
-    with cores(x2.size):
-        _softmax_rows(x2, y, log)
+    _softmax_rows(x2, y, log, use_threads(x2.size))
     return y.reshape(x.shape)
 
 
@@ -250,8 +294,8 @@ def _row_backward(op: str, y: np.ndarray, dy: np.ndarray, scale: float, log: boo
     if y.size == 0:
         return np.empty_like(y)
     dx = np.empty((y.size // y.shape[-1], y.shape[-1]), dtype=y.dtype)  # (R, N)
-    with cores(dx.size):
-        _softmax_backward_rows(_rows(y), _rows(dy), dx, y.dtype.type(scale), log)
+    scale = y.dtype.type(scale)
+    _softmax_backward_rows(_rows(y), _rows(dy), dx, scale, log, use_threads(dx.size))
     return dx.reshape(y.shape)
 
 
@@ -286,8 +330,8 @@ def causal_softmax_forward(scores: np.ndarray, scale: float) -> np.ndarray:
         return np.empty_like(scores)
     x2 = _rows(scores)  # (B*T, S)
     y = np.empty_like(x2)  # (B*T, S)
-    with cores(x2.size):
-        _causal_softmax_rows(x2, y, t, scores.dtype.type(scale))
+    scale = scores.dtype.type(scale)
+    _causal_softmax_rows(x2, y, t, scale, use_threads(x2.size))
     return y.reshape(scores.shape)
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import _checks as ck
-from ._numba_cpu_common import cores, fast_exp
+from ._numba_cpu_common import fast_exp, use_threads
 
 __all__ = [
     "ddpm_step",
@@ -47,17 +47,23 @@ GELU_CUBIC = 0.044715
 
 
 @njit(parallel=True, cache=True)
-def _ddpm_step(x, eps, z, c_eps, c_x, sigma, out):
-    for i in prange(x.size):  # flat arrays: each core takes a contiguous range
-        # x_{t-1} = (x_t - c_eps eps) c_x + sigma z
-        out[i] = (x[i] - c_eps * eps[i]) * c_x + sigma * z[i]
-
-
-@njit(parallel=True, cache=True)
-def _ddpm_mean(x, eps, c_eps, c_x, out):
-    for i in prange(x.size):
-        # the last step (t = 1) adds no noise: x_0 = (x_1 - c_eps eps) c_x
-        out[i] = (x[i] - c_eps * eps[i]) * c_x
+def _ddpm_step(x, eps, z, c_eps, c_x, sigma, has_z, out, threads):
+    # x_{t-1} = (x_t - c_eps eps) c_x + sigma z  (or without the noise at the last step);
+    # the branch on has_z sits outside the loops, so each loop body is branch-free
+    n = x.size
+    if threads:  # flat arrays: each core takes a contiguous range
+        if has_z:
+            for i in prange(n):
+                out[i] = (x[i] - c_eps * eps[i]) * c_x + sigma * z[i]
+        else:
+            for i in prange(n):
+                out[i] = (x[i] - c_eps * eps[i]) * c_x
+    elif has_z:
+        for i in range(n):
+            out[i] = (x[i] - c_eps * eps[i]) * c_x + sigma * z[i]
+    else:
+        for i in range(n):
+            out[i] = (x[i] - c_eps * eps[i]) * c_x
 
 
 def ddpm_step(
@@ -76,68 +82,89 @@ def ddpm_step(
     dt = x_t.dtype.type
     # c_eps = \beta_t / sqrt(1 - \bar\alpha_t),  c_x = 1 / sqrt(\alpha_t)   (host scalars)
     c_eps, c_x = dt(beta_t / math.sqrt(1.0 - abar_t)), dt(1.0 / math.sqrt(alpha_t))
-    flat = [np.ascontiguousarray(a).reshape(-1) for a in arrays.values()]
     out = np.empty(x_t.size, dtype=x_t.dtype)  # (n,)
-    if z is None:
-        with cores(out.size):
-            _ddpm_mean(flat[0], flat[1], c_eps, c_x, out)
-    else:
-        with cores(out.size):
-            _ddpm_step(flat[0], flat[1], flat[2], c_eps, c_x, dt(sigma_t), out)
+    flat_eps = eps.ravel()  # C-ordered 1-D: a view when already contiguous
+    flat_z = flat_eps if z is None else z.ravel()  # not read without noise
+    threads = use_threads(out.size)
+    _ddpm_step(x_t.ravel(), flat_eps, flat_z, c_eps, c_x, dt(sigma_t), z is not None, out, threads)
     return out.reshape(x_t.shape)
 
 
 # ----------------------------------------------------------------------------- layer norm
 
 
-@njit(parallel=True, fastmath=_FAST, cache=True)
-def _layer_norm_rows(x, w, b, eps, y, mean, rstd):
-    c = x.shape[1]
+@njit(fastmath=_FAST, cache=True)
+def _layer_norm_row(x, w, b, eps, y, r, mean, rstd):  # row r of x, y: (C,)
+    c = x.shape[0]
     one = x.dtype.type(1)  # typed constants: with a bare 1 or c, numba computes in float64
     inv_c = one / x.dtype.type(c)
-    for r in prange(x.shape[0]):
-        # \mu = (1/C) \sum_c x_c
-        s = x.dtype.type(0)
-        for j in range(c):
-            s += x[r, j]
-        mu = s * inv_c
-        # \sigma^2 = (1/C) \sum_c (x_c - \mu)^2   (second sweep over the cached row)
-        v = x.dtype.type(0)
-        for j in range(c):
-            d = x[r, j] - mu
-            v += d * d
-        # rstd = 1 / sqrt(\sigma^2 + \epsilon)
-        rs = one / math.sqrt(v * inv_c + eps)
-        # y = (x - \mu) rstd w + b
-        for j in range(c):
-            y[r, j] = (x[r, j] - mu) * rs * w[j] + b[j]
-        mean[r] = mu
-        rstd[r] = rs
+    # \mu = (1/C) \sum_c x_c
+    s = x.dtype.type(0)
+    for j in range(c):
+        s += x[j]
+    mu = s * inv_c
+    # \sigma^2 = (1/C) \sum_c (x_c - \mu)^2   (second sweep over the cached row)
+    v = x.dtype.type(0)
+    for j in range(c):
+        d = x[j] - mu
+        v += d * d
+    # rstd = 1 / sqrt(\sigma^2 + \epsilon)
+    rs = one / math.sqrt(v * inv_c + eps)
+    # y = (x - \mu) rstd w + b
+    for j in range(c):
+        y[j] = (x[j] - mu) * rs * w[j] + b[j]
+    mean[r] = mu
+    rstd[r] = rs
 
 
-@njit(parallel=True, fastmath=_FAST, cache=True)
-def _layer_norm_backward_rows(dy, x, w, mean, rstd, dx, dw_part, db_part):
-    n_rows, c = x.shape
+@njit(parallel=True, cache=True)
+def _layer_norm_rows(x, w, b, eps, y, mean, rstd, threads):
+    if threads:
+        for r in prange(x.shape[0]):
+            _layer_norm_row(x[r], w, b, eps, y[r], r, mean, rstd)
+    else:
+        for r in range(x.shape[0]):
+            _layer_norm_row(x[r], w, b, eps, y[r], r, mean, rstd)
+
+
+@njit(fastmath=_FAST, cache=True)
+def _layer_norm_backward_chunk(dy, x, w, mean, rstd, dx, dw_k, db_k, r0, r1):
+    c = x.shape[1]
     inv_c = x.dtype.type(1) / x.dtype.type(c)
-    for k in prange(dw_part.shape[0]):  # one chunk of rows per iteration
-        for r in range(k * ROWS_PER_CHUNK, min(n_rows, (k + 1) * ROWS_PER_CHUNK)):
-            mu, rs = mean[r], rstd[r]
-            # with g = dy w and \hat x = (x - \mu) rstd: the two row means
-            sg = x.dtype.type(0)
-            sgx = x.dtype.type(0)
-            for j in range(c):
-                g = dy[r, j] * w[j]
-                sg += g
-                sgx += g * (x[r, j] - mu) * rs
-            sg *= inv_c
-            sgx *= inv_c
-            for j in range(c):
-                xhat = (x[r, j] - mu) * rs
-                # dx = rstd (g - mean(g) - \hat x mean(g \hat x))
-                dx[r, j] = rs * (dy[r, j] * w[j] - sg - xhat * sgx)
-                # this chunk's share of dw = \sum_rows dy \hat x and db = \sum_rows dy
-                dw_part[k, j] += dy[r, j] * xhat
-                db_part[k, j] += dy[r, j]
+    for r in range(r0, r1):
+        mu, rs = mean[r], rstd[r]
+        xr, dyr, dxr = x[r], dy[r], dx[r]  # this row, (C,)
+        # with g = dy w and \hat x = (x - \mu) rstd: the two row means
+        sg = x.dtype.type(0)
+        sgx = x.dtype.type(0)
+        for j in range(c):
+            g = dyr[j] * w[j]
+            sg += g
+            sgx += g * (xr[j] - mu) * rs
+        sg *= inv_c
+        sgx *= inv_c
+        for j in range(c):
+            xhat = (xr[j] - mu) * rs
+            # dx = rstd (g - mean(g) - \hat x mean(g \hat x))
+            dxr[j] = rs * (dyr[j] * w[j] - sg - xhat * sgx)
+            # this chunk's share of dw = \sum_rows dy \hat x and db = \sum_rows dy
+            dw_k[j] += dyr[j] * xhat
+            db_k[j] += dyr[j]
+
+
+@njit(parallel=True, cache=True)
+def _layer_norm_backward_rows(dy, x, w, mean, rstd, dx, dw_part, db_part, threads):
+    n_rows = x.shape[0]
+    if threads:
+        for k in prange(dw_part.shape[0]):  # chunks of rows, each with its own partial sums
+            r0 = k * ROWS_PER_CHUNK
+            r1 = min(n_rows, r0 + ROWS_PER_CHUNK)
+            _layer_norm_backward_chunk(dy, x, w, mean, rstd, dx, dw_part[k], db_part[k], r0, r1)
+    else:
+        for k in range(dw_part.shape[0]):
+            r0 = k * ROWS_PER_CHUNK
+            r1 = min(n_rows, r0 + ROWS_PER_CHUNK)
+            _layer_norm_backward_chunk(dy, x, w, mean, rstd, dx, dw_part[k], db_part[k], r0, r1)
 
 
 def layer_norm_forward(
@@ -153,8 +180,7 @@ def layer_norm_forward(
     rstd = np.empty(x2.shape[0], dtype=x.dtype)  # (R,)
     if x.size:
         w, b = np.ascontiguousarray(weight), np.ascontiguousarray(bias)
-        with cores(x2.size):
-            _layer_norm_rows(x2, w, b, x.dtype.type(eps), y, mean, rstd)
+        _layer_norm_rows(x2, w, b, x.dtype.type(eps), y, mean, rstd, use_threads(x2.size))
     return y.reshape(x.shape), mean.reshape(x.shape[:-1]), rstd.reshape(x.shape[:-1])
 
 
@@ -172,61 +198,65 @@ def layer_norm_backward(
     dw_part = np.zeros((chunks, c), dtype=x.dtype)  # (chunks, C)
     db_part = np.zeros((chunks, c), dtype=x.dtype)  # (chunks, C)
     if x.size:
-        with cores(x2.size):
-            _layer_norm_backward_rows(
-                np.ascontiguousarray(dy).reshape(-1, c),
-                x2,
-                np.ascontiguousarray(weight),
-                np.ascontiguousarray(mean).reshape(-1),
-                np.ascontiguousarray(rstd).reshape(-1),
-                dx,
-                dw_part,
-                db_part,
-            )
+        _layer_norm_backward_rows(
+            np.ascontiguousarray(dy).reshape(-1, c),
+            x2,
+            np.ascontiguousarray(weight),
+            np.ascontiguousarray(mean).reshape(-1),
+            np.ascontiguousarray(rstd).reshape(-1),
+            dx,
+            dw_part,
+            db_part,
+            use_threads(x2.size),
+        )
     return dx.reshape(x.shape), dw_part.sum(axis=0), db_part.sum(axis=0)
 
 
 # ----------------------------------------------------------------------------- GELU
 
 
-@njit(parallel=True, fastmath=_FAST, cache=True)
-def _gelu(x, dy, out, use_tanh, backward):
-    dt = x.dtype.type
-    for i in prange(x.size):
-        v = x[i]
-        if use_tanh:
-            # P = 0.5 (1 + tanh u) = sigmoid(2u),  u = sqrt(2/pi) (x + 0.044715 x^3)
-            two_u = dt(2 * SQRT_2_OVER_PI) * (v + dt(GELU_CUBIC) * v * v * v)
-            e = fast_exp(-abs(two_u))  # exp(-|2u|) in (0, 1]
-            big, small = dt(1) / (dt(1) + e), e / (dt(1) + e)  # they add up to 1
-            p = big if two_u >= 0 else small
-            q = small if two_u >= 0 else big  # q = 1 - P, without the cancellation
-            if backward:
-                # gelu' = P + x dP/du du/dx = P + x 2 P (1 - P) sqrt(2/pi) (1 + 3 0.044715 x^2)
-                du = dt(SQRT_2_OVER_PI) * (dt(1) + dt(3 * GELU_CUBIC) * v * v)
-                out[i] = dy[i] * (p + v * dt(2) * p * q * du)
-            else:
-                # gelu(x) ~ x P
-                out[i] = v * p
-        else:
-            # \Phi(x) = 0.5 (1 + erf(x / sqrt 2))
-            cdf = dt(0.5) * (dt(1) + math.erf(v * dt(INV_SQRT_2)))
-            if backward:
-                # gelu' = \Phi(x) + x \phi(x),  \phi(x) = exp(-x^2/2) / sqrt(2 pi)
-                out[i] = dy[i] * (cdf + v * fast_exp(dt(-0.5) * v * v) * dt(INV_SQRT_2PI))
-            else:
-                # gelu(x) = x \Phi(x)
-                out[i] = v * cdf
+@njit(fastmath=_FAST, cache=True)
+def _gelu_one(v, g, use_tanh, backward):  # one element x = v (and its gradient g)
+    dt = type(v)
+    if use_tanh:
+        # P = 0.5 (1 + tanh u) = sigmoid(2u),  u = sqrt(2/pi) (x + 0.044715 x^3)
+        two_u = dt(2 * SQRT_2_OVER_PI) * (v + dt(GELU_CUBIC) * v * v * v)
+        e = fast_exp(-abs(two_u))  # exp(-|2u|) in (0, 1]
+        big, small = dt(1) / (dt(1) + e), e / (dt(1) + e)  # they add up to 1
+        p = big if two_u >= 0 else small
+        q = small if two_u >= 0 else big  # q = 1 - P, without the cancellation
+        if backward:
+            # gelu' = P + x dP/du du/dx = P + x 2 P (1 - P) sqrt(2/pi) (1 + 3 0.044715 x^2)
+            du = dt(SQRT_2_OVER_PI) * (dt(1) + dt(3 * GELU_CUBIC) * v * v)
+            return g * (p + v * dt(2) * p * q * du)
+        # gelu(x) ~ x P
+        return v * p
+    # \Phi(x) = 0.5 (1 + erf(x / sqrt 2))
+    cdf = dt(0.5) * (dt(1) + math.erf(v * dt(INV_SQRT_2)))
+    if backward:
+        # gelu' = \Phi(x) + x \phi(x),  \phi(x) = exp(-x^2/2) / sqrt(2 pi)
+        return g * (cdf + v * fast_exp(dt(-0.5) * v * v) * dt(INV_SQRT_2PI))
+    # gelu(x) = x \Phi(x)
+    return v * cdf
+
+
+@njit(parallel=True, cache=True)
+def _gelu(x, dy, out, use_tanh, backward, threads):
+    if threads:
+        for i in prange(x.size):
+            out[i] = _gelu_one(x[i], dy[i], use_tanh, backward)
+    else:
+        for i in range(x.size):
+            out[i] = _gelu_one(x[i], dy[i], use_tanh, backward)
 
 
 def gelu_forward(x: np.ndarray, approximate: str = "tanh") -> np.ndarray:
     """gelu(x), "tanh" approximation or exact ("none", erf), one pass."""
     ck.check_approximate("gelu_forward", approximate)
     ck.check_float("gelu_forward", x=x)
-    flat = np.ascontiguousarray(x).reshape(-1)
+    flat = x.ravel()  # C-ordered 1-D: a view when already contiguous
     out = np.empty_like(flat)
-    with cores(out.size):
-        _gelu(flat, flat, out, approximate == "tanh", False)
+    _gelu(flat, flat, out, approximate == "tanh", False, use_threads(out.size))
     return out.reshape(x.shape)
 
 
@@ -235,8 +265,8 @@ def gelu_backward(x: np.ndarray, dy: np.ndarray, approximate: str = "tanh") -> n
     ck.check_approximate("gelu_backward", approximate)
     ck.check_same_shape("gelu_backward", x=x, dy=dy)
     ck.check_float("gelu_backward", x=x, dy=dy)
-    flat = np.ascontiguousarray(x).reshape(-1)
+    flat = x.ravel()  # C-ordered 1-D: a view when already contiguous
     out = np.empty_like(flat)
-    with cores(out.size):
-        _gelu(flat, np.ascontiguousarray(dy).reshape(-1), out, approximate == "tanh", True)
+    flat_dy = dy.ravel()
+    _gelu(flat, flat_dy, out, approximate == "tanh", True, use_threads(out.size))
     return out.reshape(x.shape)
