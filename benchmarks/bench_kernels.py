@@ -2,6 +2,7 @@
 
     python benchmarks/bench_kernels.py                  # numpy vs numba-cpu (+ GPU backends)
     python benchmarks/bench_kernels.py --repeats 21 --only softmax
+    python benchmarks/bench_kernels.py --all-cores      # numba-cpu on every thread
 
 Shapes: a small GPT (batch 12, context 64, 4 heads, embedding 128, vocabulary 65:
 attention scores (12, 4, 64, 64), layer-norm rows (768, 128), GELU (768, 512),
@@ -11,8 +12,8 @@ an order that rotates between rounds (so slow drifts of a shared machine hit all
 them alike); the table gives medians over the rounds and each kernel's speed-up
 over NumPy (numpy time / kernel time: above 1 means the kernel is faster).
 numba-cpu runs arrays under 1M elements on one core (waking threads costs more than
-the work on a busy machine); the "all cores" column forces every call onto all of
-Numba's threads (NUMBA_NUM_THREADS) to show what threads add, or cost, here.
+the work on a busy machine); `--all-cores` runs every call on all of Numba's threads
+(NUMBA_NUM_THREADS) to show what threads add, or cost, on this machine.
 
 Matmul: models call BLAS (`a @ b`); the naive and tiled kernels are there to show
 why blocking matters, and the table shows how far both stay behind BLAS.
@@ -142,27 +143,29 @@ def on_all_cores(backend, f: Callable) -> Callable:
     return call
 
 
-def measure(funcs: list[Callable[[], object]], syncs: list, repeats: int) -> list[float]:
+def measure(
+    funcs: list[Callable[[], object]], syncs: list, repeats: int, clock: Callable[[], float]
+) -> list[float]:
     """Median seconds per call of each function, rounds rotating the order."""
     per_call = []
     for f, sync in zip(funcs, syncs, strict=True):  # warm up (compiles), then calibrate
         f()
         sync()
-        t0 = time.perf_counter()
+        t0 = clock()
         f()
         sync()
-        per_call.append(time.perf_counter() - t0)
+        per_call.append(clock() - t0)
     # calls per sample: each sample lasts about 2 ms, so the timer's resolution is moot
     numbers = [max(1, min(1000, int(2e-3 / max(t, 1e-7)))) for t in per_call]
     samples: list[list[float]] = [[] for _ in funcs]
     for r in range(repeats):
         for i in np.roll(np.arange(len(funcs)), r):
             f, sync, n = funcs[i], syncs[i], numbers[i]
-            t0 = time.perf_counter()
+            t0 = clock()
             for _ in range(n):
                 f()
             sync()
-            samples[i].append((time.perf_counter() - t0) / n)
+            samples[i].append((clock() - t0) / n)
     return [statistics.median(s) for s in samples]
 
 
@@ -171,28 +174,40 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=31, help="rounds per case (odd)")
     parser.add_argument("--only", default="", help="run the cases whose name contains this")
     parser.add_argument("--backends", default="", help="comma-separated (default: available)")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="wall: elapsed time; cpu: CPU time of this process (all its threads), which"
+        " a busy shared machine disturbs less",
+    )
+    parser.add_argument(
+        "--all-cores",
+        action="store_true",
+        help="run every numba-cpu call on all of Numba's threads (default: under 1M elements,"
+        " one core)",
+    )
     args = parser.parse_args(argv)
+    # idle OpenMP workers sleep at once instead of spinning on the cores the next
+    # measurements need (numba's "omp" threading layer; must precede importing numba)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     mk = import_kernels()
     names = args.backends.split(",") if args.backends else list(mk.available())
     if mk.is_cuda_simulator() and "numba-cuda" in names and not args.backends:
         names.remove("numba-cuda")  # the simulator is for tests, not timings
-    # (column label, backend, every call on all cores): numba-cpu runs arrays under 1M
-    # elements on one core by default, so it gets a second column with all its threads
-    columns = []
-    for n in names:
-        if n == "numba-cpu":
-            columns += [("numba-cpu", n, False), ("numba-cpu all cores", n, True)]
-        elif n != "numpy":
-            columns.append((n, n, False))
+    # (column label, backend, every call on all cores)
+    label = "numba-cpu all cores" if args.all_cores else "numba-cpu"
+    columns = [(label if n == "numba-cpu" else n, n, args.all_cores) for n in names if n != "numpy"]
     ref = mk.get("numpy")
     import numba
 
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
         f"numpy {np.__version__}, numba {numba.__version__} ({numba.get_num_threads()} threads),"
-        f" {os.cpu_count()} CPUs, load average {load:.2f}; float32; median of {args.repeats}"
-        " rounds; speed-up = numpy time / kernel time\n"
+        f" {os.cpu_count()} CPUs, load average {load:.2f}; float32; {args.clock} clock,"
+        f" median of {args.repeats} rounds; speed-up = numpy time / kernel time\n"
     )
     head = "| case | shape | numpy (µs) | " + " | ".join(f"{c[0]} (µs) | speed-up" for c in columns)
     print(head + " |")
@@ -214,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
                 f = on_all_cores(mk.get(k), f)
             funcs.append(lambda f=f, c=dev_args: f(*c))
             syncs.append(synchronizer(k))
-        times = measure(funcs, syncs, args.repeats)
+        times = measure(funcs, syncs, args.repeats, clock)
         cells = [f"{times[0] * 1e6:.1f}"]
         for t in times[1:]:
             cells += [f"{t * 1e6:.1f}", f"{times[0] / t:.2f}x"]

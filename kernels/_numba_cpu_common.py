@@ -62,7 +62,7 @@ _EXP_MIN = _f(-87.0)  # exp(-87) = 1.6e-38, near float32's smallest normal numbe
 
 # Compiled without fastmath, and kept a separate function (not inlined at Numba's
 # level) so a caller's fastmath flags cannot reassociate the Cody-Waite subtraction.
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _exp_f32(x):  # float32, x <= 0
     xc = max(x, _EXP_MIN)
     # n = round(x / ln 2)

@@ -46,7 +46,7 @@ GELU_CUBIC = 0.044715
 # ----------------------------------------------------------------------------- DDPM
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _ddpm_step(x, eps, z, c_eps, c_x, sigma, has_z, out, threads):
     # x_{t-1} = (x_t - c_eps eps) c_x + sigma z  (or without the noise at the last step);
     # the branch on has_z sits outside the loops, so each loop body is branch-free
@@ -93,7 +93,7 @@ def ddpm_step(
 # ----------------------------------------------------------------------------- layer norm
 
 
-@njit(fastmath=_FAST, cache=True)
+@njit(inline="always", fastmath=_FAST, error_model="numpy")
 def _layer_norm_row(x, w, b, eps, y, r, mean, rstd):  # row r of x, y: (C,)
     c = x.shape[0]
     one = x.dtype.type(1)  # typed constants: with a bare 1 or c, numba computes in float64
@@ -117,7 +117,7 @@ def _layer_norm_row(x, w, b, eps, y, r, mean, rstd):  # row r of x, y: (C,)
     rstd[r] = rs
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, fastmath=_FAST, cache=True, error_model="numpy")
 def _layer_norm_rows(x, w, b, eps, y, mean, rstd, threads):
     if threads:
         for r in prange(x.shape[0]):
@@ -127,7 +127,7 @@ def _layer_norm_rows(x, w, b, eps, y, mean, rstd, threads):
             _layer_norm_row(x[r], w, b, eps, y[r], r, mean, rstd)
 
 
-@njit(fastmath=_FAST, cache=True)
+@njit(inline="always", fastmath=_FAST, error_model="numpy")
 def _layer_norm_backward_chunk(dy, x, w, mean, rstd, dx, dw_k, db_k, r0, r1):
     c = x.shape[1]
     inv_c = x.dtype.type(1) / x.dtype.type(c)
@@ -152,7 +152,7 @@ def _layer_norm_backward_chunk(dy, x, w, mean, rstd, dx, dw_k, db_k, r0, r1):
             db_k[j] += dyr[j]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, fastmath=_FAST, cache=True, error_model="numpy")
 def _layer_norm_backward_rows(dy, x, w, mean, rstd, dx, dw_part, db_part, threads):
     n_rows = x.shape[0]
     if threads:
@@ -215,23 +215,27 @@ def layer_norm_backward(
 # ----------------------------------------------------------------------------- GELU
 
 
-@njit(fastmath=_FAST, cache=True)
-def _gelu_one(v, g, use_tanh, backward):  # one element x = v (and its gradient g)
+@njit(inline="always", error_model="numpy")
+def _gelu_tanh_one(v, g, backward):  # one element x = v (and the gradient g of gelu(x))
     dt = type(v)
-    if use_tanh:
-        # P = 0.5 (1 + tanh u) = sigmoid(2u),  u = sqrt(2/pi) (x + 0.044715 x^3)
-        two_u = dt(2 * SQRT_2_OVER_PI) * (v + dt(GELU_CUBIC) * v * v * v)
-        e = fast_exp(-abs(two_u))  # exp(-|2u|) in (0, 1]
-        big, small = dt(1) / (dt(1) + e), e / (dt(1) + e)  # they add up to 1
-        p = big if two_u >= 0 else small
+    # P = 0.5 (1 + tanh u) = sigmoid(2u),  u = sqrt(2/pi) (x + 0.044715 x^3)
+    two_u = dt(2 * SQRT_2_OVER_PI) * (v + dt(GELU_CUBIC) * v * v * v)
+    e = fast_exp(-abs(two_u))  # exp(-|2u|) in (0, 1]
+    big, small = dt(1) / (dt(1) + e), e / (dt(1) + e)  # they add up to 1
+    p = big if two_u >= 0 else small
+    if backward:
         q = small if two_u >= 0 else big  # q = 1 - P, without the cancellation
-        if backward:
-            # gelu' = P + x dP/du du/dx = P + x 2 P (1 - P) sqrt(2/pi) (1 + 3 0.044715 x^2)
-            du = dt(SQRT_2_OVER_PI) * (dt(1) + dt(3 * GELU_CUBIC) * v * v)
-            return g * (p + v * dt(2) * p * q * du)
-        # gelu(x) ~ x P
-        return v * p
-    # \Phi(x) = 0.5 (1 + erf(x / sqrt 2))
+        # gelu' = P + x dP/du du/dx = P + x 2 P (1 - P) sqrt(2/pi) (1 + 3 0.044715 x^2)
+        du = dt(SQRT_2_OVER_PI) * (dt(1) + dt(3 * GELU_CUBIC) * v * v)
+        return g * (p + v * dt(2) * p * q * du)
+    # gelu(x) ~ x P
+    return v * p
+
+
+@njit(inline="always", error_model="numpy")
+def _gelu_erf_one(v, g, backward):
+    dt = type(v)
+    # \Phi(x) = 0.5 (1 + erf(x / sqrt 2))   (math.erf: a C library call per element)
     cdf = dt(0.5) * (dt(1) + math.erf(v * dt(INV_SQRT_2)))
     if backward:
         # gelu' = \Phi(x) + x \phi(x),  \phi(x) = exp(-x^2/2) / sqrt(2 pi)
@@ -240,14 +244,26 @@ def _gelu_one(v, g, use_tanh, backward):  # one element x = v (and its gradient 
     return v * cdf
 
 
-@njit(parallel=True, cache=True)
-def _gelu(x, dy, out, use_tanh, backward, threads):
+# One driver per form: a loop whose body could call erf (a C function) is not
+# vectorised, even on iterations that take the tanh branch.
+@njit(parallel=True, cache=True, error_model="numpy")
+def _gelu_tanh(x, dy, out, backward, threads):
     if threads:
         for i in prange(x.size):
-            out[i] = _gelu_one(x[i], dy[i], use_tanh, backward)
+            out[i] = _gelu_tanh_one(x[i], dy[i], backward)
     else:
         for i in range(x.size):
-            out[i] = _gelu_one(x[i], dy[i], use_tanh, backward)
+            out[i] = _gelu_tanh_one(x[i], dy[i], backward)
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _gelu_erf(x, dy, out, backward, threads):
+    if threads:
+        for i in prange(x.size):
+            out[i] = _gelu_erf_one(x[i], dy[i], backward)
+    else:
+        for i in range(x.size):
+            out[i] = _gelu_erf_one(x[i], dy[i], backward)
 
 
 def gelu_forward(x: np.ndarray, approximate: str = "tanh") -> np.ndarray:
@@ -256,7 +272,8 @@ def gelu_forward(x: np.ndarray, approximate: str = "tanh") -> np.ndarray:
     ck.check_float("gelu_forward", x=x)
     flat = x.ravel()  # C-ordered 1-D: a view when already contiguous
     out = np.empty_like(flat)
-    _gelu(flat, flat, out, approximate == "tanh", False, use_threads(out.size))
+    kernel = _gelu_tanh if approximate == "tanh" else _gelu_erf
+    kernel(flat, flat, out, False, use_threads(out.size))
     return out.reshape(x.shape)
 
 
@@ -268,5 +285,6 @@ def gelu_backward(x: np.ndarray, dy: np.ndarray, approximate: str = "tanh") -> n
     flat = x.ravel()  # C-ordered 1-D: a view when already contiguous
     out = np.empty_like(flat)
     flat_dy = dy.ravel()
-    _gelu(flat, flat_dy, out, approximate == "tanh", True, use_threads(out.size))
+    kernel = _gelu_tanh if approximate == "tanh" else _gelu_erf
+    kernel(flat, flat_dy, out, True, use_threads(out.size))
     return out.reshape(x.shape)
