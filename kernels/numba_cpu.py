@@ -14,13 +14,14 @@ How the loops are compiled:
   `PARALLEL_MIN_SIZE` elements (1M; see `_numba_cpu_common.py`) run on one core,
   which is where fusing alone must beat NumPy. `set_parallel_min_size(0)` uses every
   core for every call.
-- `fastmath={"reassoc", "contract"}` only on loops that *sum*: it lets LLVM add 8
-  partial sums in SIMD lanes (a different rounding order, not a different result
-  beyond rounding). We never assume "no inf, no NaN" (`ninf`, `nnan`): the causal
-  mask and the row maximum use -inf.
+- `fastmath={"reassoc", "contract"}` only on the kernels that *sum* (softmax family,
+  layer norm): it lets LLVM keep 8 partial sums in SIMD lanes (another rounding
+  order, not another result beyond rounding) and fuse multiply-adds. We never
+  assume "no inf, no NaN" (`ninf`, `nnan`): the causal mask and the row maximum
+  use -inf.
 - `error_model="numpy"`: x / 0 gives inf or nan, as in NumPy, instead of raising.
   Python's model tests every divisor for zero, a branch in each iteration that keeps
-  a loop with a division from being vectorised (GELU ran 20 times slower with it).
+  a loop with a division from being vectorised (GELU ran 10 times slower with it).
 - `cache=True`: the compiled machine code is kept in __pycache__, so only the first
   run pays the compilation.
 - `fast_exp` (see `_numba_cpu_common.py`) is an exp LLVM can vectorise for float32.
