@@ -3,9 +3,15 @@
 - Lessons run in their fast mode under pytest (nbmake starts kernels that inherit
   this environment); `jupyter lab lessons/` runs them in full.
 - Hypothesis: no deadlines (the machine is noisy), a fixed budget of examples.
+- kernels/ importable as `minigen_kernels` without installing; numba.cuda kernels run in
+  numba's CUDA simulator where there is no GPU.
 """
 
+import importlib.util
 import os
+import shutil
+import sys
+from pathlib import Path
 
 os.environ.setdefault("MINIGEN_FAST", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -22,3 +28,39 @@ try:
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "minigen"))
 except ImportError:  # hypothesis is in the dev extra
     pass
+
+# ----------------------------------------------------------------------------- minigen_kernels
+# Added for the kernels/ folder (Numba and CuPy mirrors of the hot loops).
+# 1. The folder kernels/ is installed as the package `minigen_kernels` (setup.py maps
+#    it; a PyPI package is already called `kernels`). Register it under that name so
+#    `import minigen_kernels` works from the repository root without installing.
+# 2. On a machine without an NVIDIA GPU, run the numba.cuda kernels in numba's CUDA
+#    simulator so the GPU code is still tested. The variable must be set before
+#    numba.cuda is first imported; an explicit NUMBA_ENABLE_CUDASIM wins.
+
+
+def _register_minigen_kernels() -> None:
+    init = Path(__file__).resolve().parent / "kernels" / "__init__.py"
+    if "minigen_kernels" in sys.modules or not init.exists():
+        return
+    spec = importlib.util.spec_from_file_location(
+        "minigen_kernels", init, submodule_search_locations=[str(init.parent)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["minigen_kernels"] = module
+    spec.loader.exec_module(module)
+
+
+def _use_cuda_simulator_without_gpu() -> None:
+    has_gpu = Path("/dev/nvidiactl").exists() or shutil.which("nvidia-smi") is not None
+    if "NUMBA_ENABLE_CUDASIM" in os.environ or has_gpu:
+        return
+    os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+    if "numba" in sys.modules and "numba.cuda" not in sys.modules:
+        from numba.core import config  # numba read the environment when imported
+
+        config.ENABLE_CUDASIM = 1
+
+
+_register_minigen_kernels()
+_use_cuda_simulator_without_gpu()

@@ -17,7 +17,9 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["minigen", "minigen.*"]),
+    # kernels/ is installed as `minigen_kernels` (an unrelated PyPI package is named `kernels`)
+    packages=find_packages(include=["minigen", "minigen.*"]) + ["minigen_kernels"],
+    package_dir={"minigen_kernels": "kernels"},
     package_data={"minigen": ["assets/*", "assets/**/*"]},
     install_requires=[
         "numpy>=1.24",

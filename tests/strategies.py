@@ -242,3 +242,69 @@ def contrastive_batches(draw: st.DrawFn, max_batch: int = 5, max_dim: int = 4) -
     s = np.asarray(draw(floats(0.0, 4.5)))
     labels = np.asarray(draw(st.lists(st.integers(0, B - 1), min_size=B, max_size=B)))
     return z_img, z_txt, s, labels[:, None] == labels[None, :]
+
+
+# ----------------------------------------------------------------------------- kernels
+# Inputs for the kernel parity suite (tests/test_kernels_*.py). Values come from a
+# drawn seed (arrays of thousands of entries would be slow to draw one by one); the
+# shapes, magnitudes and -inf patterns are drawn, so they shrink.
+
+KERNEL_EDGE_SIZES = (1, 2, 7, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 129)  # around tiles
+
+
+def kernel_sizes(max_size: int) -> st.SearchStrategy[int]:
+    """Sizes up to max_size, biased to 1 and to just below / at / past tile and block sizes."""
+    edges = [s for s in KERNEL_EDGE_SIZES if s <= max_size]
+    return st.one_of(st.sampled_from(edges), st.integers(1, max_size))
+
+
+@st.composite
+def row_shapes(
+    draw: st.DrawFn, max_lead: int = 2, max_side: int = 5, max_cols: int = 70
+) -> tuple[int, ...]:
+    """(..., N): up to max_lead leading (batch) axes, and a last axis of N columns."""
+    lead = draw(st.lists(st.integers(1, max_side), max_size=max_lead))
+    return (*lead, draw(kernel_sizes(max_cols)))
+
+
+@st.composite
+def kernel_arrays(
+    draw: st.DrawFn,
+    shape: tuple[int, ...],
+    dtype: type | np.dtype,
+    scales: tuple[float, ...] = (1.0,),
+) -> np.ndarray:
+    """Standard normal values times a magnitude drawn from `scales`, cast to dtype."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    scale = draw(st.sampled_from(scales))
+    return (rng.standard_normal(shape) * scale).astype(dtype)
+
+
+@st.composite
+def masked_rows(draw: st.DrawFn, shape: tuple[int, ...], dtype: type | np.dtype) -> np.ndarray:
+    """Rows with large magnitudes and some entries -inf (as after masking), never a whole row."""
+    x = draw(kernel_arrays(shape, dtype, scales=(1.0, 30.0, 1e4)))
+    mask = draw(hnp.arrays(np.bool_, shape)) if draw(st.booleans()) else np.zeros(shape, bool)
+    keep = draw(st.integers(0, shape[-1] - 1))  # a column kept finite where a row is all masked
+    mask[mask.all(axis=-1), keep] = False
+    x[mask] = -np.inf
+    return x
+
+
+@st.composite
+def causal_shapes(
+    draw: st.DrawFn, max_lead: int = 2, max_side: int = 3, max_t: int = 40, max_extra: int = 5
+) -> tuple[int, ...]:
+    """Attention scores (..., T, S), S = T + extra keys (extra cached positions, maybe 0)."""
+    lead = draw(st.lists(st.integers(1, max_side), max_size=max_lead))
+    t = draw(kernel_sizes(max_t))
+    return (*lead, t, t + draw(st.integers(0, max_extra)))
+
+
+@st.composite
+def matmul_2d_shapes(
+    draw: st.DrawFn, max_side: int = 70
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(n, k) and (k, m), each side biased to tile edges."""
+    n, k, m = (draw(kernel_sizes(max_side)) for _ in range(3))
+    return (n, k), (k, m)

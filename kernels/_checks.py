@@ -1,0 +1,96 @@
+"""Argument checks shared by every kernel backend, so each one fails the same way.
+
+A kernel reads raw memory: a wrong shape or dtype that NumPy would broadcast or
+promote silently becomes an out-of-bounds read or a second compilation in Numba.
+So every public function checks its arrays first and names the op, the argument
+and both shapes (or dtypes) when something does not match.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+APPROXIMATIONS = ("tanh", "none")
+
+
+def check_float(op: str, **arrays: Any) -> np.dtype:
+    """All arrays are float32 or all are float64; return that dtype.
+
+    Runs on every kernel call, so the usual case costs a few comparisons.
+    """
+    dtype = None
+    for name, a in arrays.items():
+        if a.dtype != _F32 and a.dtype != _F64:
+            raise TypeError(f"{op}: {name} must be float32 or float64, got {a.dtype}")
+        if dtype is None:
+            dtype = a.dtype
+        elif a.dtype != dtype:
+            listed = ", ".join(f"{n} {v.dtype}" for n, v in arrays.items())
+            raise TypeError(f"{op}: arrays must share one dtype, got {listed}")
+    return dtype
+
+
+def check_last_axis(op: str, x: Any) -> None:
+    """The array has a last axis to reduce over."""
+    if len(x.shape) == 0:
+        raise ValueError(f"{op}: expected an array with at least one axis, got shape ()")
+
+
+def check_same_shape(op: str, **arrays: Any) -> None:
+    """Every array has the shape of the first one."""
+    first, a0 = next(iter(arrays.items()))
+    for name, a in arrays.items():
+        if a.shape != a0.shape:
+            raise ValueError(
+                f"{op}: {name} has shape {tuple(a.shape)} but {first} has {tuple(a0.shape)}"
+            )
+
+
+def check_matmul(op: str, a: Any, b: Any) -> None:
+    """a is (n, k) and b is (k, m)."""
+    if len(a.shape) != 2 or len(b.shape) != 2:
+        raise ValueError(
+            f"{op}: expected 2-D operands (n, k) @ (k, m), got {tuple(a.shape)} @ {tuple(b.shape)}"
+        )
+    if a.shape[1] != b.shape[0]:
+        raise ValueError(
+            f"{op}: inner sizes differ: a is {tuple(a.shape)} and b is {tuple(b.shape)}"
+        )
+
+
+def check_scores(op: str, scores: Any) -> tuple[int, int]:
+    """Attention scores are (..., T, S) with S >= T keys; return (T, S)."""
+    if len(scores.shape) < 2:
+        raise ValueError(f"{op}: scores must be (..., T, S), got shape {tuple(scores.shape)}")
+    t, s = tuple(scores.shape)[-2:]
+    if s < t:
+        raise ValueError(
+            f"{op}: scores {tuple(scores.shape)} have S={s} keys for T={t} queries; "
+            "the causal mask needs S >= T (the last query sees every key)"
+        )
+    return t, s
+
+
+def check_layer_norm(op: str, x: Any, weight: Any, **rows: Any) -> None:
+    """x is (..., C), weight (C,), and each per-row array (mean, rstd) has shape x.shape[:-1]."""
+    check_last_axis(op, x)
+    shape = tuple(x.shape)  # a tuple: simulated device arrays reject negative indices
+    if tuple(weight.shape) != shape[-1:]:
+        raise ValueError(
+            f"{op}: weight has shape {tuple(weight.shape)} but x {shape} needs {shape[-1:]}"
+        )
+    for name, r in rows.items():
+        if tuple(r.shape) != shape[:-1]:
+            raise ValueError(
+                f"{op}: {name} has shape {tuple(r.shape)} but x {shape} needs {shape[:-1]}"
+            )
+
+
+def check_approximate(op: str, approximate: str) -> None:
+    if approximate not in APPROXIMATIONS:
+        raise ValueError(
+            f"{op}: approximate must be 'tanh' or 'none' (exact erf), got {approximate!r}"
+        )
