@@ -46,7 +46,9 @@ def softmax_forward(x: Any, axis: int = -1) -> Any:
 
 def softmax_backward(y: Any, dy: Any, axis: int = -1) -> Any:
     # dx_i = y_i (dy_i - sum_j dy_j y_j)
-    return y * (dy - (dy * y).sum(axis=axis, keepdims=True))
+    dx = dy - (dy * y).sum(axis=axis, keepdims=True)
+    dx *= y
+    return dx
 
 
 def log_softmax_forward(x: Any, axis: int = -1) -> Any:
