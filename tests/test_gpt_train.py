@@ -187,3 +187,12 @@ def test_bad_inputs_give_one_line_and_change_nothing(trained, tmp_path, capsys):
         assert message in one_line_error(capsys), argv
     assert before == {p.name: p.read_bytes() for p in trained.iterdir()}
     assert not any((tmp_path / d).exists() for d in ("o2", "o3", "o4"))
+
+
+def test_the_demo_trains_a_gpt_and_samples_from_it(tmp_path):
+    from minigen.demo import gpt_step
+
+    out = gpt_step(tmp_path, fast=True, seed=0, steps=20)
+    assert out["gpt_sample"].startswith("def ") and len(out["gpt_sample"]) > 100
+    assert Path(out["gpt_figure"]).read_bytes()[:4] == b"\x89PNG"
+    assert np.isfinite(out["gpt_val_loss"])
