@@ -195,3 +195,13 @@ def test_the_cache_is_for_inference_only():
     model = tiny_model()
     with pytest.raises(ValueError, match="KV cache is for inference"):
         model(np.zeros((1, 2), dtype=int), cache=model.new_cache())
+
+
+def test_attention_maps_are_causal_distributions():
+    model = random_model()
+    maps = model.attention_maps(np.arange(6)[None] % 11)
+    assert len(maps) == TINY.n_layer
+    for att in maps:
+        assert att.shape == (1, TINY.n_head, 6, 6)
+        np.testing.assert_allclose(att.sum(-1), 1.0, rtol=1e-5)
+        assert not np.triu(att[0, 0], k=1).any()  # nothing from the future

@@ -35,8 +35,14 @@ from typing import Any
 
 from minigen import backend, nn, rng
 from minigen import functional as F
-from minigen.tensor import Tensor, is_grad_enabled
-from minigen.text.gpt_ops import KVCache, causal_self_attention, embed_tokens, tied_lm_head
+from minigen.tensor import Tensor, is_grad_enabled, no_grad
+from minigen.text.gpt_ops import (
+    KVCache,
+    attention_weights,
+    causal_self_attention,
+    embed_tokens,
+    tied_lm_head,
+)
 
 __all__ = ["GPTConfig", "PRESETS", "preset", "param_shapes", "flops_per_token", "GPT", "KVCache"]
 
@@ -251,6 +257,19 @@ class GPT(nn.Module):
         """The mean cross-entropy -log p(x_{t+1} | x_1..x_t) over every position."""
         logits = self(idx)  # (B, T, V)
         return F.cross_entropy(logits, targets)
+
+    def attention_maps(self, idx: Any) -> list[Any]:
+        """Every block's attention weights for ids (B, T): a list of (B, n_head, T, T) arrays
+        (row t: how much position t attends to each position <= t)."""
+        ids = backend.array_module(self.wte.weight.data).asarray(idx)
+        maps = []
+        with no_grad():
+            x = embed_tokens(ids, self.wte.weight, self.wpe.weight)  # (B, T, d)
+            for block in self.h:
+                qkv = block.attn.c_attn(block.ln_1(x))  # (B, T, 3d)
+                maps.append(attention_weights(qkv.data, self.config.n_head))
+                x = block(x)
+        return maps
 
     def new_cache(self, batch_size: int = 1) -> KVCache:
         c = self.config

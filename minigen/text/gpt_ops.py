@@ -18,7 +18,10 @@ from minigen import backend, rng
 from minigen import functional as F
 from minigen.tensor import Tensor, node
 
-__all__ = ["KVCache", "embed_tokens", "causal_self_attention", "tied_lm_head", "row_sum_by_id"]
+__all__ = [
+    "KVCache", "embed_tokens", "split_heads", "attention_weights", "causal_self_attention",
+    "tied_lm_head", "row_sum_by_id",
+]  # fmt: skip
 
 
 class KVCache:
@@ -103,6 +106,22 @@ def tied_lm_head(x: Tensor, wte: Tensor) -> Tensor:
     return node(y, (x, wte), backward)
 
 
+def split_heads(qkv: Any, n_head: int) -> tuple[Any, Any, Any]:
+    """Packed projections (B, T, 3d) -> queries, keys, values, views of shape (B, nh, T, hs)."""
+    B, T, C3 = qkv.shape
+    if C3 % (3 * n_head):
+        raise ValueError(f"attention: last axis {C3} is not 3 x n_embd with n_head={n_head}")
+    # (B, T, 3, nh, hs) -> three views (B, nh, T, hs)
+    q, k, v = qkv.reshape(B, T, 3, n_head, C3 // (3 * n_head)).transpose(2, 0, 3, 1, 4)
+    return q, k, v
+
+
+def attention_weights(qkv: Any, n_head: int) -> Any:
+    """The causal attention weights of every head, (B, nh, T, T), from packed projections."""
+    q, k, v = split_heads(qkv, n_head)
+    return F.attention_forward(q, k, v, 1 / math.sqrt(q.shape[-1]), True)[1]
+
+
 def causal_self_attention(
     qkv: Tensor,
     n_head: int,
@@ -115,19 +134,15 @@ def causal_self_attention(
     The heads split d into n_head slices of hs = d / n_head; each head attends with
     softmax(q k^T / sqrt(hs) + M) v (`F.attention_forward`), all heads in one batched matmul,
     and the heads' outputs are concatenated back into d. `dropout` zeroes attention weights
-    (scaled by 1 / (1 - dropout)), drawn from `gen` or minigen's generator. With `cache = (KVCache, layer)` the new keys and values are
-    appended to the layer's cache and the queries attend to every cached position.
+    (scaled by 1 / (1 - dropout)), drawn from `gen` or minigen's generator. With
+    `cache = (KVCache, layer)` the new keys and values are appended to the layer's cache and
+    the queries attend to every cached position.
     """
     a = qkv.data
     B, T, C3 = a.shape
-    if C3 % (3 * n_head):
-        raise ValueError(
-            f"causal_self_attention: last axis {C3} is not 3 x n_embd with n_head={n_head}"
-        )
-    hs = C3 // (3 * n_head)
+    q, k, v = split_heads(a, n_head)  # (B, nh, T, hs) each
+    hs = q.shape[-1]
     scale = 1 / math.sqrt(hs)
-    # (B, T, 3, nh, hs) -> three views (B, nh, T, hs)
-    q, k, v = a.reshape(B, T, 3, n_head, hs).transpose(2, 0, 3, 1, 4)
     if cache is not None:
         kv, i = cache
         lo, hi = kv.length, kv.length + T
