@@ -139,7 +139,9 @@ def main() -> None:
     theirs = torch_step(torch, config, tc, model.state_dict())
     ta, tb = alternate(ours, theirs, args.repeats)
     m, t = statistics.median(ta), statistics.median(tb)
-    print(f"\ntraining iteration, {config.num_params():,} parameters, batch {B} x {config.block_size}")
+    print(
+        f"\ntraining iteration, {config.num_params():,} parameters, batch {B} x {config.block_size}"
+    )
     print(f"  minigen  median {m * 1e3:7.2f} ms   (quartiles {np.percentile(ta, 25) * 1e3:.1f}"
           f"-{np.percentile(ta, 75) * 1e3:.1f})")  # fmt: skip
     print(f"  pytorch  median {t * 1e3:7.2f} ms   (quartiles {np.percentile(tb, 25) * 1e3:.1f}"
@@ -148,7 +150,9 @@ def main() -> None:
 
     flops = flops_per_token(config) * B * config.block_size
     peak = matmul_peak(torch)
-    print(f"\nFLOP/s: {flops / 1e9:.2f} GFLOP per iteration; float32 matmul peak {peak / 1e9:.0f} GFLOP/s")
+    print(
+        f"\nFLOP/s: {flops / 1e9:.2f} GFLOP per iteration; float32 matmul peak {peak / 1e9:.0f} GFLOP/s"
+    )
     for name, sec in (("minigen", m), ("pytorch", t)):
         print(f"  {name}  {flops / sec / 1e9:6.1f} GFLOP/s = {flops / sec / peak:.1%} of peak")
 
