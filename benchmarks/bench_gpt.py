@@ -125,13 +125,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="threads for both (default 2)")
     parser.add_argument("--repeats", type=int, default=40, help="timed iterations each")
+    parser.add_argument("--backend", default="numpy", help="minigen backend (default: numpy)")
     args = parser.parse_args()
+    minigen.backend.use(args.backend)
     import torch
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(args.threads)
     torch.set_num_threads(args.threads)
-    print(f"numpy {np.__version__}, torch {torch.__version__}, {args.threads} thread(s) each")
+    print(f"numpy {np.__version__}, torch {torch.__version__}, {args.threads} thread(s) each, "
+          f"minigen backend {args.backend}")  # fmt: skip
 
     config = preset("small")
     tc = TrainConfig()

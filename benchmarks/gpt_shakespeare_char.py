@@ -37,6 +37,38 @@ from minigen.text.train import get_batch  # noqa: E402
 LOCAL = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 
 
+def train_torch(trainer: Trainer, train_ids: np.ndarray, val_ids: np.ndarray) -> list[float]:
+    """Train tests/gpt_reference.TorchGPT with the trainer's recipe from the trainer's initial
+    weights (re-drawn from the same seed) on the same batches; its 400-batch val losses."""
+    import torch
+
+    from minigen import rng
+    from minigen.text import GPT
+    from minigen.text.train import get_batch
+    from tests.gpt_reference import TorchGPT, adamw
+
+    tc, config = trainer.tc, trainer.config
+    rng.manual_seed(tc.seed)
+    model = TorchGPT(config)
+    model.load_numpy(GPT(config).state_dict())  # the same draws as the trainer's model
+    opt = adamw(model, tc.learning_rate, (tc.beta1, tc.beta2), tc.weight_decay)
+    for step in range(tc.max_iters):  # the generator now stands where the trainer's stood
+        x, y = get_batch(train_ids, tc.batch_size, config.block_size, rng.generator())
+        for group in opt.param_groups:
+            group["lr"] = trainer.lr_at(step)
+        loss = model.loss(torch.from_numpy(x), torch.from_numpy(y))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        opt.step()
+    gen = np.random.default_rng(0)
+    with torch.no_grad():
+        return [
+            model.loss(*(torch.from_numpy(a) for a in get_batch(val_ids, 12, 64, gen))).item()
+            for _ in range(400)
+        ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", default=str(LOCAL) if LOCAL.is_file() else None,
@@ -44,6 +76,8 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="checkpoint folder (default: none)")
     parser.add_argument("--threads", type=int, default=None, help="BLAS threads")
     parser.add_argument("--max-iters", type=int, default=2000)
+    parser.add_argument("--torch", action="store_true",
+                        help="also train the equal PyTorch model (same weights, same batches)")  # fmt: skip
     args = parser.parse_args()
     if args.threads:
         from threadpoolctl import threadpool_limits
@@ -66,11 +100,16 @@ def main() -> None:
             trainer.model.loss(*get_batch(val_ids, 12, config.block_size, gen)).item()
             for _ in range(400)
         ]
+    if args.torch:
+        torch_losses = train_torch(trainer, train_ids, val_ids)
     final = history["eval"][-1]
     print(f"\nwall time {wall:.0f} s for {tc.max_iters} iterations (evaluations included)")
     print(f"final train loss {final['train']:.4f}, val loss {final['val']:.4f} (20 batches)")
     print(f"val loss over 400 batches: {np.mean(losses):.4f} +- {np.std(losses) / 20:.4f}")
     print(f"target <= 1.89: {'met' if final['val'] <= 1.89 else 'NOT met'}")
+    if args.torch:
+        print(f"PyTorch, same recipe, weights and batches: val loss over the same 400 batches "
+              f"{np.mean(torch_losses):.4f}")  # fmt: skip
     print("--- sample (temperature 0.8, top-k 40) ---")
     print(generate(trainer.model, tok, "\n", 300, 0.8, 40, gen=np.random.default_rng(1)))
 
