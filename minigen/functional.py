@@ -176,18 +176,23 @@ def _mean_last(x: Any) -> Any:
     return (x @ backend.array_module(x).full(n, 1 / n, dtype=x.dtype))[..., None]
 
 
+def _mean_of_product(a: Any, b: Any) -> Any:
+    """(a * b).mean(axis=-1, keepdims=True), without the temporary a * b."""
+    return backend.array_module(a).einsum("...i,...i->...", a, b)[..., None] / a.shape[-1]
+
+
 def normalize_forward(x: Any, eps: float) -> tuple[Any, Any]:
     """(x - mean) / sqrt(var + eps) over the last axis; returns (xhat, rstd)."""
     xp = backend.array_module(x)
     xc = x - _mean_last(x)
-    rstd = 1 / xp.sqrt(_mean_last(xc * xc) + eps)  # (..., 1)
+    rstd = 1 / xp.sqrt(_mean_of_product(xc, xc) + eps)  # (..., 1)
     xc *= rstd
     return xc, rstd
 
 
 def normalize_backward(dxhat: Any, xhat: Any, rstd: Any) -> Any:
     # dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)), means over the last axis
-    dx = xhat * _mean_last(dxhat * xhat)
+    dx = xhat * _mean_of_product(dxhat, xhat)
     dx += _mean_last(dxhat)
     backend.array_module(dx).subtract(dxhat, dx, out=dx)
     dx *= rstd
@@ -203,10 +208,11 @@ def layer_norm_forward(x: Any, w: Any, b: Any, eps: float) -> tuple[Any, Any, An
 
 
 def layer_norm_backward(dy: Any, xhat: Any, rstd: Any, w: Any) -> tuple[Any, Any, Any]:
-    C = xhat.shape[-1]
+    xp, C = backend.array_module(dy), xhat.shape[-1]
     dx = normalize_backward(dy * w if w is not None else dy, xhat, rstd)
-    dw = (dy * xhat).reshape(-1, C).sum(axis=0)
-    db = dy.reshape(-1, C).sum(axis=0)
+    dy2 = dy.reshape(-1, C)
+    dw = xp.einsum("ni,ni->i", dy2, xhat.reshape(-1, C))  # sum over rows of dy xhat
+    db = dy2.sum(axis=0)
     return dx, dw, db
 
 
