@@ -1,13 +1,14 @@
 """The speed benchmark of §7.1: a GPT training iteration, minigen against PyTorch, in one run.
 
-    python benchmarks/bench_gpt.py [--threads 2] [--repeats 40]
+    python benchmarks/bench_gpt.py [--threads 2] [--rounds 10]
 
 1. Time per training iteration (forward, backward, gradient clipping, AdamW) of nanoGPT's
    CPU config (4 blocks, 4 heads, 128-dim tokens, context 64, batch 12, vocabulary 65) in
    float32, for minigen and for an equal PyTorch eager model (tests/gpt_reference.py: same
    layers, same weights, F.scaled_dot_product_attention), both limited to the same number
    of threads, timed alternately (A, B, A, B, ...) so that both see the same machine
-   noise; medians and their ratio (target: minigen <= 1.0x PyTorch's time).
+   noise (in blocks, with pauses, so that one library's idle threads do not slow the other);
+   medians and their ratio (target: minigen <= 1.0x PyTorch's time).
 2. The model's FLOP/s (`flops_per_token` x tokens per iteration / time) as a fraction of
    the machine's float32 matmul peak, measured here on a large square matmul.
 3. Generation throughput, tokens/s with and without the KV cache, when the context holds
@@ -79,17 +80,26 @@ def torch_step(torch, config: GPTConfig, tc: TrainConfig, state: dict) -> Callab
     return run
 
 
-def alternate(a: Callable[[], None], b: Callable[[], None], repeats: int) -> tuple[list, list]:
-    """Seconds per call of a and of b, timed in alternation after a warm-up."""
+def alternate(
+    a: Callable[[], None], b: Callable[[], None], rounds: int, per_round: int = 5
+) -> tuple[list, list]:
+    """Seconds per call of a and of b: blocks of `per_round` timed calls, alternating A, B,
+    A, B, ... Each block starts after a pause and one untimed call: a library's worker
+    threads keep spinning for a while after its last call (OpenBLAS's for about 0.1 s), and
+    would take the cores from the other library if it ran at once (timing call by call,
+    A B A B, made PyTorch look twice as slow at 2 threads)."""
     for f in (a, b):
         for _ in range(5):
             f()
     ta, tb = [], []
-    for _ in range(repeats):
+    for _ in range(rounds):
         for f, out in ((a, ta), (b, tb)):
-            t0 = time.perf_counter()
+            time.sleep(0.3)
             f()
-            out.append(time.perf_counter() - t0)
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                f()
+                out.append(time.perf_counter() - t0)
     return ta, tb
 
 
@@ -124,7 +134,7 @@ def decode_rate(model: GPT, context: int, use_cache: bool, n: int = 32) -> float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="threads for both (default 2)")
-    parser.add_argument("--repeats", type=int, default=40, help="timed iterations each")
+    parser.add_argument("--rounds", type=int, default=10, help="blocks of 5 timed iterations")
     parser.add_argument("--backend", default="numpy", help="minigen backend (default: numpy)")
     args = parser.parse_args()
     minigen.backend.use(args.backend)
@@ -140,7 +150,7 @@ def main() -> None:
     tc = TrainConfig()
     ours, model = minigen_step(config, tc)
     theirs = torch_step(torch, config, tc, model.state_dict())
-    ta, tb = alternate(ours, theirs, args.repeats)
+    ta, tb = alternate(ours, theirs, args.rounds)
     m, t = statistics.median(ta), statistics.median(tb)
     print(
         f"\ntraining iteration, {config.num_params():,} parameters, batch {B} x {config.block_size}"
