@@ -212,8 +212,8 @@ def gelu(a: Tensor, approximate: str = "none") -> Tensor:
         xp.reciprocal(s, out=s)  # s = sigmoid(2z)
 
         def backward_tanh(g):
-            # dGELU/dx = s + x s (1 - s) dz'/dx, z' = 2z, dz'/dx = 2 sqrt(2/pi) (1 + 3 0.044715 x^2)
-            #          = s (1 + x (1 - s) dz'/dx)
+            # d/dx x sigmoid(z') = s (1 + x (1 - s) dz'/dx),  z' = 2z,
+            # dz'/dx = 2 sqrt(2/pi) (1 + 3 0.044715 x^2)
             d = xp.multiply(x, x, out=xp.empty_like(x))
             d *= 6 * _SQRT_2_OVER_PI * 0.044715
             d += 2 * _SQRT_2_OVER_PI
