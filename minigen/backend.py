@@ -20,7 +20,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["use", "current", "xp", "array_module", "to_numpy", "scatter_add", "erf", "available"]
+__all__ = [
+    "use", "current", "xp", "array_module", "to_numpy", "scatter_add", "erf", "available",
+    "keep_freed_memory",
+]  # fmt: skip
 
 _AVAILABLE = ("numpy",)
 _name = "numpy"
@@ -92,6 +95,31 @@ def erf(x: Any) -> Any:
     return _erf(x)
 
 
+def keep_freed_memory(trim_threshold: int = 1 << 30) -> bool:
+    """Ask the C allocator (glibc's malloc) to keep freed memory for reuse.
+
+    Training allocates and frees the same large temporaries at every step. By default glibc
+    gives big freed blocks back to the operating system, and the next step pays a page fault
+    for each 4 KiB it touches again: 12,000 faults and a quarter of the time of a GPT
+    training step on the CPU benchmark. This keeps blocks up to 32 MiB in the heap and up to
+    `trim_threshold` bytes of free heap mapped. Called when minigen is imported, unless the
+    environment sets MINIGEN_KEEP_MEMORY=0; returns False where there is no glibc (macOS,
+    Windows, musl), where it changes nothing.
+    """
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter runs on
+    except (OSError, AttributeError, TypeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # from glibc's malloc.h
+    return bool(mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(
+        mallopt(M_TRIM_THRESHOLD, trim_threshold)
+    )
+
+
 _env = os.environ.get("MINIGEN_BACKEND")
 if _env:
     use(_env)
+if os.environ.get("MINIGEN_KEEP_MEMORY", "1") != "0":
+    keep_freed_memory()

@@ -1,6 +1,8 @@
 """The `minigen` command line: one entry point, one sub-command per job.
 
     minigen demo              a short tour (trains small models, writes figures)
+    minigen train-gpt         train a GPT on a corpus (§7.1)
+    minigen generate          sample text from a trained GPT (§7.1)
 
 Every sub-command prints one line `minigen: error: ...` and exits with status 1
 when its input is wrong (a missing file, a bad shape, a config that does not
@@ -51,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast", action="store_true", help="fewer training steps (for a quick check)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.set_defaults(func=_cmd_demo)
+
+    # -- §7.1 text generation: train-gpt, generate (minigen/text/commands.py) -----------------
+    from minigen.text.commands import add_commands as add_text_commands
+
+    add_text_commands(sub)
+    # -- end of §7.1 ---------------------------------------------------------------------------
     return parser
 
 

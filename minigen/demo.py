@@ -1,8 +1,9 @@
 """`minigen demo`: a short tour of what minigen does, each step writing a figure.
 
 Step 1 (the foundation): a small MLP learns to separate two interleaved spirals;
-the tour writes its decision boundary. Later steps (GPT, diffusion, text-to-image)
-are added as the chapter's parts land.
+the tour writes its decision boundary. Step 2 (§7.1): a character-level GPT trains on
+the standard library's sources and writes its loss curve and a sample. Later steps
+(diffusion, text-to-image) are added as the chapter's parts land.
 """
 
 from __future__ import annotations
@@ -107,4 +108,28 @@ def run(out_dir: str | os.PathLike = "minigen-demo", fast: bool = False, seed: i
     print(f"    final loss {np.mean(losses[-50:]):.3f}, test accuracy {acc:.1%} -> {path}")
     summary["mlp_test_accuracy"] = acc
     summary["figures"] = [str(path)]
+
+    print("[2] A GPT learns Python from the standard library's sources, then writes some (§7.1)")
+    summary.update(gpt_step(out, fast, seed))
+    summary["figures"].append(summary.pop("gpt_figure"))
     return summary
+
+
+def gpt_step(out: Path, fast: bool, seed: int, steps: int | None = None) -> dict[str, Any]:
+    """Train a small character-level GPT on the stdlib corpus; write its loss curve, sample."""
+    from minigen import text as mt
+
+    corpus = mt.stdlib_corpus(300_000 if fast else 1_500_000)
+    tok = mt.CharTokenizer.from_text(corpus)
+    ids = np.array(tok.encode(corpus))
+    config = mt.GPTConfig(tok.vocab_size, block_size=64, n_layer=2, n_head=4, n_embd=64)
+    steps = steps or (250 if fast else 1500)
+    tc = mt.TrainConfig(steps, batch_size=12, warmup_iters=steps // 10, eval_interval=0, seed=seed)
+    trainer = mt.Trainer(config, tc, tok, *mt.train_val_split(ids))
+    trainer.run()
+    path = mt.plot_losses(trainer.history, out / "gpt_loss.png")
+    sample = mt.generate(trainer.model, tok, "def ", 160, temperature=0.8, top_k=20)
+    val = trainer.history["eval"][-1]["val"]
+    print(f"    {config.num_params():,} parameters, val loss {val:.3f} -> {path}")
+    print("    sample: " + ("def " + sample).replace("\n", "\n            "))
+    return {"gpt_val_loss": val, "gpt_sample": "def " + sample, "gpt_figure": str(path)}

@@ -38,14 +38,17 @@ __all__ = [
 
 def softmax_forward(x: Any, axis: int = -1) -> Any:
     xp = backend.array_module(x)
-    e = xp.exp(x - x.max(axis=axis, keepdims=True))
+    e = x - x.max(axis=axis, keepdims=True)
+    xp.exp(e, out=e)
     e /= e.sum(axis=axis, keepdims=True)
     return e
 
 
 def softmax_backward(y: Any, dy: Any, axis: int = -1) -> Any:
     # dx_i = y_i (dy_i - sum_j dy_j y_j)
-    return y * (dy - (dy * y).sum(axis=axis, keepdims=True))
+    dx = dy - (dy * y).sum(axis=axis, keepdims=True)
+    dx *= y
+    return dx
 
 
 def log_softmax_forward(x: Any, axis: int = -1) -> Any:
@@ -166,21 +169,34 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return node(y, parents, backward if bias is not None else lambda g: backward(g)[:2])
 
 
+def _mean_last(x: Any) -> Any:
+    """x.mean(axis=-1, keepdims=True) as a matrix-vector product x (1/n, ..., 1/n): the
+    same sum, but BLAS runs it far faster than NumPy's reduction along short rows."""
+    n = x.shape[-1]
+    return (x @ backend.array_module(x).full(n, 1 / n, dtype=x.dtype))[..., None]
+
+
+def _mean_of_product(a: Any, b: Any) -> Any:
+    """(a * b).mean(axis=-1, keepdims=True), without the temporary a * b."""
+    return backend.array_module(a).einsum("...i,...i->...", a, b)[..., None] / a.shape[-1]
+
+
 def normalize_forward(x: Any, eps: float) -> tuple[Any, Any]:
     """(x - mean) / sqrt(var + eps) over the last axis; returns (xhat, rstd)."""
     xp = backend.array_module(x)
-    xc = x - x.mean(axis=-1, keepdims=True)
-    rstd = 1 / xp.sqrt((xc * xc).mean(axis=-1, keepdims=True) + eps)  # (..., 1)
-    return xc * rstd, rstd
+    xc = x - _mean_last(x)
+    rstd = 1 / xp.sqrt(_mean_of_product(xc, xc) + eps)  # (..., 1)
+    xc *= rstd
+    return xc, rstd
 
 
 def normalize_backward(dxhat: Any, xhat: Any, rstd: Any) -> Any:
     # dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)), means over the last axis
-    return rstd * (
-        dxhat
-        - dxhat.mean(axis=-1, keepdims=True)
-        - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True)
-    )
+    dx = xhat * _mean_of_product(dxhat, xhat)
+    dx += _mean_last(dxhat)
+    backend.array_module(dx).subtract(dxhat, dx, out=dx)
+    dx *= rstd
+    return dx
 
 
 def layer_norm_forward(x: Any, w: Any, b: Any, eps: float) -> tuple[Any, Any, Any]:
@@ -192,10 +208,11 @@ def layer_norm_forward(x: Any, w: Any, b: Any, eps: float) -> tuple[Any, Any, An
 
 
 def layer_norm_backward(dy: Any, xhat: Any, rstd: Any, w: Any) -> tuple[Any, Any, Any]:
-    C = xhat.shape[-1]
+    xp, C = backend.array_module(dy), xhat.shape[-1]
     dx = normalize_backward(dy * w if w is not None else dy, xhat, rstd)
-    dw = (dy * xhat).reshape(-1, C).sum(axis=0)
-    db = dy.reshape(-1, C).sum(axis=0)
+    dy2 = dy.reshape(-1, C)
+    dw = xp.einsum("ni,ni->i", dy2, xhat.reshape(-1, C))  # sum over rows of dy xhat
+    db = dy2.sum(axis=0)
     return dx, dw, db
 
 
@@ -261,28 +278,45 @@ def causal_mask(T: int, S: int, xp: Any = np) -> Any:
 
 
 def attention_forward(
-    q: Any, k: Any, v: Any, scale: float, is_causal: bool, mask: Any = None
+    q: Any, k: Any, v: Any, scale: float, is_causal: bool, mask: Any = None, keep: Any = None
 ) -> tuple[Any, Any]:
-    """softmax(q k^T * scale + M) v; returns (y, att)."""
+    """softmax(q k^T * scale + M) v; returns (y, att).
+
+    `keep` is a dropout mask on the attention weights, already scaled by 1 / (1 - p):
+    then y = (att * keep) v.
+    """
     xp = backend.array_module(q)
-    s = q @ k.swapaxes(-1, -2)  # (..., T, S)
-    s *= scale
+    # The scores are kept transposed, s^T (..., S, T) with one key per row, so that the
+    # softmax over the keys reduces over a leading axis: NumPy vectorises that across the
+    # queries, where a reduction along short last-axis rows is several times slower.
+    sT = k @ (q * scale).swapaxes(-1, -2)  # (..., S, T) = (Q K^T / sqrt(d))^T
+    S, T = sT.shape[-2:]
     if is_causal:
-        s = xp.where(causal_mask(s.shape[-2], s.shape[-1], xp), s, -xp.inf)
+        sT += xp.where(causal_mask(T, S, xp).T, 0, -xp.inf).astype(sT.dtype)  # + M^T
     if mask is not None:
-        s = xp.where(mask, s, -xp.inf) if mask.dtype == bool else s + mask
-    att = softmax_forward(s)  # (..., T, S)
-    return att @ v, att  # (..., T, Dv), (..., T, S)
+        mT = _transpose_last2(mask)
+        sT = xp.where(mT, sT, -xp.inf) if mask.dtype == bool else sT + mT
+    att = softmax_forward(sT, axis=-2).swapaxes(-1, -2)  # (..., T, S), a view
+    return (att if keep is None else att * keep) @ v, att  # (..., T, Dv), (..., T, S)
+
+
+def _transpose_last2(m: Any) -> Any:
+    """m with its last two axes swapped, a 1-D (S,) mask read as (1, S)."""
+    return (m[None, :] if m.ndim < 2 else m).swapaxes(-1, -2)
 
 
 def attention_backward(
-    dy: Any, q: Any, k: Any, v: Any, att: Any, scale: float
+    dy: Any, q: Any, k: Any, v: Any, att: Any, scale: float, keep: Any = None
 ) -> tuple[Any, Any, Any]:
-    dv = att.swapaxes(-1, -2) @ dy  # (..., S, Dv)
-    datt = dy @ v.swapaxes(-1, -2)  # (..., T, S)
-    ds = softmax_backward(att, datt) * scale  # through the softmax and the scale
-    dq = ds @ k  # (..., T, D)
-    dk = ds.swapaxes(-1, -2) @ q  # (..., S, D)
+    dv = (att if keep is None else att * keep).swapaxes(-1, -2) @ dy  # (..., S, Dv)
+    dattT = v @ dy.swapaxes(-1, -2)  # (..., S, T), transposed as in the forward
+    if keep is not None:
+        dattT *= keep.swapaxes(-1, -2)  # through the dropout
+    dsT = softmax_backward(att.swapaxes(-1, -2), dattT, axis=-2)  # through the softmax
+    dq = dsT.swapaxes(-1, -2) @ k  # (..., T, D)
+    dq *= scale  # and the scale
+    dk = dsT @ q  # (..., S, D)
+    dk *= scale
     return dq, dk, dv
 
 

@@ -200,14 +200,31 @@ def gelu(a: Tensor, approximate: str = "none") -> Tensor:
 
         return node(x * cdf, (a,), backward)
     if approximate == "tanh":
-        # GELU(x) ~ x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
-        t = xp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x * x * x))
+        # GELU(x) ~ x/2 (1 + tanh(z)), z = sqrt(2/pi) (x + 0.044715 x^3), written as
+        # x sigmoid(2z) since (1 + tanh z)/2 = sigmoid(2z): in place, few passes over x
+        s = xp.multiply(x, x, out=xp.empty_like(x))
+        s *= -2 * _SQRT_2_OVER_PI * 0.044715
+        s -= 2 * _SQRT_2_OVER_PI
+        s *= x  # -2z
+        with np.errstate(over="ignore"):  # e^{-2z} = inf for very negative x: sigmoid = 0
+            xp.exp(s, out=s)
+        s += 1
+        xp.reciprocal(s, out=s)  # s = sigmoid(2z)
 
         def backward_tanh(g):
-            dt = (1 - t * t) * _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x * x)
-            return (g * (0.5 * (1 + t) + 0.5 * x * dt),)
+            # d/dx x sigmoid(z') = s (1 + x (1 - s) dz'/dx),  z' = 2z,
+            # dz'/dx = 2 sqrt(2/pi) (1 + 3 0.044715 x^2)
+            d = xp.multiply(x, x, out=xp.empty_like(x))
+            d *= 6 * _SQRT_2_OVER_PI * 0.044715
+            d += 2 * _SQRT_2_OVER_PI
+            d *= x
+            d *= 1 - s
+            d += 1
+            d *= s
+            d *= g
+            return (d,)
 
-        return node(0.5 * x * (1 + t), (a,), backward_tanh)
+        return node(x * s, (a,), backward_tanh)
     raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
 
 

@@ -193,9 +193,9 @@ class AdamW(Optimizer):
         )  # fmt: skip
         if wd:
             p *= 1 - lr * wd  # p <- p (1 - lr wd)
-        # m <- b1 m + (1 - b1) g
-        m *= b1
-        xp.multiply(g, 1 - b1, out=tmp)
+        # m <- b1 m + (1 - b1) g  =  m + (1 - b1) (g - m)
+        xp.subtract(g, m, out=tmp)
+        tmp *= 1 - b1
         m += tmp
         # v <- b2 v + (1 - b2) g^2
         v *= b2
@@ -203,11 +203,12 @@ class AdamW(Optimizer):
         tmp *= 1 - b2
         v += tmp
         # p <- p - lr/(1 - b1^t) m / (sqrt(v)/sqrt(1 - b2^t) + eps)
+        #    = p - lr sqrt(1 - b2^t)/(1 - b1^t) m / (sqrt(v) + eps sqrt(1 - b2^t))
+        c2 = math.sqrt(1 - b2**t)
         xp.sqrt(v, out=tmp)
-        tmp /= math.sqrt(1 - b2**t)
-        tmp += eps
+        tmp += eps * c2
         xp.divide(m, tmp, out=tmp)
-        tmp *= lr / (1 - b1**t)
+        tmp *= lr * c2 / (1 - b1**t)
         p -= tmp
 
 
@@ -216,7 +217,8 @@ def clip_grad_norm_(params: Iterable[Tensor], max_norm: float) -> float:
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return 0.0
-    total = math.sqrt(sum(float((g * g).sum()) for g in grads))
+    # ||g|| = sqrt(sum_i g_i^2) over every entry of every gradient (vdot: no temporary array)
+    total = math.sqrt(sum(float(backend.array_module(g).vdot(g, g)) for g in grads))
     coef = max_norm / (total + 1e-6)
     if coef < 1:
         for g in grads:

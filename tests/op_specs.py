@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 import minigen.functional as F
 from minigen import ops, shape_ops
+from minigen.text import gpt_ops
 from tests import strategies as S
 
 Draw = Callable[[Any], tuple[list[np.ndarray], dict[str, Any]]]
@@ -548,3 +549,56 @@ spec(
     F.upsample_nearest2d,
     lambda t, x: t.nn.functional.interpolate(x, scale_factor=2, mode="nearest"),
 )
+
+
+# ----------------------------------------------------------------------------- text (GPT)
+
+
+def gpt_attention_draw(data):
+    shape, n_head = data.draw(S.gpt_attention_args())
+    return [data.draw(S.arrays(shape))], {"n_head": n_head}
+
+
+def torch_causal_self_attention(t, qkv, n_head):
+    B, T, C3 = qkv.shape
+    q, k, v = qkv.view(B, T, 3, n_head, -1).permute(2, 0, 3, 1, 4)
+    y = t.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return y.transpose(1, 2).reshape(B, T, C3 // 3)
+
+
+spec(
+    "gpt_causal_self_attention",
+    gpt_attention_draw,
+    lambda qkv, n_head: gpt_ops.causal_self_attention(qkv, n_head),
+    torch_causal_self_attention,
+)
+spec(  # with dropout on the attention weights: one fixed mask (central differences only)
+    "gpt_causal_self_attention_dropout",
+    gpt_attention_draw,
+    lambda qkv, n_head: gpt_ops.causal_self_attention(
+        qkv, n_head, dropout=0.3, gen=np.random.default_rng(0)
+    ),
+)
+
+
+def gpt_embedding_draw(data):
+    a = data.draw(S.gpt_embedding_args())
+    wte, wpe = data.draw(S.arrays((a["V"], a["D"]))), data.draw(S.arrays((a["P"], a["D"])))
+    return [wte, wpe], {"ids": a["ids"], "start": a["start"]}
+
+
+spec(
+    "gpt_embed_tokens",
+    gpt_embedding_draw,
+    lambda wte, wpe, ids, start: gpt_ops.embed_tokens(ids, wte, wpe, start),
+    lambda t, wte, wpe, ids, start: wte[t.from_numpy(ids)] + wpe[start : start + ids.shape[1]],
+)
+
+
+def lm_head_draw(data):
+    shape = data.draw(S.shapes(min_dims=1, max_dims=3))
+    V = data.draw(st.integers(1, 5))
+    return [data.draw(S.arrays(shape)), data.draw(S.arrays((V, shape[-1])))], {}
+
+
+spec("gpt_tied_lm_head", lm_head_draw, gpt_ops.tied_lm_head, lambda t, x, w: x @ w.T)

@@ -308,3 +308,24 @@ def matmul_2d_shapes(
     """(n, k) and (k, m), each side biased to tile edges."""
     n, k, m = (draw(kernel_sizes(max_side)) for _ in range(3))
     return (n, k), (k, m)
+
+
+# ----------------------------------------------------------------------------- text (GPT)
+
+
+@st.composite
+def gpt_attention_args(draw: st.DrawFn) -> tuple[tuple[int, int, int], int]:
+    """(B, T, 3 d) packed q, k, v of a causal self-attention with n_head heads, d = n_head hs."""
+    B, T = draw(st.integers(1, 2)), draw(st.integers(1, 5))
+    n_head, hs = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    return (B, T, 3 * n_head * hs), n_head
+
+
+@st.composite
+def gpt_embedding_args(draw: st.DrawFn) -> dict[str, Any]:
+    """Token ids (B, T) below V, and a first position `start` with start + T <= P."""
+    V, P, D = draw(st.integers(1, 6)), draw(st.integers(1, 6)), draw(st.integers(1, 3))
+    B, T = draw(st.integers(1, 3)), draw(st.integers(1, P))
+    start = draw(st.integers(0, P - T))
+    ids = np.array(draw(st.lists(st.integers(0, V - 1), min_size=B * T, max_size=B * T)))
+    return {"V": V, "P": P, "D": D, "ids": ids.reshape(B, T), "start": start}

@@ -1,4 +1,4 @@
-"""§7.1 text synthesis: tokenizers and corpora (the GPT, its training and sampling follow)."""
+"""§7.1 text synthesis: tokenizers, corpora, the GPT, its training and sampling."""
 
 from minigen.text.corpus import (
     check_corpus_length,
@@ -7,6 +7,9 @@ from minigen.text.corpus import (
     stdlib_corpus,
     train_val_split,
 )
+from minigen.text.gpt import GPT, PRESETS, GPTConfig, KVCache, flops_per_token, preset
+from minigen.text.gpt_io import load_checkpoint, load_gpt, plot_losses
+from minigen.text.sampling import generate, generate_ids, next_token_probs, stream_text
 from minigen.text.tokenizers import (
     ByteBPETokenizer,
     CharTokenizer,
@@ -14,6 +17,7 @@ from minigen.text.tokenizers import (
     tokenizer_from_dict,
     train_bpe,
 )
+from minigen.text.train import TrainConfig, Trainer
 
 __all__ = [
     "CharTokenizer",
@@ -26,4 +30,19 @@ __all__ = [
     "shakespeare_corpus",
     "train_val_split",
     "check_corpus_length",
+    "GPT",
+    "GPTConfig",
+    "PRESETS",
+    "preset",
+    "flops_per_token",
+    "KVCache",
+    "Trainer",
+    "TrainConfig",
+    "load_gpt",
+    "load_checkpoint",
+    "plot_losses",
+    "generate",
+    "stream_text",
+    "generate_ids",
+    "next_token_probs",
 ]

@@ -1,0 +1,192 @@
+"""The §7.1 sub-commands of `minigen`: `train-gpt` and `generate`.
+
+    minigen train-gpt --corpus shakespeare --out shakespeare-gpt
+    minigen generate --ckpt shakespeare-gpt --prompt "ROMEO:" --temperature 0.8 --top-k 40
+
+`minigen.cli` registers them with `add_commands`; heavy imports wait until a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from typing import Any
+
+__all__ = ["add_commands", "train_gpt", "generate_cmd"]
+
+_MODEL_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "dropout")  # CLI overrides
+
+
+def add_commands(sub: Any) -> None:
+    """Add `train-gpt` and `generate` to an argparse sub-parsers object."""
+    p = sub.add_parser(
+        "train-gpt",
+        help="train a GPT on a corpus, checkpointing as it goes",
+        description=(
+            "Train a GPT from scratch (minigen's autograd, AdamW, warm-up + cosine decay) on a "
+            "corpus tokenized by characters or by byte-level BPE. The defaults are nanoGPT's CPU "
+            "recipe (4 blocks, 4 heads, 128-dim tokens, context 64, batch 12, 2000 steps). "
+            "Writes model.safetensors, config.json, tokenizer.json, optimizer state and loss.png "
+            "into --out; refuses a folder that holds a checkpoint unless --resume or --force."
+        ),
+    )
+    p.add_argument("--corpus", default="stdlib",
+                   help="stdlib (Python's own sources, offline), shakespeare, or a text file")  # fmt: skip
+    p.add_argument("--tokenizer", choices=("char", "bpe"), default="char")
+    p.add_argument("--vocab-size", type=int, default=512, help="BPE vocabulary size")
+    p.add_argument("--out", default="minigen-gpt", help="checkpoint folder (default: %(default)s)")
+    p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
+    p.add_argument("--force", action="store_true", help="overwrite a checkpoint in --out")
+    p.add_argument("--preset", default="small", help="model preset (small, gpt2, ...)")
+    model_help = {
+        "n_layer": "attention blocks",
+        "n_head": "heads per block",
+        "n_embd": "token dimension",
+        "block_size": "context length",
+        "dropout": "dropout probability",
+    }
+    for name, text in model_help.items():
+        kind = float if name == "dropout" else int
+        p.add_argument("--" + name.replace("_", "-"), type=kind, help=text + " (the preset's)")
+    p.add_argument("--no-bias", action="store_true", help="no biases in linear and norm layers")
+    train = {
+        "max_iters": (int, "training steps (2000)"),
+        "batch_size": (int, "blocks per step (12)"),
+        "learning_rate": (float, "peak learning rate (1e-3)"),
+        "min_lr": (float, "learning rate at the end of the cosine decay (1e-4)"),
+        "warmup_iters": (int, "steps of linear warm-up (100)"),
+        "lr_decay_iters": (int, "steps of the cosine decay (max-iters)"),
+        "weight_decay": (float, "AdamW weight decay on matrices and embeddings (0.1)"),
+        "beta2": (float, "AdamW beta2 (0.99)"),
+        "grad_clip": (float, "maximum gradient norm, 0 for none (1.0)"),
+        "eval_interval": (int, "steps between loss estimates (250)"),
+        "eval_iters": (int, "batches per loss estimate (20)"),
+        "checkpoint_interval": (int, "steps between checkpoints, 0 for the end only (500)"),
+        "seed": (int, "the one seed: weights, batches, dropout (1337)"),
+    }
+    for name, (kind, text) in train.items():
+        p.add_argument("--" + name.replace("_", "-"), type=kind, help=text)
+    p.add_argument("--sample", type=int, default=300, help="tokens to sample at the end (0: none)")
+    p.set_defaults(func=train_gpt, train_args=tuple(train))
+
+    g = sub.add_parser(
+        "generate",
+        help="sample text from a trained GPT",
+        description=(
+            "Continue a prompt with a GPT checkpoint, streaming tokens to the terminal: greedy "
+            "(--temperature 0), temperature, top-k and nucleus (top-p) sampling, stop strings, "
+            "with a KV cache (--no-cache to recompute the whole context at each token)."
+        ),
+    )
+    g.add_argument("--ckpt", default="minigen-gpt", help="checkpoint folder (default: %(default)s)")
+    g.add_argument("--prompt", default="\n", help="the text to continue (default: a newline)")
+    g.add_argument("--max-new-tokens", type=int, default=300)
+    g.add_argument("--temperature", type=float, default=0.8, help="0 for greedy decoding")
+    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--stop", action="append", default=[], help="stop before this text (repeatable)")
+    g.add_argument("--num-samples", type=int, default=1)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--no-cache", action="store_true", help="do not use the KV cache")
+    g.set_defaults(func=generate_cmd)
+
+
+def _md5(text: str) -> str:
+    return hashlib.md5(text.encode("utf-8", "surrogatepass"), usedforsecurity=False).hexdigest()
+
+
+def train_gpt(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from minigen.text.corpus import load_corpus, train_val_split
+    from minigen.text.gpt import preset
+    from minigen.text.gpt_io import check_writable, load_checkpoint, load_gpt
+    from minigen.text.sampling import generate
+    from minigen.text.tokenizers import ByteBPETokenizer, CharTokenizer
+    from minigen.text.train import TrainConfig, Trainer
+
+    if args.resume and args.force:
+        raise ValueError("--resume and --force contradict each other: choose one")
+    text = load_corpus(args.corpus)
+    given = {n: getattr(args, n) for n in _MODEL_ARGS if getattr(args, n) is not None}
+    train_given = {n: getattr(args, n) for n in args.train_args if getattr(args, n) is not None}
+    if args.resume:
+        ck = load_checkpoint(args.out)
+        model_cfg = ck.config.to_dict()
+        for name, value in given.items():
+            if model_cfg[name] != value:
+                raise ValueError(
+                    f"--{name.replace('_', '-')} {value} does not match the checkpoint in "
+                    f"{args.out}, which has {name}={model_cfg[name]}"
+                )
+        if ck.meta.get("corpus_md5") not in (None, _md5(text)):
+            raise ValueError(
+                f"the corpus {args.corpus!r} is not the one the checkpoint in {args.out} was "
+                f"trained on ({ck.meta.get('corpus')!r}, md5 {ck.meta['corpus_md5']})"
+            )
+        others = sorted(set(train_given) - {"max_iters"})
+        if others:
+            raise ValueError(
+                f"--resume keeps the checkpoint's settings; only --max-iters may change, got {others}"
+            )
+        tokenizer = ck.tokenizer
+    else:
+        if not args.force:
+            check_writable(args.out)  # before the slow part: tokenizing
+        if args.tokenizer == "char":
+            tokenizer = CharTokenizer.from_text(text)
+        else:
+            tokenizer = ByteBPETokenizer.train(text, args.vocab_size, progress=True)
+    ids = np.asarray(tokenizer.encode(text), dtype=np.int64)
+    train_ids, val_ids = train_val_split(ids)
+    if args.resume:
+        trainer = Trainer.resume(args.out, train_ids, val_ids, train_given.get("max_iters"))
+    else:
+        config = preset(
+            args.preset, vocab_size=tokenizer.vocab_size, bias=not args.no_bias, **given
+        )
+        meta = {"corpus": str(args.corpus), "corpus_md5": _md5(text), "tokenizer": args.tokenizer}
+        tc = TrainConfig(**train_given)
+        trainer = Trainer(config, tc, tokenizer, train_ids, val_ids, args.out, args.force, meta)
+    n = trainer.config.num_params()
+    print(
+        f"GPT of {n:,} parameters, {len(train_ids):,} training tokens, vocabulary {tokenizer.vocab_size}"
+    )
+    trainer.run()
+    print(f"checkpoint and loss curve in {args.out}")
+    if args.sample:
+        model, tok, _ = load_gpt(args.out)
+        print("--- a sample (temperature 0.8, top-k 40) ---")
+        start = "\n" if "\n" in text else text[0]
+        generate(model, tok, start, args.sample, 0.8, 40, on_text=_print)
+        print()
+    return 0
+
+
+def _print(piece: str) -> None:
+    sys.stdout.write(piece)
+    sys.stdout.flush()
+
+
+def generate_cmd(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from minigen import rng
+    from minigen.text.gpt_io import load_gpt
+    from minigen.text.sampling import generate
+
+    model, tokenizer, _ = load_gpt(args.ckpt)
+    tokenizer.encode(args.prompt)  # a character the tokenizer does not know: fail first
+    rng.manual_seed(args.seed)
+    gen = np.random.default_rng(args.seed)
+    for i in range(args.num_samples):
+        if i:
+            print("\n---")
+        _print(args.prompt)
+        generate(
+            model, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
+            args.top_p, args.stop, not args.no_cache, gen, on_text=_print,
+        )  # fmt: skip
+    print()
+    return 0

@@ -1,0 +1,210 @@
+"""GPT checkpoints: one directory, safetensors weights, JSON config, the tokenizer.
+
+    model.safetensors       the weights by parameter name (see `minigen.text.gpt`)
+    config.json             {"format": "minigen.gpt", "model": GPTConfig, "train": TrainConfig,
+                             "meta": {...}}
+    tokenizer.json          the tokenizer (`minigen.text.load_tokenizer` reads it)
+    optimizer.safetensors   AdamW's moments m and v (for resuming)
+    trainer_state.json      the step, the random generator's state and the loss history
+    loss.png                the loss curves so far
+
+Every file is written atomically, trainer_state.json last; each of model.safetensors,
+optimizer.safetensors and trainer_state.json records the step, and loading checks that
+they agree (a run stopped while writing is detected, not silently mixed).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from minigen import checkpoint
+from minigen.checkpoint import CheckpointError, atomic_write
+from minigen.text.gpt import GPT, GPTConfig, param_shapes
+from minigen.text.tokenizers import load_tokenizer
+
+__all__ = [
+    "CHECKPOINT_FILES",
+    "Checkpoint",
+    "check_writable",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_gpt",
+    "plot_losses",
+]
+
+CHECKPOINT_FILES = {
+    "model": "model.safetensors",
+    "config": "config.json",
+    "tokenizer": "tokenizer.json",
+    "optimizer": "optimizer.safetensors",
+    "state": "trainer_state.json",
+    "plot": "loss.png",
+}
+FORMAT = "minigen.gpt"
+
+
+@dataclass
+class Checkpoint:
+    """What `load_checkpoint` read (`train_config`: the TrainConfig's fields, or None)."""
+
+    config: GPTConfig
+    train_config: dict[str, Any] | None
+    tokenizer: Any
+    weights: dict[str, np.ndarray]
+    meta: dict[str, Any] = field(default_factory=dict)
+    state: dict[str, Any] | None = None
+    opt_arrays: dict[str, np.ndarray] | None = None
+    opt_meta: dict[str, Any] | None = None
+
+
+def check_writable(out_dir: str | Path) -> None:
+    """Refuse a folder that already holds a checkpoint (so nothing is overwritten)."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a directory")
+    found = [n for n in CHECKPOINT_FILES.values() if (out / n).exists()]
+    if found:
+        raise FileExistsError(
+            f"{out} already holds a checkpoint ({', '.join(found)}); resume it (--resume) "
+            "or overwrite it (--force)"
+        )
+
+
+def save_checkpoint(
+    out_dir: str | Path,
+    model: GPT,
+    tokenizer: Any,
+    train_config: Any,
+    state: dict[str, Any],
+    opt_arrays: dict[str, np.ndarray],
+    opt_meta: dict[str, Any],
+    meta: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint directory (see the module docstring); returns its path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    step = {"step": state["step"]}
+    config = {
+        "format": FORMAT,
+        "model": model.config.to_dict(),
+        "train": asdict(train_config) if train_config is not None else None,
+        "meta": meta or {},
+    }
+    checkpoint.save(out / CHECKPOINT_FILES["model"], model.state_dict(), step)
+    checkpoint.save(
+        out / CHECKPOINT_FILES["optimizer"], opt_arrays, {**step, "optimizer": opt_meta}
+    )
+    atomic_write(out / CHECKPOINT_FILES["config"], json.dumps(config, indent=1))
+    tokenizer.save(out / CHECKPOINT_FILES["tokenizer"])
+    atomic_write(out / CHECKPOINT_FILES["state"], json.dumps(state))
+    return out
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found: not a complete minigen GPT checkpoint")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e})") from None
+
+
+def check_weights(weights: dict[str, Any], config: GPTConfig, source: str) -> None:
+    """Raise CheckpointError unless `weights` has exactly the parameters of `config`."""
+    want = param_shapes(config)
+    missing = [k for k in want if k not in weights]
+    unexpected = [k for k in weights if k not in want]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    for k, shape in want.items():
+        if tuple(weights[k].shape) != shape:
+            raise CheckpointError(
+                f"{source}: {k} has shape {tuple(weights[k].shape)}, but the config needs {shape}"
+            )
+
+
+def load_checkpoint(out_dir: str | Path, with_state: bool = False) -> Checkpoint:
+    """Read a checkpoint directory, checking that its parts fit together.
+
+    Raises CheckpointError (a ValueError) naming the file and what does not fit.
+    """
+    out = Path(out_dir)
+    if not out.is_dir():
+        raise CheckpointError(f"checkpoint directory not found: {out}")
+    cfg_path = out / CHECKPOINT_FILES["config"]
+    cfg = _read_json(cfg_path)
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+        raise CheckpointError(f"{cfg_path}: not a minigen GPT config (format {FORMAT!r})")
+    try:
+        config = GPTConfig.from_dict(cfg["model"], str(cfg_path))
+        tc = cfg.get("train")
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{cfg_path}: bad config ({e})") from None
+    model_path = out / CHECKPOINT_FILES["model"]
+    weights, wmeta = checkpoint.load(model_path)
+    check_weights(weights, config, str(model_path))
+    tok_path = out / CHECKPOINT_FILES["tokenizer"]
+    if not tok_path.is_file():
+        raise CheckpointError(f"{tok_path} not found: not a complete minigen GPT checkpoint")
+    tokenizer = load_tokenizer(tok_path)
+    if tokenizer.vocab_size != config.vocab_size:
+        raise CheckpointError(
+            f"{tok_path}: the tokenizer has {tokenizer.vocab_size} tokens, the model "
+            f"{config.vocab_size}"
+        )
+    ck = Checkpoint(config, tc, tokenizer, weights, cfg.get("meta") or {})
+    if with_state:
+        state = _read_json(out / CHECKPOINT_FILES["state"])
+        opt_arrays, ometa = checkpoint.load(out / CHECKPOINT_FILES["optimizer"])
+        steps = {
+            "weights": wmeta.get("step"),
+            "optimizer": ometa.get("step"),
+            "state": state.get("step"),
+        }
+        if len(set(steps.values())) != 1 or not isinstance(tc, dict):
+            raise CheckpointError(
+                f"{out}: its files are from different steps {steps} (a save was interrupted?)"
+            )
+        ck.state, ck.opt_arrays, ck.opt_meta = state, opt_arrays, ometa["optimizer"]
+    return ck
+
+
+def load_gpt(out_dir: str | Path) -> tuple[GPT, Any, Checkpoint]:
+    """(model, tokenizer, checkpoint) from a checkpoint directory, the model in eval mode."""
+    ck = load_checkpoint(out_dir)
+    model = GPT(ck.config)
+    model.load_state_dict(ck.weights)
+    model.eval()
+    return model, ck.tokenizer, ck
+
+
+def plot_losses(history: dict[str, list], path: str | Path) -> Path:
+    """The training loss per step (and its running mean), and the train/val estimates."""
+    import matplotlib.pyplot as plt
+
+    from minigen.plotting import save_figure
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    loss = np.asarray(history["loss"], dtype=float)
+    steps = np.arange(1, len(loss) + 1)
+    ax.plot(steps, loss, lw=0.5, alpha=0.4, color="C0", label="batch loss")
+    if len(loss) >= 20:
+        w = max(1, len(loss) // 50)
+        ax.plot(steps[w - 1 :], np.convolve(loss, np.ones(w) / w, "valid"), color="C0", lw=1)
+    ev = history.get("eval", [])
+    if ev:
+        s = [e["step"] for e in ev]
+        ax.plot(s, [e["train"] for e in ev], "o-", color="C1", ms=3, label="train (estimate)")
+        ax.plot(s, [e["val"] for e in ev], "s-", color="C3", ms=3, label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats / token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return save_figure(fig, path)
