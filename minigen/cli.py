@@ -53,8 +53,8 @@ def _cmd_train_diffusion(args: argparse.Namespace) -> int:
     if model and set(model) & ({"hidden", "depth"} if digits else {"base_channels"}):
         raise ValueError("--hidden/--depth are for the 2-D MLP, --channels for the digits U-Net")
     cfg = training.TrainConfig(
-        data=args.data, steps=args.steps or (6000 if digits else 6000),
-        batch_size=args.batch_size or (128 if digits else 256), lr=args.lr,
+        data=args.data, steps=args.steps or (5000 if digits else 6000),
+        batch_size=args.batch_size or (64 if digits else 256), lr=args.lr,
         ema_decay=args.ema_decay, schedule=args.schedule, num_train_timesteps=args.timesteps,
         seed=args.seed, model=model,
     )  # fmt: skip
@@ -87,8 +87,8 @@ def _cmd_sample_diffusion(args: argparse.Namespace) -> int:
         if args.figure72:
             m = args.columns if model.is_image else args.n  # 2-D: the whole cloud moves
             t = model.sample(m, seed=args.seed, record=args.rows, **kw)
-            fig = (plots.figure_7_2(t.trajectory, t.steps_done, t.num_steps) if model.is_image
-                   else plots.point_trajectories(t.trajectory, t.steps_done, t.num_steps))  # fmt: skip
+            fig = (plots.figure_7_2(t.trajectory, t.frame_t) if model.is_image
+                   else plots.point_trajectories(t.trajectory, t.frame_t))  # fmt: skip
             print(f"Figure 7.2 (x_T top to x_0 bottom) -> {save_figure(fig, args.figure72)}")
     except FloatingPointError as e:  # NaN in a sample: the sampler stopped
         raise RuntimeError(str(e)) from None
@@ -110,8 +110,10 @@ def _add_diffusion_commands(sub: Any) -> None:
         default="moons",
         help="moons, spirals, swissroll, gmm or digits (default: %(default)s)",
     )
-    p.add_argument("--steps", type=int, help="training steps (default: 6000)")
-    p.add_argument("--batch-size", type=int, help="default: 256 (2-D), 128 (digits)")
+    p.add_argument(
+        "--steps", type=int, help="training steps (default: 6000 for 2-D, 5000 for digits)"
+    )
+    p.add_argument("--batch-size", type=int, help="default: 256 (2-D), 64 (digits)")
     p.add_argument(
         "--lr", type=float, default=1e-3, help="peak learning rate (default: %(default)s)"
     )
@@ -120,7 +122,7 @@ def _add_diffusion_commands(sub: Any) -> None:
     p.add_argument("--timesteps", type=int, default=1000, help="T (default: %(default)s)")
     p.add_argument("--hidden", type=int, help="2-D MLP width (default: 128)")
     p.add_argument("--depth", type=int, help="2-D MLP residual blocks (default: 3)")
-    p.add_argument("--channels", type=int, help="U-Net base channels (default: 32)")
+    p.add_argument("--channels", type=int, help="U-Net base channels (default: 16)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--out", help="checkpoint path (default: diffusion_DATA.safetensors)")
     p.add_argument("--loss-plot", help="loss-curve PNG (default: beside the checkpoint)")

@@ -1,8 +1,9 @@
 """`minigen demo`: a short tour of what minigen does, each step writing a figure.
 
 Step 1 (the foundation): a small MLP learns to separate two interleaved spirals;
-the tour writes its decision boundary. Later steps (GPT, diffusion, text-to-image)
-are added as the chapter's parts land.
+the tour writes its decision boundary. §7.2: a short denoising-diffusion run on
+two moons, then digits and Figure 7.2 sampled from the shipped checkpoint. Later
+steps (GPT, text-to-image) are added as the chapter's parts land.
 """
 
 from __future__ import annotations
@@ -107,4 +108,33 @@ def run(out_dir: str | os.PathLike = "minigen-demo", fast: bool = False, seed: i
     print(f"    final loss {np.mean(losses[-50:]):.3f}, test accuracy {acc:.1%} -> {path}")
     summary["mlp_test_accuracy"] = acc
     summary["figures"] = [str(path)]
+    _diffusion_steps(out, fast, seed, summary)
     return summary
+
+
+def _diffusion_steps(out: Path, fast: bool, seed: int, summary: dict[str, Any]) -> None:
+    """§7.2: train a 2-D denoiser briefly; sample digits and Figure 7.2 from the shipped model."""
+    from minigen.diffusion import pipeline, plots, training
+    from minigen.toy2d import two_moons
+
+    print("[2] Denoising diffusion (§7.2) learns the density of two moons")
+    cfg = training.TrainConfig(data="moons", steps=300 if fast else 3000, seed=seed)
+    res = training.train(cfg)
+    model = pipeline.DiffusionModel.from_training(res)
+    s = model.sample(1000, sampler="ddim", steps=50, seed=seed)
+    title = f"1000 samples after {cfg.steps} training steps (DDIM, 50 steps)"
+    fig = plots.plot_points(s.x, two_moons(1000, seed=seed + 1)[0], title)
+    p2 = save_figure(fig, out / "diffusion_moons.png")
+    print(
+        f"    {cfg.steps} steps in {res.seconds:.0f}s, final loss {np.mean(res.losses[-100:]):.3f} -> {p2}"
+    )
+
+    print("[3] Digits sampled from the shipped checkpoint, and Figure 7.2")
+    digits = pipeline.load("digits")
+    s = digits.sample(40, sampler="ddim", steps=20 if fast else 50, seed=seed)
+    p3 = save_figure(plots.image_grid(s.x, title="40 samples (DDIM)"), out / "diffusion_digits.png")
+    sampler, steps = ("ddim", 50) if fast else ("ddpm", None)  # Eq. 7.1 over all T steps
+    t = digits.sample(8, sampler=sampler, steps=steps, seed=seed, record=10)
+    p4 = save_figure(plots.figure_7_2(t.trajectory, t.frame_t), out / "figure_7_2.png")
+    print(f"    -> {p3}\n    Figure 7.2 ({sampler.upper()}, {t.num_steps} steps) -> {p4}")
+    summary["figures"] += [str(p2), str(p3), str(p4)]

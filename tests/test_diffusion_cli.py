@@ -83,3 +83,15 @@ def test_a_checkpoint_that_yields_nan_stops_sampling_with_one_line(trained, tmp_
     assert main(["sample-diffusion", "--checkpoint", str(bad), "--out", str(out), "--quiet"]) == 1
     assert "non-finite" in one_error_line(capsys)
     assert not out.exists()
+
+
+def test_the_demo_trains_a_2d_model_and_samples_the_shipped_digits(tmp_path, capsys):
+    from minigen import demo
+
+    summary = {"figures": []}
+    demo._diffusion_steps(tmp_path, fast=True, seed=0, summary=summary)
+    names = {"diffusion_moons.png", "diffusion_digits.png", "figure_7_2.png"}
+    assert {p.rsplit("/", 1)[-1] for p in summary["figures"]} == names
+    for name in names:
+        assert (tmp_path / name).read_bytes()[:8] == PNG
+    assert "Figure 7.2" in capsys.readouterr().out

@@ -99,7 +99,7 @@ def test_sampling_with_a_fixed_seed_is_reproducible():
 def test_trajectories_run_from_white_noise_to_the_samples():
     m = tiny_model(T=20)
     s = m.sample(6, sampler="ddpm", seed=0, record=5)
-    assert s.num_steps == 20 and s.steps_done == [0, 5, 10, 15, 20]
+    assert s.num_steps == 20 and s.frame_t == [20, 15, 10, 5, 0]  # x_T .. x_0
     assert len(s.trajectory) == 5
     np.testing.assert_array_equal(s.trajectory[-1], s.x)
     x_T = np.random.default_rng(0).standard_normal((6, 2), dtype=np.float32)

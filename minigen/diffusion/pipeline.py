@@ -27,7 +27,7 @@ import numpy as np
 from minigen import checkpoint, nn
 from minigen.diffusion.data import Normalizer
 from minigen.diffusion.schedulers import DDIMScheduler, DDPMScheduler, sample_loop
-from minigen.diffusion.training import TrainResult, make_denoiser
+from minigen.diffusion.training import TrainResult, blas_threads, make_denoiser
 from minigen.tensor import Tensor, no_grad
 
 __all__ = [
@@ -45,14 +45,15 @@ SAMPLERS = ("ddpm", "ddim")
 class Samples:
     """Samples x_0 (n, ...) in the data's units, and optionally their trajectories.
 
-    `trajectory[k]` holds the samples after `steps_done[k]` of the `num_steps`
-    denoising steps (`steps_done[0] == 0`: the white noise x_T; the last is x_0).
+    `trajectory[k]` is x_t for t = `frame_t[k]`, the book's index (T for the white
+    noise x_T, the first frame; 0 for the samples x_0, the last), recorded along the
+    `num_steps` denoising steps.
     """
 
     x: np.ndarray
     num_steps: int
     trajectory: list[np.ndarray] | None = None
-    steps_done: list[int] | None = None
+    frame_t: list[int] | None = None
 
 
 def make_scheduler(
@@ -146,27 +147,40 @@ class DiffusionModel:
         record: int = 0,
         progress: bool = False,
         image_size: int | None = None,
+        threads: int | None = 1,
     ) -> Samples:
         """n samples by DDPM (Eq. 7.1) or DDIM; `record` > 1 keeps that many trajectory frames.
 
         The same seed gives the same samples (x_T and every step's noise come from it).
+        BLAS runs on `threads` threads (see `training.blas_threads`).
         """
+        with blas_threads(threads):
+            return self._sample(n, sampler, steps, eta, variance_type, spacing, seed, record,
+                                progress, image_size)  # fmt: skip
+
+    def _sample(
+        self, n: int, sampler: str, steps: int | None, eta: float, variance_type: str,
+        spacing: str, seed: Any, record: int, progress: bool, image_size: int | None,
+    ) -> Samples:  # fmt: skip
         self.check_image_size(image_size)
         if n < 1:
             raise ValueError(f"the number of samples must be >= 1, got {n}")
         sched = make_scheduler(self.schedule, sampler, steps, variance_type, spacing)
         gen = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         x_T = gen.standard_normal((n, *self.sample_shape), dtype=np.float32)  # (n, ...)
-        n_steps = len(sched.timesteps)
+        ts = [int(t) for t in sched.timesteps]
+        n_steps = len(ts)
+        # after k steps the sample is x_t, t = ts[k] + 1 in the book's numbering (x_0 at the end)
+        book_t = [t + 1 for t in ts] + [0]
         keep = (
             set(np.round(np.linspace(0, n_steps, record)).astype(int).tolist()) if record else set()
         )
-        frames, done = ([x_T], [0]) if 0 in keep else ([], [])
+        frames, frame_t = ([x_T], [book_t[0]]) if 0 in keep else ([], [])
 
         def callback(i: int, t: int, x: np.ndarray) -> None:
             if i + 1 in keep:
                 frames.append(x.copy())
-                done.append(i + 1)
+                frame_t.append(book_t[i + 1])
 
         kw = {"eta": eta} if sampler == "ddim" else {}
         x0 = sample_loop(sched, self.eps, x_T, generator=gen, progress=progress,
@@ -174,7 +188,7 @@ class DiffusionModel:
         inv = self.normalizer.inverse
         if not keep:
             return Samples(inv(x0), n_steps)
-        return Samples(inv(x0), n_steps, [inv(f) for f in frames], done)
+        return Samples(inv(x0), n_steps, [inv(f) for f in frames], frame_t)
 
     # ------------------------------------------------------------------ checkpoints
 

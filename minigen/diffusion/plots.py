@@ -81,46 +81,41 @@ def image_grid(images: np.ndarray, ncols: int = 10, title: str = "", labels: Any
     return fig
 
 
-def figure_7_2(
-    trajectory: Sequence[np.ndarray], steps_done: Sequence[int], total_steps: int, title: str = ""
-) -> Any:
-    """Figure 7.2: columns are samples, rows go from x_T (top) to x_0 (bottom).
+def figure_7_2(trajectory: Sequence[np.ndarray], frame_t: Sequence[int], title: str = "") -> Any:
+    """Figure 7.2: one column per sample, one row per recorded x_t, x_T at the top.
 
-    `trajectory[k]` is the batch (n, 1, H, W) after `steps_done[k]` of the
-    `total_steps` denoising steps (pixel units).
+    `trajectory[k]` is the batch (n, 1, H, W) of x_t for t = `frame_t[k]`, in pixel
+    units; rows are drawn in the order given (the forward process reads top-down too).
     """
     import matplotlib.pyplot as plt
 
     rows, n = len(trajectory), len(trajectory[0])
-    fig, axes = plt.subplots(rows, n, figsize=(n * 0.75 + 0.9, rows * 0.75), squeeze=False)
-    for r, (frame, done) in enumerate(zip(trajectory, steps_done, strict=True)):
+    fig, axes = plt.subplots(rows, n, figsize=(n * 0.75 + 0.6, rows * 0.75), squeeze=False)
+    for r, (frame, t) in enumerate(zip(trajectory, frame_t, strict=True)):
         for c in range(n):
             ax = axes[r, c]
             ax.imshow(_pixels(frame[c]), cmap="gray", vmin=PIXEL_RANGE[0], vmax=PIXEL_RANGE[1])
             ax.set_xticks([])
             ax.set_yticks([])
-        left = "$x_T$" if done == 0 else "$x_0$" if done == total_steps else f"{done}"
-        axes[r, 0].set_ylabel(left, rotation=0, ha="right", va="center", fontsize=8)
+        axes[r, 0].set_ylabel(f"$x_{{{t}}}$", rotation=0, ha="right", va="center", fontsize=8)
     fig.suptitle(title or "From white noise $x_T$ (top) to a sample $x_0$ (bottom)", fontsize=9)
-    fig.text(0.01, 0.5, "denoising steps done", rotation=90, va="center", fontsize=7)
     return fig
 
 
 def point_trajectories(
     trajectory: Sequence[np.ndarray],
-    steps_done: Sequence[int],
-    total_steps: int,
+    frame_t: Sequence[int],
     reference: np.ndarray | None = None,
     title: str = "",
 ) -> Any:
-    """The 2-D cloud at each recorded step, from x_T (left) to x_0 (right)."""
+    """The 2-D cloud x_t for each t of `frame_t`, left to right (x_T first when sampling)."""
     import matplotlib.pyplot as plt
 
     k = len(trajectory)
     fig, axes = plt.subplots(1, k, figsize=(2.2 * k, 2.4), squeeze=False)
     lo = np.min([f.min(0) for f in trajectory], axis=0)
     hi = np.max([f.max(0) for f in trajectory], axis=0)
-    for ax, frame, done in zip(axes[0], trajectory, steps_done, strict=True):
+    for ax, frame, t in zip(axes[0], trajectory, frame_t, strict=True):
         if reference is not None:
             ax.scatter(reference[:, 0], reference[:, 1], s=1, c="0.85")
         ax.scatter(frame[:, 0], frame[:, 1], s=1, c="C0")
@@ -128,6 +123,6 @@ def point_trajectories(
         ax.set_ylim(lo[1], hi[1])
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_title("$x_T$" if done == 0 else "$x_0$" if done == total_steps else f"step {done}")
-    fig.suptitle(title, fontsize=9)
+        ax.set_title(f"$x_{{{t}}}$")
+    fig.suptitle(title, fontsize=9, y=1.06)
     return fig

@@ -12,13 +12,20 @@ is AdamW with warm-up and cosine decay and gradient clipping; sampling uses an
 iterate (Ho et al. use a decay of 0.9999):
 
     w_ema <- d w_ema + (1 - d) w,      d = min(decay, (1 + k) / (10 + k)) at step k.
+
+Threads: the denoisers' matrix products are small (a few hundred columns), so BLAS
+threads cost more in synchronisation than they give, and on a busy machine they
+spin: training the 2-D MLP was 8x slower with two OpenBLAS threads than with one
+on a shared 2-core machine. `train` (and `DiffusionModel.sample`) therefore run
+BLAS on one thread unless told otherwise (`blas_threads`; None leaves it alone).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +42,7 @@ from minigen.tensor import Tensor
 
 __all__ = [
     "DATASETS", "TrainConfig", "TrainResult", "EMA", "make_denoiser", "load_data",
-    "diffusion_loss", "train",
+    "diffusion_loss", "train", "blas_threads",
 ]  # fmt: skip
 
 TOY_DATASETS = ("moons", "spirals", "swissroll", "gmm")
@@ -91,6 +98,21 @@ def make_denoiser(config: dict[str, Any]) -> nn.Module:
         return DENOISERS[kind](**kw)
     except TypeError as e:
         raise ValueError(f"bad {kind} denoiser config {config}: {e}") from None
+
+
+@contextlib.contextmanager
+def blas_threads(n: int | None) -> Iterator[None]:
+    """Run BLAS on `n` threads inside the block (None: leave the setting as it is)."""
+    if n is None:
+        yield
+        return
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # scikit-learn brings it; without it, BLAS keeps its threads
+        yield
+        return
+    with threadpool_limits(limits=n, user_api="blas"):
+        yield
 
 
 def load_data(name: str, n_points: int = 10000, seed: int = 0) -> DiffusionData:
@@ -159,8 +181,19 @@ def train(
     config: TrainConfig,
     progress: bool = True,
     callback: Callable[[int, float], None] | None = None,
+    blas_threads: int | None = 1,
 ) -> TrainResult:
     """Train a denoiser on `config.data` by L_simple; returns the EMA model and the losses."""
+    with _blas_threads(blas_threads):
+        return _train(config, progress, callback)
+
+
+_blas_threads = blas_threads
+
+
+def _train(
+    config: TrainConfig, progress: bool, callback: Callable[[int, float], None] | None
+) -> TrainResult:
     _rng.manual_seed(config.seed)  # the weights' initialisation
     gen = np.random.default_rng(config.seed)  # batches, timesteps, noise
     data = load_data(config.data, config.n_points, config.seed)

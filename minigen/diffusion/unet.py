@@ -93,7 +93,7 @@ class UNet(nn.Module):
         self,
         image_size: int = 8,
         in_channels: int = 1,
-        base_channels: int = 32,
+        base_channels: int = 16,
         channel_mults: Sequence[int] = (1, 2),
         temb_dim: int | None = None,
     ) -> None:
