@@ -70,7 +70,9 @@ def image_grid(images: np.ndarray, ncols: int = 10, title: str = "", labels: Any
     n = len(images)
     ncols = min(ncols, n)
     nrows = -(-n // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * 0.8, nrows * 0.8 + 0.4), squeeze=False)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(ncols * 0.8, nrows * 0.8 + 0.4), squeeze=False, layout="constrained"
+    )
     for k, ax in enumerate(axes.ravel()):
         ax.axis("off")
         if k < n:
@@ -90,7 +92,9 @@ def figure_7_2(trajectory: Sequence[np.ndarray], frame_t: Sequence[int], title: 
     import matplotlib.pyplot as plt
 
     rows, n = len(trajectory), len(trajectory[0])
-    fig, axes = plt.subplots(rows, n, figsize=(n * 0.75 + 0.6, rows * 0.75), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, n, figsize=(n * 0.75 + 0.6, rows * 0.75 + 0.4), squeeze=False, layout="constrained"
+    )
     for r, (frame, t) in enumerate(zip(trajectory, frame_t, strict=True)):
         for c in range(n):
             ax = axes[r, c]
