@@ -72,6 +72,8 @@ def _cmd_sample_diffusion(args: argparse.Namespace) -> int:
     from minigen.plotting import save_figure
 
     _refuse_overwrite([args.out, args.figure72], args.force)
+    if args.figure72 and (args.rows < 2 or args.columns < 1):
+        raise ValueError("Figure 7.2 needs --rows >= 2 (x_T and x_0) and --columns >= 1")
     model = pipeline.load(args.checkpoint)
     model.check_image_size(args.image_size)
     kw = {"sampler": args.sampler, "steps": args.steps, "eta": args.eta, "spacing": args.spacing,

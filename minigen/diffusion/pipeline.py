@@ -26,7 +26,7 @@ import numpy as np
 
 from minigen import checkpoint, nn
 from minigen.diffusion.data import Normalizer
-from minigen.diffusion.schedulers import DDIMScheduler, DDPMScheduler, sample_loop
+from minigen.diffusion.schedulers import VARIANCE_TYPES, DDIMScheduler, DDPMScheduler, sample_loop
 from minigen.diffusion.training import TrainResult, blas_threads, make_denoiser
 from minigen.tensor import Tensor, no_grad
 
@@ -67,6 +67,8 @@ def make_scheduler(
 
     DDPM visits all T timesteps unless `steps` says fewer; DDIM takes `steps` (default 50).
     """
+    if variance_type not in VARIANCE_TYPES:
+        raise ValueError(f"unknown variance type {variance_type!r}; one of {list(VARIANCE_TYPES)}")
     kw = {"num_train_timesteps": int(schedule["num_train_timesteps"]),
           "beta_schedule": schedule["name"], "timestep_spacing": spacing}  # fmt: skip
     if sampler == "ddpm":
@@ -165,6 +167,8 @@ class DiffusionModel:
         self.check_image_size(image_size)
         if n < 1:
             raise ValueError(f"the number of samples must be >= 1, got {n}")
+        if record == 1 or record < 0:
+            raise ValueError(f"record keeps x_T, x_0 and frames between: 0 or >= 2, got {record}")
         sched = make_scheduler(self.schedule, sampler, steps, variance_type, spacing)
         gen = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         x_T = gen.standard_normal((n, *self.sample_shape), dtype=np.float32)  # (n, ...)
