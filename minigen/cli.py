@@ -58,7 +58,10 @@ def _cmd_train_diffusion(args: argparse.Namespace) -> int:
         ema_decay=args.ema_decay, schedule=args.schedule, num_train_timesteps=args.timesteps,
         seed=args.seed, model=model,
     )  # fmt: skip
-    result = training.train(cfg, progress=not args.quiet)
+    try:
+        result = training.train(cfg, progress=not args.quiet)
+    except FloatingPointError as e:  # the loss went NaN: nothing is written
+        raise RuntimeError(str(e)) from None
     path = pipeline.DiffusionModel.from_training(result).save(out)
     save_figure(plots.plot_losses(result.losses, f"L_simple on {args.data}"), loss_png)
     final = sum(result.losses[-100:]) / len(result.losses[-100:])

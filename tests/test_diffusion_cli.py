@@ -64,6 +64,7 @@ def test_existing_outputs_are_not_overwritten_without_force(trained, tmp_path, c
     [
         (["train-diffusion", "--data", "mnist"], "unknown data set 'mnist'"),
         (["train-diffusion", "--data", "digits", "--hidden", "8"], "--hidden/--depth are for"),
+        (["train-diffusion", *TINY, "--lr", "1e6", "--quiet"], "training diverged"),
         (["sample-diffusion", "--checkpoint", "no/such.safetensors"], "checkpoint file not found"),
         (["sample-diffusion", "--checkpoint", "digits", "--image-size", "16"], "16x16"),
         (["sample-diffusion", "--checkpoint", "digits", "--sampler", "euler"], "unknown sampler"),

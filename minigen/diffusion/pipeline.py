@@ -156,7 +156,8 @@ class DiffusionModel:
         The same seed gives the same samples (x_T and every step's noise come from it).
         BLAS runs on `threads` threads (see `training.blas_threads`).
         """
-        with blas_threads(threads):
+        # the scheduler stops at the first NaN or inf, with a clear error: no NumPy warnings
+        with blas_threads(threads), np.errstate(over="ignore", invalid="ignore"):
             return self._sample(n, sampler, steps, eta, variance_type, spacing, seed, record,
                                 progress, image_size)  # fmt: skip
 
