@@ -362,13 +362,15 @@ def sample_loop(
     generator: np.random.Generator | None = None,
     progress: bool = False,
     dtype: Any = np.float64,
+    callback: Callable[[int, int, Any], None] | None = None,
     **step_kwargs: Any,
 ) -> Any:
     """Denoise `x_T` over `scheduler.timesteps`; `denoiser(x_t, t)` returns its prediction.
 
     `x_T` is the starting noise, or a shape to draw it from N(0, I) in `dtype` with
     `generator` (default: minigen.rng.generator(), which also draws every step's noise).
-    Extra keywords go to `step` (e.g. eta for DDIM).
+    `callback(i, t, x)` sees the sample after step i (at timestep t), e.g. to record
+    a trajectory. Extra keywords go to `step` (e.g. eta for DDIM).
     """
     gen = generator if generator is not None else _rng.generator()
     if isinstance(x_T, tuple):
@@ -379,8 +381,10 @@ def sample_loop(
         from tqdm.auto import tqdm
 
         timesteps = tqdm(timesteps, desc=type(scheduler).__name__, leave=False)
-    for t in timesteps:
+    for i, t in enumerate(timesteps):
         x = scheduler.step(denoiser(x, int(t)), int(t), x, generator=gen, **step_kwargs).prev_sample
+        if callback is not None:
+            callback(i, int(t), x)
     return x
 
 
