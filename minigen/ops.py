@@ -215,12 +215,12 @@ def gelu_forward(x: Any, approximate: str = "none") -> tuple[Any, Any]:
     raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
 
 
-def gelu_backward(saved: Any, g: Any, approximate: str = "none") -> Any:
-    """dL/dx = g GELU'(x), from the forward's `saved`."""
+def gelu_backward(saved: Any, dy: Any, approximate: str = "none") -> Any:
+    """dL/dx = dL/dy GELU'(x), from the forward's `saved`."""
     x, c = saved
     xp = backend.array_module(x)
     if approximate == "none":  # d/dx x Phi(x) = Phi(x) + x phi(x)
-        return g * (c + x * _INV_SQRT_2PI * xp.exp(-0.5 * x * x))
+        return dy * (c + x * _INV_SQRT_2PI * xp.exp(-0.5 * x * x))
     # d/dx x sigmoid(z') = s (1 + x (1 - s) dz'/dx),  z' = 2z, s = sigmoid(z'),
     # dz'/dx = 2 sqrt(2/pi) (1 + 3 0.044715 x^2)
     d = xp.multiply(x, x, out=xp.empty_like(x))
@@ -230,7 +230,7 @@ def gelu_backward(saved: Any, g: Any, approximate: str = "none") -> Any:
     d *= 1 - c
     d += 1
     d *= c
-    d *= g
+    d *= dy
     return d
 
 
