@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
 import os
 import subprocess
@@ -197,7 +198,10 @@ def test_mixing_arrays_of_two_backends_names_both(op):
 def test_mixing_in_linear_names_both():
     x = Tensor(FakeDeviceArray((3, 2)))
     w = Tensor(np.ones((2, 4), np.float32), requires_grad=True)
-    with pytest.raises(backend.BackendMismatchError, match=r"^linear: .*FakeDeviceArray \(tests\) and numpy.ndarray \(numpy\)"):
+    with pytest.raises(
+        backend.BackendMismatchError,
+        match=r"^linear: .*FakeDeviceArray \(tests\) and numpy.ndarray \(numpy\)",
+    ):
         F.linear(x, w)
 
 
@@ -205,3 +209,36 @@ def test_a_real_type_error_is_not_called_a_backend_mismatch():
     with pytest.raises(TypeError) as info:
         Tensor(np.ones(2)) + "text"
     assert not isinstance(info.value, backend.BackendMismatchError)
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+def _imports(path: Path) -> list[tuple[str, bool]]:
+    """(module imported, whether at the top level of the file) for every import in `path`."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    top = {id(n) for n in tree.body}
+    found = []
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Import):
+            found += [(a.name, id(n) in top) for a in n.names]
+        elif isinstance(n, ast.ImportFrom) and n.module and n.level == 0:
+            found.append((n.module, id(n) in top))
+    return found
+
+
+def test_kernel_backends_import_nothing_of_minigen():
+    """Only kernels/reference.py reads minigen (it *is* minigen's NumPy code): the Numba and
+    CuPy kernels stand alone, so minigen can load them without a cycle."""
+    for path in sorted((ROOT / "kernels").glob("*.py")):
+        if path.name == "reference.py":
+            continue
+        for module, _ in _imports(path):
+            assert module.split(".")[0] != "minigen", f"kernels/{path.name} imports {module}"
+
+
+def test_minigen_imports_the_kernels_only_when_a_kernel_backend_is_chosen():
+    for path in sorted((ROOT / "minigen").rglob("*.py")):
+        for module, at_top in _imports(path):
+            if module.split(".")[0] in ("minigen_kernels", "numba", "cupy", "cupyx"):
+                assert not at_top, f"{path.relative_to(ROOT)} imports {module} when imported"
