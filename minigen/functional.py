@@ -25,7 +25,7 @@ import numpy as np
 
 from minigen import backend, rng
 from minigen.conv import avg_pool2d, conv2d, group_norm, upsample_nearest2d
-from minigen.ops import gelu, relu, sigmoid, silu, tanh, unbroadcast
+from minigen.ops import _constant, gelu, relu, sigmoid, silu, tanh, unbroadcast
 from minigen.tensor import Tensor, node
 
 __all__ = [
@@ -354,6 +354,7 @@ def scaled_dot_product_attention(
         )
     scale = 1 / math.sqrt(qd.shape[-1]) if scale is None else scale
     mask = attn_mask.data if isinstance(attn_mask, Tensor) else attn_mask
+    mask = _constant(mask)  # a NumPy mask follows the backend (onto the GPU with "cupy")
     K = backend.kernels
     y, att = K["attention_forward"](qd, kd, vd, scale, is_causal, mask)
     attention_bwd = K["attention_backward"]

@@ -47,6 +47,13 @@ def unbroadcast(g: Any, shape: tuple[int, ...]) -> Any:
     return g
 
 
+def _constant(x: Any) -> Any:
+    """A NumPy constant on the current backend: copied to the GPU with "cupy", as Tensor(x)."""
+    if backend.xp is not np and isinstance(x, np.ndarray):
+        return backend.xp.asarray(x)
+    return x
+
+
 def _lift(x: Any) -> Tensor:
     """A constant operand as a tensor; Python numbers stay Python numbers (weak dtype)."""
     if isinstance(x, Tensor):
@@ -54,7 +61,7 @@ def _lift(x: Any) -> Tensor:
     if isinstance(x, np.generic):
         x = x.item()
     if isinstance(x, int | float | bool) or hasattr(x, "dtype"):
-        return _wrap(x)  # a constant: no gradient flows to it
+        return _wrap(_constant(x))  # a constant: no gradient flows to it
     return Tensor(x)
 
 
@@ -271,8 +278,8 @@ def minimum(a: Any, b: Any) -> Tensor:
 
 def where(cond: Any, a: Any, b: Any) -> Tensor:
     """Elementwise `a if cond else b`; the gradient flows to the chosen side."""
-    c = cond.data if isinstance(cond, Tensor) else cond
-    xp = backend.array_module(c, _lift(a).data, _lift(b).data)
+    c = cond.data if isinstance(cond, Tensor) else _constant(cond)
+    xp = backend.array_module(c, _lift(a).data, _lift(b).data, op="where")
     a, b, ad, bd, y = _binary("where", a, b, lambda x, z: xp.where(c, x, z))
 
     def backward(g):

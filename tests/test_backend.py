@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import minigen
 import minigen.diffusion  # noqa: F401  (registers the noise step)
-from minigen import Tensor, backend, kernel_ops
+from minigen import Tensor, backend, kernel_ops, ops
 from minigen import functional as F
 from minigen.ops import matmul
 
@@ -174,6 +175,22 @@ class FakeDeviceArray:
 
 
 FAKE_MODULE = types.SimpleNamespace(asarray=lambda a, dtype=None: a)
+
+
+def _on_fake_device(a, dtype=None):
+    return a if isinstance(a, FakeDeviceArray) else FakeDeviceArray(np.shape(a), dtype or "f4")
+
+
+def test_numpy_data_and_constants_follow_the_backend_onto_the_device(monkeypatch):
+    """With "cupy", NumPy inputs, constants and random draws are copied to the GPU (here a
+    fake device module stands in for cupy); a graph then lives on one device."""
+    fake = types.SimpleNamespace(asarray=_on_fake_device)
+    monkeypatch.setattr(backend, "xp", fake)
+    assert isinstance(Tensor(np.ones((2, 3), np.float32)).data, FakeDeviceArray)
+    assert isinstance(Tensor([1.0, 2.0]).data, FakeDeviceArray)
+    assert isinstance(ops._lift(np.ones(3)).data, FakeDeviceArray)  # a constant operand
+    assert ops._lift(2.0).data == 2.0  # Python numbers stay numbers
+    assert isinstance(minigen.rng.randn(2, 2), FakeDeviceArray)  # drawn on the host, copied
 
 
 def test_fake_device_arrays_belong_to_their_own_array_module():
