@@ -139,7 +139,9 @@ def test_layer_norm(backend_name, affine, dtype):
         def f(x, *p):
             return F.layer_norm(x, *p, eps=1e-5)
 
-        assert_same_run(backend_name, f, [x, *params], seed, scale=C)
+        # dx = rstd (...): rounding errors grow with rstd (316 for a single column: 1/sqrt(eps))
+        rstd = 1 / np.sqrt(x.astype(np.float64).var(axis=-1) + 1e-5)
+        assert_same_run(backend_name, f, [x, *params], seed, scale=C * max(1.0, rstd.max()))
 
     check()
 
