@@ -144,12 +144,17 @@ def use(name: str) -> None:
     reason = why_unavailable(name)
     if reason is not None:
         raise BackendError(f"backend {name!r} is unavailable: {reason}")
-    if name == "numpy":
-        module, table = np, {}
-    else:
+    table: dict[str, Callable] = {}
+    if name != "numpy":
         from minigen import kernel_ops  # imports numba or cupy: only when asked for
 
-        module, table = kernel_ops.install(import_kernels().get(_KERNEL_BACKEND[name]))
+        table = kernel_ops.install(import_kernels().get(_KERNEL_BACKEND[name]))
+    if name == "cupy":
+        import cupy
+
+        module = cupy
+    else:
+        module = np
     _name, xp = name, module
     _accelerated.clear()
     _accelerated.update(table)

@@ -43,17 +43,11 @@ _k: Any = None  # the kernel module of the selected backend (numba_cpu or cupy_k
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def install(kernel_module: ModuleType) -> tuple[ModuleType, dict[str, Any]]:
-    """Use `kernel_module`'s kernels; returns (the array module for new tensors, the table)."""
+def install(kernel_module: ModuleType) -> dict[str, Any]:
+    """Call `kernel_module`'s kernels from now on; returns the entries of the dispatch table."""
     global _k
     _k = kernel_module
-    if kernel_module.__name__.endswith("cupy_kernels"):
-        import cupy
-
-        module = cupy
-    else:
-        module = np
-    return module, {name: globals()[name] for name in backend.KERNEL_NAMES}
+    return {name: globals()[name] for name in backend.KERNEL_NAMES}
 
 
 def _numpy(name: str) -> Any:
