@@ -146,8 +146,9 @@ def use(name: str) -> None:
         raise BackendError(f"backend {name!r} is unavailable: {reason}")
     table: dict[str, Callable] = {}
     if name != "numpy":
-        from minigen import kernel_ops  # imports numba or cupy: only when asked for
+        from minigen import kernel_ops
 
+        # the kernel module (and numba or cupy with it) is imported only now, when asked for
         table = kernel_ops.install(import_kernels().get(_KERNEL_BACKEND[name]))
     if name == "cupy":
         import cupy
