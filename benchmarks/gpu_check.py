@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -75,6 +76,20 @@ def device_info() -> dict:
     return info
 
 
+def _backend_of(test_name: str) -> str:
+    """The backend a parametrised test ran on, from its id (e.g. "[float32-numba-cuda]")."""
+    params = test_name.partition("[")[2].rstrip("]")
+    if "numba-cuda" in params or "numba_cuda" in params:
+        return "numba-cuda"
+    if "numba-cpu" in params or "numba_cpu" in params:
+        return "numba-cpu"
+    if re.search(r"(^|-)cupy(_kernels)?($|-)", params):
+        return "cupy"
+    if re.search(r"(^|-)numba($|-)", params):
+        return "numba"
+    return "no backend parameter"
+
+
 def parity_suites(out: Path) -> dict:
     """Run the suites on the GPU; counts of passed / failed / skipped tests per backend."""
     xml = out.with_suffix(".junit.xml")
@@ -86,10 +101,8 @@ def parity_suites(out: Path) -> dict:
     counts: dict[str, dict[str, int]] = {}
     failures = []
     for case in ET.parse(xml).getroot().iter("testcase"):
-        name = case.get("name", "")
-        which = next(
-            (b for b in ("numba-cuda", "numba-cpu", "cupy", "numba") if b in name), "other"
-        )
+        name, suite = case.get("name", ""), case.get("classname", "")
+        which = f"{'switch' if 'test_backend' in suite else 'kernels'}: {_backend_of(name)}"
         status = "passed"
         if case.find("failure") is not None or case.find("error") is not None:
             status = "failed"
