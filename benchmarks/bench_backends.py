@@ -19,7 +19,8 @@ core below 1M elements). The contenders run in blocks of `--per-block` timed cal
 block after a pause and one untimed call, because a library's spinning worker threads
 slow down whoever runs right after it; the order of the contenders rotates every round.
 Medians over all timed calls, with quartiles. On a shared machine the figures are noisy:
-compare ratios from one run, never absolute times across runs.
+compare ratios from one run, never absolute times across runs; with one thread,
+`--clock cpu` times the process's CPU time, which waiting for a busy core does not inflate.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ def using(name: str) -> Callable[[], None]:
     return lambda: backend.use(name)
 
 
+CLOCK = time.perf_counter  # --clock cpu: time.process_time
+
+
 def blocks(contenders: list[Contender], rounds: int, per_block: int) -> dict[str, list]:
     """Seconds per call of each contender, timed in blocks (see the module docstring)."""
     times: dict[str, list] = {name: [] for name, _, _ in contenders}
@@ -64,9 +68,9 @@ def blocks(contenders: list[Contender], rounds: int, per_block: int) -> dict[str
             time.sleep(0.3)
             step()
             for _ in range(per_block):
-                t0 = time.perf_counter()
+                t0 = CLOCK()
                 step()
-                times[name].append(time.perf_counter() - t0)
+                times[name].append(CLOCK() - t0)
     return times
 
 
@@ -231,13 +235,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10, help="rounds of blocks")
     parser.add_argument("--per-block", type=int, default=5, help="timed calls per block")
     parser.add_argument("--only", choices=["gpt", "unet"], help="one model only")
+    parser.add_argument(
+        "--clock", choices=["wall", "cpu"], default="wall",
+        help="cpu: the process's CPU time, which other jobs on a busy machine do not inflate "
+        "(meaningful with 1 thread; with more it adds the threads' times)",
+    )  # fmt: skip
     args = parser.parse_args()
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     import numba
     import torch
     from threadpoolctl import threadpool_limits
 
     print(f"numpy {np.__version__}, numba {numba.__version__}, torch {torch.__version__}; "
-          f"float32; medians of {args.rounds} x {args.per_block} timed calls")  # fmt: skip
+          f"float32; medians of {args.rounds} x {args.per_block} timed calls, {args.clock} "
+          f"clock")  # fmt: skip
     for n in (int(s) for s in args.threads.split(",")):
         threadpool_limits(n)
         torch.set_num_threads(n)
