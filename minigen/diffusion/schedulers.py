@@ -379,7 +379,7 @@ def sample_loop(
     """
     gen = generator if generator is not None else _rng.generator()
     if isinstance(x_T, tuple):
-        x_T = gen.standard_normal(x_T, dtype=dtype)  # the shape asked for
+        x_T = backend.xp.asarray(gen.standard_normal(x_T, dtype=dtype))  # on the current backend
     x = x_T
     timesteps = scheduler.timesteps
     if progress:
