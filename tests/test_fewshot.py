@@ -182,3 +182,51 @@ def test_fewshot_command_names_a_missing_model(tmp_path, capsys, monkeypatch):
     assert main(["fewshot", "--model", str(tmp_path / "nowhere")]) == 1
     assert "model directory not found" in capsys.readouterr().err
     assert FIGURE_7_1.stop == ","
+
+
+# ----------------------------------------------------------------------------- a GPT-2 directory
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory):
+    """A tiny random GPT-2 written as Hugging Face's files (minigen's own export), with a
+    byte-level BPE trained here: what `--model <dir>` reads for real GPT-2 weights."""
+    from minigen import rng
+    from minigen.text import GPT, ByteBPETokenizer, GPTConfig, stdlib_corpus
+    from minigen.text.hf_gpt2 import save_gpt2
+
+    bpe = ByteBPETokenizer.train(stdlib_corpus()[:20_000] + FIGURE_FIRST, 320)
+    rng.manual_seed(0)
+    cfg = GPTConfig(vocab_size=bpe.vocab_size, block_size=128, n_layer=2, n_head=2, n_embd=16)
+    return save_gpt2(GPT(cfg), tmp_path_factory.mktemp("gpt2") / "tiny", bpe)
+
+
+def naive_greedy(model, ids: list[int], n: int) -> list[int]:
+    """argmax_v p(v | ids) appended n times, each step a full forward pass (no cache)."""
+    from minigen.tensor import no_grad
+
+    ids = list(ids)
+    with no_grad():
+        for _ in range(n):
+            ids.append(int(model(np.array([ids[-model.config.block_size :]])).data[0, -1].argmax()))
+    return ids[-n:]
+
+
+def test_predict_is_the_greedy_continuation_of_a_gpt2(gpt2_dir, figure):
+    from minigen.text.hf_gpt2 import load_gpt2
+
+    model, tok = load_gpt2(gpt2_dir)
+    for p in figure[::2]:
+        pred = predict(model, tok, p.demos, p.query, p.label, max_new_tokens=6)
+        ids = tok.encode(build_prompt(p.demos, p.query))
+        want = naive_greedy(model, ids, len(pred.tokens))
+        assert pred.tokens == want and pred.prompt.endswith(p.query + ", O:")
+        assert pred.continuation == tok.decode(want)[: len(pred.continuation)]
+        assert len(pred.tokens) == 6 or pred.continuation.endswith(",")
+
+
+def test_fewshot_command_reads_a_gpt2_directory(gpt2_dir, figure, capsys):
+    assert main(["fewshot", "--model", str(gpt2_dir), "--prompts", "figure-7.1", "--max-new-tokens", "3"]) == 0  # fmt: skip
+    out = capsys.readouterr().out.splitlines()
+    assert [line for line in out if line.startswith("# ")] == [f"# {p.name}" for p in figure]
+    prompts = [line for line in out if line.startswith("I: ")]
+    assert len(prompts) == 4 and prompts[0].startswith(FIGURE_FIRST)
+    assert re.fullmatch(r"[0-4]/4 correct", out[-1])

@@ -107,7 +107,7 @@ def load_model(name: str) -> tuple[Any, Any]:
 
 
 def fewshot_cmd(args: argparse.Namespace) -> int:
-    from minigen.text.fewshot import FewShotPrompt, load_prompts, predict, show
+    from minigen.text.fewshot import FewShotPrompt, build_prompt, load_prompts, predict, show
 
     if args.query:
         prompts = [FewShotPrompt(tuple(map(tuple, args.demo or [])), q) for q in args.query]
@@ -117,7 +117,7 @@ def fewshot_cmd(args: argparse.Namespace) -> int:
         prompts = load_prompts(args.prompts)
     model, tokenizer = load_model(args.model)
     for p in prompts:  # a prompt the tokenizer cannot write fails before anything runs
-        tokenizer.encode(p.query + "".join(x + y for x, y in p.demos))
+        tokenizer.encode(build_prompt(p.demos, p.query))
     graded = []
     for p in prompts:
         pred = predict(model, tokenizer, p.demos, p.query, p.label, max_new_tokens=args.max_new_tokens)  # fmt: skip
@@ -144,7 +144,8 @@ def _report(model: Any, task: Any, episodes: int, out: Path | None) -> None:
     print(accuracy_table(results))
     scores = head_scores(model, task)
     print("head scores (layer.head: previous-token, induction):")
-    print("  ".join(f"{i + 1}.{j + 1}: {s[0]:.2f}, {s[1]:.2f}" for (i, j), s in np.ndenumerate(scores[..., 0]) for s in [scores[i, j]]))  # fmt: skip
+    heads = np.ndindex(scores.shape[:2])
+    print("  ".join(f"{i + 1}.{j + 1}: {scores[i, j, 0]:.2f}, {scores[i, j, 1]:.2f}" for i, j in heads))  # fmt: skip
     if out is not None:
         episode = sample_episode(task, np.random.default_rng(3), 4, task.pairs)
         plot_shot_accuracy(results, out / "shots.png")
