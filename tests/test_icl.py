@@ -4,6 +4,7 @@ the accuracy-against-shots measure, and the small model shipped in minigen/asset
 from __future__ import annotations
 
 from collections import Counter
+from math import comb
 
 import numpy as np
 import pytest
@@ -102,7 +103,13 @@ def test_ideal_reader_and_chance_at_zero_shots(shipped):
     two = shot_accuracy(model, TASK, 2, episodes=200)
     assert two.ideal[0] == 0.5 and (two.ideal[1:] == 1).all()
     four = shot_accuracy(model, TASK, 4, episodes=200)
-    assert four.ideal[0] == 0.25 and (np.diff(four.ideal) > 0).all()
+    # P(right | m letters seen) = m/n + 1{m < n}/n, with E[m_k] = n (1 - (1 - 1/n)^k) and
+    # P(m_k = n) = sum_j (-1)^j C(n, j) (1 - j/n)^k (inclusion-exclusion): 4 sigma of 200
+    k = np.arange(MAX_SHOTS + 1)
+    all_seen = sum((-1) ** j * comb(4, j) * (1 - j / 4) ** k for j in range(5))
+    exact = (1 - 0.75**k) + (1 - all_seen) / 4
+    assert four.ideal[0] == 0.25
+    np.testing.assert_allclose(four.ideal, exact, atol=4 * np.sqrt(0.25 / 200))
     # the labels are a random permutation: any rule scores 1/n at 0 shots (3 sigma)
     for r, n in ((two, 2), (four, 4)):
         assert abs(r.ranked[0] - 1 / n) < 3 * np.sqrt(1 / n * (1 - 1 / n) / 200)
