@@ -87,8 +87,8 @@ def plot_attention(
     ids = episode_ids(tok, [episode])[:, :-1]
     maps = [np.asarray(m)[0] for m in model.attention_maps(ids)]  # L x (H, T, T)
     scores = head_scores(model, task, episodes=50)  # (L, H, 2)
-    prev = np.unravel_index(scores[..., 0].argmax(), scores.shape[:2])
-    ind = np.unravel_index(scores[..., 1].argmax(), scores.shape[:2])
+    prev = (0, int(scores[0, :, 0].argmax()))  # the circuit's first step, in block 1
+    ind = (len(maps) - 1, int(scores[-1, :, 1].argmax()))  # its second, in the last block
     names = [tok.decode([i]).replace(", O:", "").replace("I: ", "I:").strip() or "," for i in ids[0]]  # fmt: skip
     fig, axes = plt.subplots(1, 2, figsize=(11, 5.4))
     for ax, (layer, head), what, s in zip(
