@@ -17,12 +17,18 @@ from minigen.text.icl import (
     MAX_SHOTS,
     ICLTask,
     episode_ids,
-    head_scores,
     icl_recipe,
     make_splits,
     sample_episode,
     shot_accuracy,
     train_icl,
+)
+from minigen.text.icl_circuit import (
+    GROUPS,
+    ablation,
+    forward_with_attention,
+    query_attention,
+    seen_queries,
 )
 from minigen.text.tokenizers import PieceTokenizer, load_tokenizer
 from tests.strategies import piece_texts
@@ -128,11 +134,19 @@ def test_shipped_model_learns_in_context(shipped):
     assert ck.meta["curve"][-1]["step"] == ck.train_config["max_iters"]
 
 
-def test_shipped_model_has_an_induction_head(shipped):
-    scores = head_scores(shipped[0], TASK)  # (layer, head, [previous token, induction])
-    assert scores.shape == (2, 4, 2) and ((scores >= 0) & (scores <= 1 + 1e-6)).all()
-    assert scores[0, :, 0].max() > 0.5  # layer 1: an answer attends to its own question
-    assert scores[1, :, 1].max() > 0.5  # layer 2: a question attends to its earlier answers
+def test_shipped_model_looks_up_the_letter_in_two_steps(shipped):
+    """Block 2 finds the earlier questions of the query's letter; block 1 gives the query the
+    answers of that letter. Each is necessary; the textbook induction read (block 2 on the
+    same-letter answers) is not."""
+    model = shipped[0]
+    where = query_attention(model, TASK)  # (block, head, group)
+    assert where.shape == (2, 4, 4) and (where.sum(-1) <= 1 + 1e-5).all()
+    assert where[1, :, 0].max() > 0.5  # a block-2 head on the same-letter questions
+    full = ablation(model, TASK)
+    assert full >= 0.8
+    assert ablation(model, TASK, 0, 1) < full / 2  # block 1 without the same-letter answers
+    assert ablation(model, TASK, 1, 0) < full - 0.3  # block 2 without the same-letter questions
+    assert abs(ablation(model, TASK, 1, 1) - full) < 0.05  # block 2, same-letter answers
 
 
 # ----------------------------------------------------------------------------- training
@@ -151,7 +165,7 @@ def test_train_icl_writes_an_inference_checkpoint(tmp_path):
 def test_eval_icl_command_prints_the_table(tmp_path, capsys):
     assert main(["eval-icl", "--episodes", "50", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "2-way ranked" in out and "4-way ideal" in out and "induction" in out
+    assert "2-way ranked" in out and "4-way ideal" in out and "same-letter questions" in out
     for name in ("shots.png", "attention.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
 
@@ -161,3 +175,40 @@ def test_episode_ids_stack_equal_episodes():
     eps = [sample_episode(TASK, gen, 3, 9) for _ in range(4)]
     ids = episode_ids(TOK, eps)
     assert ids.shape == (4, 18) and [TOK.decode(r) for r in ids] == [e.text for e in eps]
+
+
+# ----------------------------------------------------------------------------- the circuit
+def test_seen_queries_groups_partition_the_positions_before_the_query():
+    ids, groups = seen_queries(TASK, 30, seed=4)
+    assert ids.shape == (30, 18) and groups.shape == (30, len(GROUPS), 16)
+    assert (groups.sum(1) == 1).all()  # every position in exactly one group
+    q = ids[:, 16:17]
+    np.testing.assert_array_equal(groups[:, 0, 0::2], ids[:, 0:16:2] == q)
+    assert groups[:, 0].any(1).all()  # the query's letter was seen
+    np.testing.assert_array_equal(groups[:, 1, 1::2], groups[:, 0, 0::2])
+
+
+def test_forward_with_attention_is_the_model_and_edits_take_effect():
+    from minigen import rng
+    from minigen.tensor import no_grad
+    from minigen.text import GPT
+
+    rng.manual_seed(0)
+    model = GPT(icl_recipe(fast=True)[0]).eval()
+    ids = seen_queries(TASK, 5)[0][:, :-1]
+    with no_grad():
+        want = model(ids).data
+    np.testing.assert_allclose(forward_with_attention(model, ids), want, atol=1e-5)
+
+    def only_self(layer, att):  # every position attends to itself: no mixing at all
+        return np.broadcast_to(np.eye(att.shape[-1], dtype=att.dtype), att.shape)
+
+    other = ids.copy()
+    other[:, 0] = (ids[:, 0] + 1) % len(TASK.inputs)  # another first question
+    # without mixing, a position's logits depend on its own token and position only
+    np.testing.assert_allclose(
+        forward_with_attention(model, other, only_self)[:, 1:],
+        forward_with_attention(model, ids, only_self)[:, 1:],
+        atol=1e-5,
+    )
+    assert not np.allclose(forward_with_attention(model, other)[:, 1:], want[:, 1:], atol=1e-4)

@@ -135,17 +135,22 @@ def fewshot_cmd(args: argparse.Namespace) -> int:
 def _report(model: Any, task: Any, episodes: int, out: Path | None) -> None:
     import numpy as np
 
-    from minigen.text.icl import head_scores, sample_episode, shot_accuracy
+    from minigen.text.icl import sample_episode, shot_accuracy
+    from minigen.text.icl_circuit import GROUPS, ablation, query_attention
     from minigen.text.icl_plots import accuracy_table, plot_attention, plot_shot_accuracy
 
     model.eval()
     results = [shot_accuracy(model, task, n, episodes) for n in (2, 3, 4)]
     print(f"accuracy against shots, {episodes} held-out mappings per task:")
     print(accuracy_table(results))
-    scores = head_scores(model, task)
-    print("head scores (layer.head: previous-token, induction):")
-    heads = np.ndindex(scores.shape[:2])
-    print("  ".join(f"{i + 1}.{j + 1}: {scores[i, j, 0]:.2f}, {scores[i, j, 1]:.2f}" for i, j in heads))  # fmt: skip
+    where = query_attention(model, task)  # (L, H, 4)
+    print("where a seen query looks (block.head: " + ", ".join(GROUPS) + "):")
+    for i, j in np.ndindex(where.shape[:2]):
+        print(f"  {i + 1}.{j + 1}: " + "  ".join(f"{a:.2f}" for a in where[i, j]))
+    print(f"greedy accuracy on seen queries {ablation(model, task):.2f}; without the query's")
+    for i in range(where.shape[0]):
+        lost = [f"{g} {ablation(model, task, i, k):.2f}" for k, g in enumerate(GROUPS)]
+        print(f"  attention in block {i + 1} to: " + ", ".join(lost))
     if out is not None:
         episode = sample_episode(task, np.random.default_rng(3), 4, task.pairs)
         plot_shot_accuracy(results, out / "shots.png")

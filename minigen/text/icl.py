@@ -23,9 +23,11 @@ otherwise guesses among the n - m labels not yet seen (m: distinct inputs seen):
 
     acc*_k = E[ 1{query seen in k pairs} + 1{not seen} / (n - m_k) ].
 
-The mechanism is an *induction head* (Olsson et al. 2022): in layer 1 each answer token
-attends to its question (the previous token), so it carries "I answer x"; in layer 2 the
-query's question attends to the answers that carry the same x, and copies their label.
+The mechanism (`minigen.text.icl_circuit`, measured by attention ablations on the shipped
+model) is a two-step look-up akin to an *induction head* (Olsson et al. 2022): in block 1
+the query's question gathers the answers before it; in block 2 it attends to the earlier
+questions of the same letter. Both steps are necessary; reading the same-letter answers in
+block 2, the textbook induction head's step, is not.
 """
 
 from __future__ import annotations
@@ -54,7 +56,6 @@ __all__ = [
     "EpisodeTrainer",
     "ShotAccuracy",
     "shot_accuracy",
-    "head_scores",
     "ICL_CHECKPOINT",
 ]
 
@@ -176,30 +177,6 @@ def shot_accuracy(
     greedy = logits.argmax(-1) == target  # (E, 9)
     ideal = np.array([[_ideal_reader(e, k) for k in range(MAX_SHOTS + 1)] for e in eps])
     return ShotAccuracy(n_way, ranked.mean(0), greedy.mean(0), ideal.mean(0), episodes)
-
-
-def head_scores(model: GPT, task: ICLTask, episodes: int = 200, seed: int = 1) -> np.ndarray:
-    """(n_layer, n_head, 2) scores of every head on 4-way episodes:
-
-    - [..., 0] previous token: the mean attention of each answer to its own question;
-    - [..., 1] induction: the mean attention, from each question seen before, to the
-      answers that followed the same question earlier (summed over them).
-    """
-    gen = np.random.default_rng([seed, 11])
-    tok = task.tokenizer()
-    eps = [sample_episode(task, gen, min(4, max(task.ways)), task.pairs) for _ in range(episodes)]
-    ids = episode_ids(tok, eps)[:, :-1]
-    maps = np.stack([np.asarray(m) for m in model.attention_maps(ids)], 1)  # (E, L, H, T, T)
-    prev, ind = [], []
-    for b, e in enumerate(eps):
-        for k in range(task.pairs):
-            a = 2 * k + 1  # the answer of pair k+1
-            if a < ids.shape[1]:
-                prev.append(maps[b, :, :, a, a - 1])  # (L, H)
-            earlier = [2 * j + 1 for j in range(k) if e.order[j] == e.order[k]]
-            if earlier:
-                ind.append(maps[b, :, :, 2 * k][..., earlier].sum(-1))  # (L, H)
-    return np.stack([np.mean(prev, 0), np.mean(ind, 0)], -1)
 
 
 # ----------------------------------------------------------------------------- training

@@ -1,5 +1,5 @@
 """Figures of in-context learning: accuracy against shots, its emergence during training, and
-the attention maps of the heads responsible (the induction head and its previous-token head)."""
+the attention maps of the two heads of its look-up (`minigen.text.icl_circuit`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from minigen.text.gpt import GPT
-from minigen.text.icl import Episode, ICLTask, ShotAccuracy, episode_ids, head_scores
+from minigen.text.icl import Episode, ICLTask, ShotAccuracy, episode_ids
+from minigen.text.icl_circuit import GROUPS, query_attention
 
 __all__ = ["accuracy_table", "plot_shot_accuracy", "plot_emergence", "plot_attention"]
 
@@ -79,24 +80,25 @@ def plot_emergence(curve: Sequence[dict[str, Any]], path: str | Path | None = No
 def plot_attention(
     model: GPT, task: ICLTask, episode: Episode, path: str | Path | None = None
 ) -> Any:
-    """The attention of the strongest previous-token head (layer 1) and induction head
-    (layer 2) on one episode; rows: the attending position, columns: the attended one."""
+    """The attention of two heads on one episode (rows: the attending position, columns: the
+    attended one): in block 1 the head whose query looks most at the answers of its letter
+    (it gathers the answers), in the last block the head whose query looks most at the
+    earlier questions of its letter (it finds the letter)."""
     import matplotlib.pyplot as plt
 
     tok = task.tokenizer()
     ids = episode_ids(tok, [episode])[:, :-1]
     maps = [np.asarray(m)[0] for m in model.attention_maps(ids)]  # L x (H, T, T)
-    scores = head_scores(model, task, episodes=50)  # (L, H, 2)
-    prev = (0, int(scores[0, :, 0].argmax()))  # the circuit's first step, in block 1
-    ind = (len(maps) - 1, int(scores[-1, :, 1].argmax()))  # its second, in the last block
-    names = [tok.decode([i]).replace(", O:", "").replace("I: ", "I:").strip() or "," for i in ids[0]]  # fmt: skip
+    where = query_attention(model, task, episodes=100)  # (L, H, 4)
+    gather = (0, int(where[0, :, 1].argmax()))  # block 1: same-letter answers
+    find = (len(maps) - 1, int(where[-1, :, 0].argmax()))  # last block: same-letter questions
+    names = [tok.decode([i]).replace(", O:", "").replace("I: ", "I:").strip() for i in ids[0]]
     fig, axes = plt.subplots(1, 2, figsize=(11, 5.4))
-    for ax, (layer, head), what, s in zip(
-        axes, (prev, ind), ("previous-token head", "induction head"), (0, 1), strict=True
-    ):
+    for ax, (layer, head), g in zip(axes, (gather, find), (1, 0), strict=True):
         ax.imshow(maps[layer][head], cmap="Blues", vmin=0, vmax=1)
         ax.set_title(
-            f"layer {layer + 1}, head {head + 1}: {what} (score {scores[layer, head, s]:.2f})",
+            f"block {layer + 1}, head {head + 1}: the query's attention on {GROUPS[g]}: "
+            f"{where[layer, head, g]:.2f}",
             fontsize=9,
         )
         ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
