@@ -195,7 +195,7 @@ def gpt2_dir(tmp_path_factory):
 
     bpe = ByteBPETokenizer.train(stdlib_corpus()[:20_000] + FIGURE_FIRST, 320)
     rng.manual_seed(0)
-    cfg = GPTConfig(vocab_size=bpe.vocab_size, block_size=128, n_layer=2, n_head=2, n_embd=16)
+    cfg = GPTConfig(vocab_size=bpe.vocab_size, block_size=256, n_layer=2, n_head=2, n_embd=16)
     return save_gpt2(GPT(cfg), tmp_path_factory.mktemp("gpt2") / "tiny", bpe)
 
 
@@ -230,3 +230,16 @@ def test_fewshot_command_reads_a_gpt2_directory(gpt2_dir, figure, capsys):
     prompts = [line for line in out if line.startswith("I: ")]
     assert len(prompts) == 4 and prompts[0].startswith(FIGURE_FIRST)
     assert re.fullmatch(r"[0-4]/4 correct", out[-1])
+
+
+def test_a_prompt_longer_than_the_context_is_refused(figure, capsys):
+    tok = char_tok(FIGURE_FIRST)
+    p = figure[0]
+    n = len(tok.encode(build_prompt(p.demos, p.query)))
+    assert predict(Scripted(tok, ",", block_size=n), tok, p.demos, p.query).continuation == ","
+    with pytest.raises(ValueError, match=rf"prompt is {n} tokens, the model's context {n - 1}.*\(3 here\)"):  # fmt: skip
+        predict(Scripted(tok, ",", block_size=n - 1), tok, p.demos, p.query)
+    demos = [["a", "1"]] * 9  # 9 shots: 19 tokens, the shipped model's context is 19
+    assert main(["fewshot", "--model", "icl-gpt", *sum((["--demo", *d] for d in demos), []), "--query", "a"]) == 0  # fmt: skip
+    assert main(["fewshot", "--model", "icl-gpt", *sum((["--demo", *d] for d in [*demos, ["b", "2"]]), []), "--query", "a"]) == 1  # fmt: skip
+    assert "prompt is 21 tokens, the model's context 19" in capsys.readouterr().err

@@ -113,9 +113,15 @@ def predict(
     fmt: PromptFormat = FIGURE_7_1,
     max_new_tokens: int = 16,
 ) -> Prediction:
-    """Greedy continuation of the few-shot prompt, up to the separator (or max_new_tokens)."""
+    """Greedy continuation of the few-shot prompt, up to the separator (or max_new_tokens).
+    A prompt longer than the model's context is refused (cropping it would drop demos)."""
     prompt = build_prompt(demos, query, fmt)
     ids = tokenizer.encode(prompt)
+    if len(ids) > model.config.block_size:
+        raise ValueError(
+            f"the prompt is {len(ids)} tokens, the model's context {model.config.block_size}: "
+            f"give fewer demonstrations ({len(demos)} here)"
+        )
     new: list[int] = []
     text = ""
     for tok in generate_ids(model, ids, max_new_tokens, temperature=0.0):
