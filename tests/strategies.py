@@ -348,3 +348,20 @@ def backend_attention_shapes(
 def gpt_batches(draw: st.DrawFn, block_size: int = 17) -> tuple[int, int, int]:
     """(batch B, length T <= block_size, seed) of a GPT training batch."""
     return draw(st.integers(1, 3)), draw(kernel_sizes(block_size)), draw(st.integers(0, 2**16))
+
+
+# ----------------------------------------------------------------------------- few-shot (ICL)
+
+
+@st.composite
+def piece_texts(draw: st.DrawFn, pieces: tuple[str, ...], max_pieces: int = 30) -> str:
+    """A text written with a PieceTokenizer's pieces (any order, pieces may overlap)."""
+    return "".join(draw(st.lists(st.sampled_from(pieces), max_size=max_pieces)))
+
+
+def icl_demos(inputs: str, labels: str, max_demos: int = 8) -> st.SearchStrategy[list]:
+    """Demonstrations (input, label) of a consistent random mapping, for few-shot prompts."""
+    mapping = st.dictionaries(st.sampled_from(inputs), st.sampled_from(labels), min_size=1)
+    return mapping.flatmap(
+        lambda m: st.lists(st.sampled_from(sorted(m.items())), min_size=1, max_size=max_demos)
+    )

@@ -5,6 +5,8 @@ text must first become tokens x_1, ..., x_T in {0, ..., V-1}; decode(encode(s)) 
 
 - CharTokenizer: one token per character of a fixed alphabet (the characters of the training
   text, sorted). Small V, long sequences.
+- PieceTokenizer: a fixed vocabulary of strings ("pieces"), a text cut greedily into the
+  longest piece at each position (a word-level vocabulary, for synthetic corpora).
 - ByteBPETokenizer: GPT-2's byte-level byte-pair encoding. The 256 bytes are the first
   tokens, so every string can be encoded; training then adds, one at a time, the token ab
   for the most frequent adjacent pair (a, b) of tokens in the corpus's words, until the
@@ -39,6 +41,7 @@ from minigen.text.gpt2_tokenizer import (
 __all__ = [
     "CharTokenizer",
     "ByteBPETokenizer",
+    "PieceTokenizer",
     "train_bpe",
     "load_tokenizer",
     "tokenizer_from_dict",
@@ -135,6 +138,69 @@ class CharTokenizer:
 
     def __repr__(self) -> str:
         return f"CharTokenizer(vocab_size={self.vocab_size})"
+
+
+# ----------------------------------------------------------------------------- pieces
+class PieceTokenizer:
+    """A vocabulary of strings, `pieces[i]` token i; encoding takes, at each position, the
+    longest piece the text starts with there (so "I: a, O:" is one token if it is a piece)."""
+
+    def __init__(self, pieces: Iterable[str]) -> None:
+        self.pieces = list(pieces)
+        if not all(isinstance(p, str) and p for p in self.pieces):
+            raise ValueError("a PieceTokenizer's pieces are non-empty strings")
+        self._ids = {p: i for i, p in enumerate(self.pieces)}
+        if len(self._ids) != len(self.pieces):
+            dup = next(p for p, n in Counter(self.pieces).items() if n > 1)
+            raise ValueError(f"piece {dup!r} appears twice in the vocabulary")
+        # an alternation tries its branches in order: longest first makes the match greedy
+        longest_first = sorted(self.pieces, key=len, reverse=True)
+        self._re = re.compile("|".join(map(re.escape, longest_first)))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.pieces)
+
+    def encode(self, text: str) -> list[int]:
+        ids, pos = [], 0
+        while pos < len(text):
+            m = self._re.match(text, pos)
+            if m is None:
+                raise ValueError(
+                    f"text at position {pos} ({text[pos : pos + 12]!r}) starts with none of "
+                    f"this PieceTokenizer's {self.vocab_size} pieces"
+                )
+            ids.append(self._ids[m.group()])
+            pos = m.end()
+        return ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        ids = list(ids)
+        if not all(0 <= i < len(self.pieces) for i in ids):
+            raise _bad_id(ids, self.vocab_size, range(self.vocab_size))
+        return "".join([self.pieces[i] for i in ids])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": "minigen.PieceTokenizer", "pieces": self.pieces}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> PieceTokenizer:
+        if not isinstance(d.get("pieces"), list):
+            raise ValueError(f"{source}: a PieceTokenizer needs a list 'pieces'")
+        return cls(d["pieces"])
+
+    def save(self, path: str | Path) -> None:
+        atomic_write(path, json.dumps(self.to_dict()).encode("ascii"))
+
+    @classmethod
+    def load(cls, path: str | Path) -> PieceTokenizer:
+        return cls.from_dict(_read_json(path), str(path))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PieceTokenizer) and self.pieces == other.pieces
+
+    def __repr__(self) -> str:
+        return f"PieceTokenizer(vocab_size={self.vocab_size})"
 
 
 # ----------------------------------------------------------------------------- byte-level BPE
@@ -316,12 +382,16 @@ class ByteBPETokenizer:
         return f"ByteBPETokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)})"
 
 
-_FORMATS = {"minigen.CharTokenizer": CharTokenizer, "minigen.ByteBPETokenizer": ByteBPETokenizer}
+_FORMATS = {
+    "minigen.CharTokenizer": CharTokenizer,
+    "minigen.ByteBPETokenizer": ByteBPETokenizer,
+    "minigen.PieceTokenizer": PieceTokenizer,
+}
 
 
 def tokenizer_from_dict(
     d: dict[str, Any], source: str = "<dict>"
-) -> CharTokenizer | ByteBPETokenizer:
+) -> CharTokenizer | ByteBPETokenizer | PieceTokenizer:
     """A tokenizer from its `to_dict()` (e.g. kept in a checkpoint's metadata)."""
     kind = d.get("format") if isinstance(d, dict) else None
     if kind not in _FORMATS:
@@ -331,6 +401,6 @@ def tokenizer_from_dict(
     return _FORMATS[kind].from_dict(d, source)
 
 
-def load_tokenizer(path: str | Path) -> CharTokenizer | ByteBPETokenizer:
+def load_tokenizer(path: str | Path) -> CharTokenizer | ByteBPETokenizer | PieceTokenizer:
     """Load a tokenizer saved by either class's `save`."""
     return tokenizer_from_dict(_read_json(path), str(path))

@@ -159,11 +159,13 @@ class Trainer:
         decay = tc.lr_decay_iters or tc.max_iters
         return optim.warmup_cosine(step, tc.learning_rate, tc.warmup_iters, decay, tc.min_lr)
 
+    def batch(self, data: np.ndarray, gen: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Inputs and targets (B, T) from a split (random blocks; subclasses may cut otherwise)."""
+        return get_batch(data, self.tc.batch_size, self.config.block_size, gen)
+
     def train_step(self) -> float:
         """One AdamW step on a fresh batch; returns the batch's loss."""
-        x, y = get_batch(
-            self.train_ids, self.tc.batch_size, self.config.block_size, rng.generator()
-        )
+        x, y = self.batch(self.train_ids, rng.generator())
         self.opt.set_lr(self.lr_at(self.step))
         loss = self.model.loss(x, y)
         self.opt.zero_grad()
@@ -185,9 +187,7 @@ class Trainer:
             for i, (split, data) in enumerate((("train", self.train_ids), ("val", self.val_ids))):
                 gen = np.random.default_rng([self.tc.seed, self.step, i])
                 losses = [
-                    self.model.loss(
-                        *get_batch(data, self.tc.batch_size, self.config.block_size, gen)
-                    ).item()
+                    self.model.loss(*self.batch(data, gen)).item()
                     for _ in range(self.tc.eval_iters)
                 ]
                 out[split] = float(np.mean(losses))
