@@ -40,6 +40,8 @@ setup(
             "ruff>=0.5",
         ],
         "gpu": ["cupy-cuda12x"],
+        # load_gpt2("gpt2") / minigen fewshot --model gpt2 download from the hub with it
+        "hub": ["huggingface_hub"],
         # Test oracles and benchmark peers only: never imported at run time.
         "oracle": [
             "torch==2.13.0",
