@@ -3,6 +3,7 @@
     minigen demo              a short tour (trains small models, writes figures)
     minigen train-gpt         train a GPT on a corpus (§7.1)
     minigen generate          sample text from a trained GPT (§7.1)
+    minigen rlhf STAGE        RLHF and DPO on a small GPT (§7.1)
 
 Every sub-command prints one line `minigen: error: ...` and exits with status 1
 when its input is wrong (a missing file, a bad shape, a config that does not
@@ -59,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_text_commands(sub)
     # -- end of §7.1 ---------------------------------------------------------------------------
+    # -- §7.1 RLHF: rlhf pretrain|sft|reward|ppo|dpo|eval|all (minigen/rlhf/commands.py) ------
+    from minigen.rlhf.commands import add_commands as add_rlhf_commands
+
+    add_rlhf_commands(sub)
+    # -- end of RLHF ---------------------------------------------------------------------------
     return parser
 
 
