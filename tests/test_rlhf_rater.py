@@ -54,10 +54,10 @@ def test_the_corpus_uses_the_alphabet_and_every_exchange_ends_its_reply():
 @pytest.mark.parametrize(
     "prompt, response, correct",
     [
-        ("Q: what is 3+4?\nA:", " It is 7.\n", True),
-        ("Q: what is 3+4?\nA:", " 3+4 is 7.\n", True),  # the quoted question is not an answer
-        ("Q: what is 3+4?\nA:", " 7 or 8.\n", False),  # two answers
-        ("Q: what is 3+4?\nA:", " It is 8.\n", False),
+        ("Q: which is bigger, 3 or 8?\nA:", " It is 8.\n", True),
+        ("Q: which is bigger, 3 or 8?\nA:", " Of 3 or 8, 8.\n", True),  # the quote is no answer
+        ("Q: which is bigger, 3 or 8?\nA:", " 8, or 3.\n", False),  # two answers
+        ("Q: which is bigger, 3 or 8?\nA:", " It is 3.\n", False),
         ("Q: reverse pots\nA:", " pots reversed is stop.\n", True),
         ("Q: reverse pots\nA:", " It is spot.\n", False),
         ("Q: sort 5 2 9 1\nA:", " Sure! It is 1 2 5 9.\n", True),
@@ -75,13 +75,12 @@ def test_the_rater_finds_the_answer(prompt, response, correct):
 def test_the_rubric():
     p = "Q: shout cat\nA:"
     assert rater.score(p, " It is CAT.\n") == 1.0
-    assert rater.score(p, " lol it is CAT, idiot.\n") == pytest.approx(0.75)  # rude
+    assert rater.score(p, " lol, CAT.\n") == pytest.approx(0.8)  # rude
     assert rater.score(p, " No idea.\n") == pytest.approx(0.4)  # polite, concise, no answer
     assert rater.score(p, " It is CAT.") == 0.0  # never finishes
-    # too long: concise credit falls linearly from len(answer) + 20 to len(answer) + 40 chars
-    long = " It is CAT." + " Really." * 2 + "\n"
-    r = rater.rate(p, long)
-    assert 0 < r.concise < 1 and r.score == pytest.approx(0.6 + 0.25 + 0.15 * r.concise)
+    # wordier: concise credit falls linearly from len(answer) + 8 to len(answer) + 24 chars
+    r = rater.rate(p, " The answer is CAT.\n")  # 19 characters: 8 too many
+    assert r.concise == pytest.approx(0.5) and r.score == pytest.approx(0.6 + 0.2 + 0.2 * 0.5)
     # only the text before the first newline counts
     assert rater.score(p, " It is CAT.\nlol idiot") == 1.0
 
@@ -96,16 +95,18 @@ def test_the_rater_is_deterministic(seed, style):
 
 
 @given(seeds)
-def test_demonstrations_get_full_marks(seed):
+def test_demonstrations_are_right_and_polite(seed):
     req = sample_request(np.random.default_rng(seed))
-    assert rater.score(req.prompt, rater.demonstrate(req.prompt)) == 1.0
+    r = rater.rate(req.prompt, rater.demonstrate(req.prompt))
+    assert r.finished and r.correct and r.polite and r.score >= 0.8
 
 
 def test_compare_is_antisymmetric_and_pairs_are_ordered_by_the_rater():
-    p = "Q: what is 2+2?\nA:"
+    p = "Q: which is bigger, 2 or 4?\nA:"
     assert rater.compare(p, " It is 4.\n", " Google it.\n") == 1
     assert rater.compare(p, " Google it.\n", " It is 4.\n") == -1
     assert rater.compare(p, " It is 4.\n", " Sure, 4.\n") == 0
+    assert rater.compare(p, " It is 4.\n", " Sure! It is 4.\n") == 1  # more concise
     reqs = sample_requests(100, 3)
     pairs = rater.preference_pairs(reqs, seed=5)
     assert pairs == rater.preference_pairs(reqs, seed=5)  # reproducible
@@ -125,6 +126,6 @@ def test_helpful_replies_beat_the_forums_other_styles_on_average():
 
 def test_bad_prompts_are_refused_with_the_prompt_named():
     with pytest.raises(ValueError, match="not a prompt"):
-        rater.score("what is 2+2?", " 4.\n")
+        rater.score("which is bigger, 2 or 4?", " 4.\n")
     with pytest.raises(ValueError, match="not a request"):
         rater.score("Q: tell me a joke\nA:", " no.\n")

@@ -28,10 +28,10 @@ class RLHFConfig:
     pretrain_batch: int = 32
     pretrain_lr: float = 2e-3
     # 2. supervised fine-tuning on the rater's demonstrations, loss on the response only
-    sft_size: int = 3_000
-    sft_steps: int = 400
+    sft_size: int = 10_000
+    sft_steps: int = 1_200
     sft_batch: int = 32
-    sft_lr: float = 5e-4
+    sft_lr: float = 1e-3
     # 3. the reward model, from the rater's comparisons (Bradley-Terry)
     pair_prompts: int = 3_000  # training prompts the rater compares two forum replies to
     sampled_pair_prompts: int = 3_000  # ... and two responses of the SFT model to
@@ -52,9 +52,9 @@ class RLHFConfig:
     max_new_tokens: int = 40
     temperature: float = 1.0
     # 5. DPO on the same comparisons
-    dpo_steps: int = 400
+    dpo_steps: int = 300
     dpo_batch: int = 32
-    dpo_lr: float = 2e-4
+    dpo_lr: float = 1e-4
     dpo_beta: float = 0.1
     # evaluation on held-out prompts
     eval_prompts: int = 200

@@ -6,7 +6,7 @@ where that is literally true, so that the whole RLHF pipeline runs on two CPU co
 
 - **requests** of five kinds, each with exactly one right answer:
 
-      Q: what is 3+7?\\nA:            10            (add, operands 0..9)
+      Q: which is bigger, 3 or 8?\\nA:   8       (two different digits)
       Q: reverse pots\\nA:            stop          (a 3-5 letter word)
       Q: sort 5 2 9 1\\nA:            1 2 5 9       (3 or 4 digits)
       Q: how many a in banana?\\nA:   3             (a letter, a word)
@@ -33,7 +33,7 @@ __all__ = [
     "sample_requests", "forum_reply", "forum_exchange", "forum_corpus", "alphabet",
 ]  # fmt: skip
 
-KINDS = ("add", "reverse", "sort", "count", "shout")
+KINDS = ("bigger", "reverse", "sort", "count", "shout")
 
 # 3-5 letter words, none a palindrome (so "reverse" always changes the word)
 WORDS = tuple(
@@ -58,14 +58,14 @@ RUDE_WORDS = ("idiot", "stupid", "lazy", "lol", "ugh", "yourself", "google")
 class Request:
     """One request: its kind, its argument as written in the prompt, and the right answer.
 
-    `echo` is the argument as a reply may quote it back ("12+7", "pots", "5 2 9 1"); the
+    `echo` is the argument as a reply may quote it back ("3 or 8", "pots", "5 2 9 1"); the
     rater ignores a quoted argument when it looks for the reply's answer.
     """
 
     kind: str
     echo: str
     answer: str
-    text: str  # the request as the user writes it, e.g. "what is 12+7?"
+    text: str  # the request as the user writes it, e.g. "which is bigger, 3 or 8?"
 
     @property
     def prompt(self) -> str:
@@ -74,9 +74,9 @@ class Request:
 
 
 def _make(kind: str, *args: object) -> Request:
-    if kind == "add":
+    if kind == "bigger":
         a, b = args
-        return Request(kind, f"{a}+{b}", str(a + b), f"what is {a}+{b}?")
+        return Request(kind, f"{a} or {b}", str(max(a, b)), f"which is bigger, {a} or {b}?")
     if kind == "reverse":
         (w,) = args
         return Request(kind, w, w[::-1], f"reverse {w}")
@@ -100,9 +100,8 @@ def parse_prompt(prompt: str) -> Request:
     text = prompt[3:-3]
     words = text.split()
     try:
-        if text.startswith("what is ") and text.endswith("?"):
-            a, b = text[8:-1].split("+")
-            return _make("add", int(a), int(b))
+        if text.startswith("which is bigger, ") and text.endswith("?") and len(words) == 6:
+            return _make("bigger", int(words[3]), int(words[5][:-1]))
         if words[0] == "reverse" and len(words) == 2:
             return _make("reverse", words[1])
         if words[0] == "sort" and len(words) > 1:
@@ -126,8 +125,8 @@ def is_held_out(prompt: str, fraction: float = 0.15) -> bool:
 def sample_request(gen: np.random.Generator, kind: str | None = None) -> Request:
     """One request drawn uniformly: a kind, then its arguments."""
     kind = kind or KINDS[gen.integers(len(KINDS))]
-    if kind == "add":
-        return _make("add", *(int(v) for v in gen.integers(0, 10, 2)))
+    if kind == "bigger":
+        return _make("bigger", *(int(v) for v in gen.choice(10, 2, replace=False)))
     if kind == "sort":
         n = int(gen.integers(3, 5))
         return _make("sort", *(int(v) for v in gen.integers(0, 10, n)))
@@ -182,7 +181,10 @@ RAMBLE = (
 
 def wrong_answer(req: Request, gen: np.random.Generator) -> str:
     """A plausible wrong answer: off by a little, or a near miss of the right string."""
-    if req.kind in ("add", "count"):
+    if req.kind == "bigger":  # the smaller one
+        a, b = (int(v) for v in req.echo.split(" or "))
+        return str(min(a, b))
+    if req.kind == "count":
         right = int(req.answer)
         delta = int(gen.choice([-3, -2, -1, 1, 2, 3] if right >= 3 else [1, 2, 3]))
         return str(right + delta)
