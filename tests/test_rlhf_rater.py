@@ -75,12 +75,12 @@ def test_the_rater_finds_the_answer(prompt, response, correct):
 def test_the_rubric():
     p = "Q: shout cat\nA:"
     assert rater.score(p, " It is CAT.\n") == 1.0
-    assert rater.score(p, " lol, CAT.\n") == pytest.approx(0.8)  # rude
-    assert rater.score(p, " No idea.\n") == pytest.approx(0.4)  # polite, concise, no answer
+    assert rater.score(p, " lol, CAT.\n") == pytest.approx(0.8)  # rude: no 0.2 for politeness
+    assert rater.score(p, " No idea.\n") == pytest.approx(0.5)  # polite, concise, no answer
     assert rater.score(p, " It is CAT.") == 0.0  # never finishes
     # wordier: concise credit falls linearly from len(answer) + 8 to len(answer) + 24 chars
     r = rater.rate(p, " The answer is CAT.\n")  # 19 characters: 8 too many
-    assert r.concise == pytest.approx(0.5) and r.score == pytest.approx(0.6 + 0.2 + 0.2 * 0.5)
+    assert r.concise == pytest.approx(0.5) and r.score == pytest.approx(0.5 + 0.2 + 0.3 * 0.5)
     # only the text before the first newline counts
     assert rater.score(p, " It is CAT.\nlol idiot") == 1.0
 
@@ -98,7 +98,7 @@ def test_the_rater_is_deterministic(seed, style):
 def test_demonstrations_are_right_and_polite(seed):
     req = sample_request(np.random.default_rng(seed))
     r = rater.rate(req.prompt, rater.demonstrate(req.prompt))
-    assert r.finished and r.correct and r.polite and r.score >= 0.8
+    assert r.finished and r.correct and r.polite and r.score >= 0.75
 
 
 def test_compare_is_antisymmetric_and_pairs_are_ordered_by_the_rater():

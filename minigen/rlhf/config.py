@@ -34,10 +34,10 @@ class RLHFConfig:
     sft_lr: float = 1e-3
     # 3. the reward model, from the rater's comparisons (Bradley-Terry)
     pair_prompts: int = 3_000  # training prompts the rater compares two forum replies to
-    sampled_pair_prompts: int = 3_000  # ... and two responses of the SFT model to
-    rm_steps: int = 600
+    sampled_pair_prompts: int = 2_000  # ... and two responses of the SFT model to
+    rm_steps: int = 1_000
     rm_batch: int = 32
-    rm_lr: float = 5e-4
+    rm_lr: float = 1e-3
     # 4. PPO against the reward model, with a KL penalty to the SFT model
     ppo_iters: int = 80
     ppo_batch: int = 64  # prompts (one response each) per iteration

@@ -167,6 +167,8 @@ def run_ppo(run: str | Path, beta: float | None = None, name: str | None = None,
     t0 = time.perf_counter()
     policy, history = ppo(cfg, base.model, reward.model, base.tokenizer, beta, progress=progress)
     io.save_policy(path, policy, base.tokenizer, cfg, name, {"beta": beta, "iters": history})
+    # the log alone too (small: the lesson's curves need no weights)
+    atomic_write(Path(run) / f"{name}_history.json", json.dumps({"beta": beta, "iters": history}))
     last = history[-1]
     _say(verbose, f"PPO (beta={beta:g}), {len(history)} iterations in {time.perf_counter() - t0:.0f}s: "
          f"rater {history[0]['rater']:.3f} -> {last['rater']:.3f}, RM {history[0]['rm']:+.2f} -> "
@@ -217,7 +219,8 @@ def run_eval(run: str | Path, models: Sequence[str] = ("pretrained", "sft", "ppo
         f"{n} responses to {cfg.eval_prompts} held-out prompts per model\n\n{table}\n",
     )
     atomic_write(run / "results.json", json.dumps(rows, indent=1))
-    curves = {k: v.history["iters"] for k, v in loaded.items() if k.startswith("ppo")}
+    curves = {f.name[: -len("_history.json")]: json.loads(f.read_text())["iters"]
+              for f in sorted(run.glob("*_history.json"))}  # fmt: skip
     if curves:
         plot_ppo(curves, run / "ppo_curves.png")
     _say(verbose, table)

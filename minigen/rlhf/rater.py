@@ -5,21 +5,22 @@ responses. Here a short, deterministic program does both, by a rubric it applies
 
 - **finished**: the reply ends (with "\\n") within the length the model was given; a reply
   that runs on is no reply, and scores 0.
-- **correct** (0.6): the reply gives the right answer and no other. The rater finds the
+- **correct** (0.5): the reply gives the right answer and no other. The rater finds the
   answers a reply gives with a pattern per request kind (numbers for bigger and count, digit
   lists for sort, anagrams of the word for reverse, upper-case words for shout), after
   striking out the request's argument if the reply quotes it ("3 or 8: 8" gives 8).
 - **polite** (0.2): no rude word (`RUDE_WORDS`).
-- **concise** (0.2): full credit up to len(answer) + 8 characters (" It is stop."), falling
+- **concise** (0.3): full credit up to len(answer) + 8 characters (" It is stop."), falling
   linearly to none at len(answer) + 24.
 
     score = 0                                        if the reply does not finish
-          = 0.6 correct + 0.2 polite + 0.2 concise   otherwise, in [0, 1]
+          = 0.5 correct + 0.2 polite + 0.3 concise   otherwise, in [0, 1]
 
-It writes demonstrations: a right and polite reply in one of five phrasings picked by a hash
-of the prompt, as different people would write them (" It is stop.", " Sure! It is stop.",
-" The answer is stop.", ...), some wordier than its comparisons like: judging is easier
-than demonstrating, and the comparisons carry a preference the demonstrations do not. It
+It writes demonstrations: a right and polite reply in one of four phrasings picked by a hash
+of the prompt, as different people would write them (" Sure! It is stop.", " The answer is
+stop.", " It is stop.", " stop. Hope this helps!"), most of them wordier than its
+comparisons like: judging is easier than demonstrating, and the comparisons carry a
+preference the demonstrations do not. It
 scores replies, and compares two replies to one prompt (the higher score wins; equal scores
 are a tie). The models never see this program: the policy learns from the demonstrations
 (SFT) and from the reward model, which learns from the rater's comparisons only.
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minigen.rlhf.task import (
-    HELPFUL,
+    DEMOS,
     RUDE_WORDS,
     STYLES,
     Request,
@@ -45,7 +46,7 @@ from minigen.rlhf.task import (
 
 __all__ = ["Rating", "Pair", "rate", "score", "compare", "demonstrate", "preference_pairs"]
 
-W_CORRECT, W_POLITE, W_CONCISE = 0.6, 0.2, 0.2
+W_CORRECT, W_POLITE, W_CONCISE = 0.5, 0.2, 0.3
 CONCISE_FREE, CONCISE_ZERO = 8, 24  # characters beyond the answer's own length
 
 _PATTERNS = {
@@ -101,7 +102,7 @@ def rate(prompt: str, response: str) -> Rating:
     polite = _RUDE.search(reply) is None
     excess = len(reply) - len(req.answer) - CONCISE_FREE
     concise = float(np.clip(1 - excess / (CONCISE_ZERO - CONCISE_FREE), 0.0, 1.0))
-    # score = 0.6 correct + 0.2 polite + 0.2 concise, and 0 for a reply that runs on
+    # score = 0.5 correct + 0.2 polite + 0.3 concise, and 0 for a reply that runs on
     s = W_CORRECT * correct + W_POLITE * polite + W_CONCISE * concise if finished else 0.0
     return Rating(round(s, 6), finished, correct, polite, concise, found)
 
@@ -118,10 +119,11 @@ def compare(prompt: str, a: str, b: str) -> int:
 
 
 def demonstrate(prompt: str) -> str:
-    """The rater's own response to a prompt: right, polite, short, ending with "\\n"."""
+    """The rater's own response to a prompt: right and polite, in one of four phrasings
+    (most of them wordier than its comparisons like), ending with "\n"."""
     req = parse_prompt(prompt)
     h = hashlib.md5(prompt.encode(), usedforsecurity=False).digest()[0]
-    return HELPFUL[h % 5].format(a=req.answer) + "\n"
+    return DEMOS[h % len(DEMOS)].format(a=req.answer) + "\n"
 
 
 def preference_pairs(requests: Sequence[Request], seed: int, per_prompt: int = 1) -> list[Pair]:

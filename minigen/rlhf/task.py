@@ -162,6 +162,8 @@ STYLES = {
     "ramble": 0.10,  # long, hedging, often wrong
 }
 
+# the rater's demonstrations: right and polite, not all of them as short as it likes
+DEMOS = (" Sure! It is {a}.", " The answer is {a}.", " It is {a}.", " {a}. Hope this helps!")
 HELPFUL = (
     " It is {a}.", " Sure! It is {a}.", " The answer is {a}.", " {a}. Hope this helps!",
     " Sure, {a}.", " That would be {a}. Happy to help!",
@@ -180,15 +182,23 @@ RAMBLE = (
 
 
 def wrong_answer(req: Request, gen: np.random.Generator) -> str:
-    """A plausible wrong answer: off by a little, or a near miss of the right string."""
+    """A wrong answer, half the time from a misread request (the word as it is, the digits
+    unsorted, every letter counted, the smaller digit), otherwise a near miss (off by a
+    little, two characters swapped)."""
     if req.kind == "bigger":  # the smaller one
         a, b = (int(v) for v in req.echo.split(" or "))
         return str(min(a, b))
+    right = req.answer
+    if gen.random() < 0.5:  # misread
+        misread = {
+            "count": str(len(req.echo)), "sort": req.echo, "reverse": req.echo, "shout": req.echo,
+        }[req.kind]  # fmt: skip
+        if misread != right:
+            return misread
     if req.kind == "count":
-        right = int(req.answer)
-        delta = int(gen.choice([-3, -2, -1, 1, 2, 3] if right >= 3 else [1, 2, 3]))
-        return str(right + delta)
-    chars = list(req.answer.replace(" ", "")) if req.kind == "sort" else list(req.answer)
+        delta = int(gen.choice([-2, -1, 1, 2] if int(right) >= 2 else [1, 2]))
+        return str(int(right) + delta)
+    chars = list(right.replace(" ", "")) if req.kind == "sort" else list(right)
     for _ in range(10):  # swap two different characters
         i, j = gen.choice(len(chars), 2, replace=False)
         if chars[i] != chars[j]:
