@@ -41,7 +41,13 @@ setup(
         ],
         "gpu": ["cupy-cuda12x"],
         # Test oracles and benchmark peers only: never imported at run time.
-        "oracle": ["torch==2.13.0", "transformers>=4.40", "regex", "diffusers>=0.30"],
+        "oracle": [
+            "torch==2.13.0",
+            "transformers>=4.40",
+            "regex",
+            "diffusers>=0.30",
+            "threadpoolctl",
+        ],
     },
     entry_points={"console_scripts": ["minigen=minigen.cli:main"]},
     classifiers=[

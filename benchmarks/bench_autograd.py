@@ -2,8 +2,8 @@
 
     python benchmarks/bench_autograd.py [--repeats 30]
 
-Two workloads, each timed for minigen and for PyTorch alternately (A, B, A, B...)
-so that both see the same machine noise, reported as medians and a ratio:
+Two workloads, each timed for minigen and for PyTorch in alternating blocks
+(benchmarks/timing.py), reported as medians and a ratio:
 
 1. a chain of 200 small elementwise ops on a 16-vector, forward + backward:
    nearly all of the time is per-op bookkeeping, so time / op is the overhead;
@@ -16,11 +16,10 @@ PyTorch is a benchmark peer only (the oracle extra); minigen never imports it.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import numpy as np
+from timing import alternate, median  # benchmarks/timing.py
 
 import minigen
 import minigen.functional as F
@@ -95,21 +94,6 @@ def torch_mlp(torch) -> Callable[[], None]:
     return run
 
 
-def alternate(a: Callable[[], None], b: Callable[[], None], repeats: int, inner: int) -> tuple:
-    """Median seconds per call of a and of b, timed in alternation."""
-    for f in (a, b):  # warm up
-        for _ in range(3):
-            f()
-    ta, tb = [], []
-    for _ in range(repeats):
-        for f, out in ((a, ta), (b, tb)):
-            t0 = time.perf_counter()
-            for _ in range(inner):
-                f()
-            out.append((time.perf_counter() - t0) / inner)
-    return statistics.median(ta), statistics.median(tb)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
@@ -120,12 +104,14 @@ def main() -> None:
         f"numpy {np.__version__}, torch {torch.__version__}, torch threads {torch.get_num_threads()}"
     )
     print(f"{'workload':<34} {'minigen':>12} {'pytorch':>12} {'ratio':>7}")
-    m, t = alternate(minigen_chain(), torch_chain(torch), args.repeats, 5)
+    ta, tb = alternate(minigen_chain(), torch_chain(torch), args.repeats)
+    m, t = median(ta), median(tb)
     ops = 2 * CHAIN  # forward and backward of each op
     print(
         f"{'chain of small ops, per op (fwd+bwd)':<34} {m / ops * 1e6:>9.2f} us {t / ops * 1e6:>9.2f} us {m / t:>6.2f}x"
     )
-    m, t = alternate(minigen_mlp(), torch_mlp(torch), args.repeats, 5)
+    ta, tb = alternate(minigen_mlp(), torch_mlp(torch), args.repeats)
+    m, t = median(ta), median(tb)
     print(f"{'4-layer MLP training step':<34} {m * 1e3:>9.3f} ms {t * 1e3:>9.3f} ms {m / t:>6.2f}x")
     print("ratio = minigen time / PyTorch time (lower is better; medians)")
 

@@ -28,6 +28,15 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable, or does not fit the model."""
 
 
+def _file_mode(path: Path) -> int:
+    """The mode of the file being replaced, or what the umask gives a new file."""
+    if path.exists():
+        return path.stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
     """Write `data` to `path` through a temporary file in the same folder and a rename."""
     path = Path(path)
@@ -35,6 +44,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
     payload = data.encode("utf-8") if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, _file_mode(path))  # mkstemp makes files private (0600)
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
             f.flush()

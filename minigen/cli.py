@@ -5,6 +5,9 @@
     minigen generate          sample text from a trained GPT (§7.1)
     minigen rlhf STAGE        RLHF and DPO on a small GPT (§7.1)
 
+    minigen train-diffusion   train a denoiser on 2-D toys or 8x8 digits (§7.2)
+    minigen sample-diffusion  sample a trained denoiser by DDPM (Eq. 7.1) or DDIM; Figure 7.2
+
 Every sub-command prints one line `minigen: error: ...` and exits with status 1
 when its input is wrong (a missing file, a bad shape, a config that does not
 fit); set MINIGEN_DEBUG=1 to see the full traceback instead.
@@ -65,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_rlhf_commands(sub)
     # -- end of RLHF ---------------------------------------------------------------------------
+
+
+    # -- §7.2 image generation: train-diffusion, sample-diffusion (minigen/diffusion/commands.py) --
+    from minigen.diffusion.commands import add_commands as add_diffusion_commands
+
+    add_diffusion_commands(sub)
+    # -- end of §7.2 ---------------------------------------------------------------------------
     return parser
 
 

@@ -2,8 +2,9 @@
 
 Step 1 (the foundation): a small MLP learns to separate two interleaved spirals;
 the tour writes its decision boundary. Step 2 (§7.1): a character-level GPT trains on
-the standard library's sources and writes its loss curve and a sample. Later steps
-(diffusion, text-to-image) are added as the chapter's parts land.
+the standard library's sources and writes its loss curve and a sample. Steps 3-4 (§7.2):
+a short denoising-diffusion run on two moons, then digits and Figure 7.2 sampled from the
+shipped checkpoint. Text-to-image joins when it lands.
 """
 
 from __future__ import annotations
@@ -112,6 +113,7 @@ def run(out_dir: str | os.PathLike = "minigen-demo", fast: bool = False, seed: i
     print("[2] A GPT learns Python from the standard library's sources, then writes some (§7.1)")
     summary.update(gpt_step(out, fast, seed))
     summary["figures"].append(summary.pop("gpt_figure"))
+    _diffusion_steps(out, fast, seed, summary)
     return summary
 
 
@@ -133,3 +135,31 @@ def gpt_step(out: Path, fast: bool, seed: int, steps: int | None = None) -> dict
     print(f"    {config.num_params():,} parameters, val loss {val:.3f} -> {path}")
     print("    sample: " + ("def " + sample).replace("\n", "\n            "))
     return {"gpt_val_loss": val, "gpt_sample": "def " + sample, "gpt_figure": str(path)}
+
+
+def _diffusion_steps(out: Path, fast: bool, seed: int, summary: dict[str, Any]) -> None:
+    """§7.2: train a 2-D denoiser briefly; sample digits and Figure 7.2 from the shipped model."""
+    from minigen.diffusion import pipeline, plots, training
+    from minigen.toy2d import two_moons
+
+    print("[3] Denoising diffusion (§7.2) learns the density of two moons")
+    cfg = training.TrainConfig(data="moons", steps=300 if fast else 3000, seed=seed)
+    res = training.train(cfg)
+    model = pipeline.DiffusionModel.from_training(res)
+    s = model.sample(1000, sampler="ddim", steps=50, seed=seed)
+    title = f"1000 samples after {cfg.steps} training steps (DDIM, 50 steps)"
+    fig = plots.plot_points(s.x, two_moons(1000, seed=seed + 1)[0], title)
+    p2 = save_figure(fig, out / "diffusion_moons.png")
+    print(
+        f"    {cfg.steps} steps in {res.seconds:.0f}s, final loss {np.mean(res.losses[-100:]):.3f} -> {p2}"
+    )
+
+    print("[4] Digits sampled from the shipped checkpoint, and Figure 7.2")
+    digits = pipeline.load("digits")
+    s = digits.sample(40, sampler="ddim", steps=20 if fast else 50, seed=seed)
+    p3 = save_figure(plots.image_grid(s.x, title="40 samples (DDIM)"), out / "diffusion_digits.png")
+    sampler, steps = ("ddim", 50) if fast else ("ddpm", None)  # Eq. 7.1 over all T steps
+    t = digits.sample(8, sampler=sampler, steps=steps, seed=seed, record=10)
+    p4 = save_figure(plots.figure_7_2(t.trajectory, t.frame_t), out / "figure_7_2.png")
+    print(f"    -> {p3}\n    Figure 7.2 ({sampler.upper()}, {t.num_steps} steps) -> {p4}")
+    summary["figures"] += [str(p2), str(p3), str(p4)]

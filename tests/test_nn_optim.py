@@ -203,6 +203,20 @@ def test_checkpoint_keeps_every_shape_and_dtype(tmp_path):
         np.testing.assert_array_equal(loaded[k], v)
 
 
+def test_atomic_write_gives_new_files_the_umask_mode_and_keeps_an_existing_mode(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        new = checkpoint.atomic_write(tmp_path / "new.txt", "x")
+        assert new.stat().st_mode & 0o777 == 0o644
+        new.chmod(0o600)
+        checkpoint.atomic_write(new, "y")
+        assert new.stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(umask)
+
+
 def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
     target = tmp_path / "a.txt"
     checkpoint.atomic_write(target, "old")

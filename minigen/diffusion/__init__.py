@@ -1,12 +1,19 @@
 """§7.2 of the book: image (and 2-D point) synthesis by inverting a diffusion process.
 
     from minigen.diffusion import NoiseSchedule, DDPMScheduler, DDIMScheduler
+    from minigen.diffusion import TrainConfig, train, DiffusionModel, load_model
 
 `schedule` holds the noise schedules and the forward process, `schedulers` the
-samplers (Eq. 7.1 and DDIM), `data` the normalised data sets.
+samplers (Eq. 7.1 and DDIM), `data` the normalised data sets, `denoisers` and
+`unet` the networks eps_theta(x_t, t), `training` the loss and the loop,
+`pipeline` a trained model (save, load, sample), `plots` the figures (Figure 7.2),
+`metrics` the sample-quality measures.
 """
 
 from minigen.diffusion.data import DiffusionData, Normalizer, load_digits, load_toy2d
+from minigen.diffusion.denoisers import MLPDenoiser, timestep_embedding
+from minigen.diffusion.pipeline import DiffusionModel, Samples
+from minigen.diffusion.pipeline import load as load_model
 from minigen.diffusion.schedule import NoiseSchedule, cosine_betas, linear_betas
 from minigen.diffusion.schedulers import (
     DDIMScheduler,
@@ -15,6 +22,8 @@ from minigen.diffusion.schedulers import (
     ddpm_noise_step,
     sample_loop,
 )
+from minigen.diffusion.training import EMA, TrainConfig, diffusion_loss, train
+from minigen.diffusion.unet import UNet
 
 __all__ = [
     "NoiseSchedule",
@@ -29,4 +38,14 @@ __all__ = [
     "DiffusionData",
     "load_toy2d",
     "load_digits",
+    "timestep_embedding",
+    "MLPDenoiser",
+    "UNet",
+    "TrainConfig",
+    "EMA",
+    "diffusion_loss",
+    "train",
+    "DiffusionModel",
+    "Samples",
+    "load_model",
 ]

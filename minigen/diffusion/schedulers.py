@@ -13,7 +13,8 @@ the mean of the step is (Ho et al., Eq. 11)
 and sigma_t is fixed analytically (the book's sigma_t is a standard deviation):
 sigma_t^2 = beta_t ("fixed_large") or the posterior variance betatilde_t
 ("fixed_small"); both are exact for some data (Ho et al., §3.2). `ddpm_noise_step`
-is that step alone, the reference the Numba and CuPy kernels mirror.
+is that step alone, the reference the Numba and CuPy kernels mirror: `step` calls it
+through the backend's dispatch table, so `minigen.backend.use("numba")` runs it fused.
 
 DDIM (Song et al., 2020, Eq. 12) reuses the same denoiser on a subsequence of
 timesteps, with a noise level eta (0: deterministic, 1: the DDPM posterior noise):
@@ -79,6 +80,9 @@ def ddpm_noise_step(
     f = (x_t - beta_t / (1 - abar_t) ** 0.5 * eps) / alpha_t**0.5 - x_t  # like x_t
     # Eq. 7.1: x_{t-1} ~ N(x_t + f(x_t, t; w), sigma_t), sampled as x_t + f + sigma_t z
     return x_t + f + sigma_t * z  # like x_t
+
+
+backend.register_kernel("ddpm_noise_step", ddpm_noise_step)  # the dispatch table's default
 
 
 def predict_x0(x_t: Any, eps: Any, abar_t: Any) -> Any:
@@ -301,7 +305,8 @@ class DDPMScheduler(_Scheduler):
             else:  # sigma_t^2 = betatilde_t
                 sigma_t = math.sqrt(posterior_variance(abar_t, abar_prev))
             z = self._noise(sample, generator, variance_noise)
-        x_prev = ddpm_noise_step(sample, eps_hat, z, beta_t, alpha_t, abar_t, sigma_t)
+        step = backend.kernels["ddpm_noise_step"]  # this NumPy function, or a fused kernel
+        x_prev = step(sample, eps_hat, z, beta_t, alpha_t, abar_t, sigma_t)
         return _output(x_prev, x0_hat, sample)
 
 
@@ -362,25 +367,29 @@ def sample_loop(
     generator: np.random.Generator | None = None,
     progress: bool = False,
     dtype: Any = np.float64,
+    callback: Callable[[int, int, Any], None] | None = None,
     **step_kwargs: Any,
 ) -> Any:
     """Denoise `x_T` over `scheduler.timesteps`; `denoiser(x_t, t)` returns its prediction.
 
     `x_T` is the starting noise, or a shape to draw it from N(0, I) in `dtype` with
     `generator` (default: minigen.rng.generator(), which also draws every step's noise).
-    Extra keywords go to `step` (e.g. eta for DDIM).
+    `callback(i, t, x)` sees the sample after step i (at timestep t), e.g. to record
+    a trajectory. Extra keywords go to `step` (e.g. eta for DDIM).
     """
     gen = generator if generator is not None else _rng.generator()
     if isinstance(x_T, tuple):
-        x_T = gen.standard_normal(x_T, dtype=dtype)  # the shape asked for
+        x_T = backend.xp.asarray(gen.standard_normal(x_T, dtype=dtype))  # on the current backend
     x = x_T
     timesteps = scheduler.timesteps
     if progress:
         from tqdm.auto import tqdm
 
         timesteps = tqdm(timesteps, desc=type(scheduler).__name__, leave=False)
-    for t in timesteps:
+    for i, t in enumerate(timesteps):
         x = scheduler.step(denoiser(x, int(t)), int(t), x, generator=gen, **step_kwargs).prev_sample
+        if callback is not None:
+            callback(i, int(t), x)
     return x
 
 

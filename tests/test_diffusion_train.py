@@ -1,0 +1,177 @@
+"""Training (L_simple, EMA), checkpoints that carry their config, sampling, quality measures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import minigen
+from minigen import Tensor, checkpoint
+from minigen.diffusion import NoiseSchedule, Normalizer
+from minigen.diffusion import pipeline as pl
+from minigen.diffusion.denoisers import MLPDenoiser
+from minigen.diffusion.metrics import frechet_distance, mmd, sliced_wasserstein
+from minigen.diffusion.training import EMA, TrainConfig, diffusion_loss, make_denoiser, train
+
+TINY_MLP = {"hidden": 16, "depth": 1, "temb_dim": 8}
+
+
+def tiny_model(T: int = 20, seed: int = 0) -> pl.DiffusionModel:
+    minigen.manual_seed(seed)
+    norm = Normalizer(np.array([1.0, -2.0]), np.array([2.0, 0.5]))
+    den = MLPDenoiser(dim=2, **TINY_MLP)
+    return pl.DiffusionModel(den, {"name": "linear", "num_train_timesteps": T}, norm, "moons", (2,))
+
+
+def test_diffusion_loss_is_the_mse_between_the_noise_and_its_estimate():
+    minigen.manual_seed(0)
+    model = MLPDenoiser(dim=2, **TINY_MLP)
+    sched = NoiseSchedule.make("linear", 100)
+    x0 = np.random.default_rng(1).standard_normal((16, 2)).astype(np.float32)
+    loss = diffusion_loss(model, sched, x0, np.random.default_rng(5)).item()
+    g = np.random.default_rng(5)  # the same draws, by hand
+    t = g.integers(0, 100, 16)
+    eps = g.standard_normal(x0.shape, dtype=np.float32)
+    x_t = (
+        np.sqrt(sched.alphas_cumprod[t])[:, None] * x0
+        + np.sqrt(1 - sched.alphas_cumprod[t])[:, None] * eps
+    )
+    expected = ((model(Tensor(x_t.astype(np.float32)), t).data - eps) ** 2).mean()
+    assert loss == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_ema_follows_its_recurrence():
+    minigen.manual_seed(0)
+    model = MLPDenoiser(dim=2, **TINY_MLP)
+    ema = EMA(model, decay=0.9)
+    w0 = {n: p.data.copy() for n, p in model.named_parameters()}
+    expected = {n: a.astype(np.float64) for n, a in w0.items()}
+    for k in range(30):
+        for p in model.parameters():
+            p.data += 0.01  # a moving target
+        d = min(0.9, (1 + k) / (10 + k))
+        for n, p in model.named_parameters():
+            expected[n] = d * expected[n] + (1 - d) * p.data
+        ema.update(model)
+    for n, a in ema.state_dict().items():
+        np.testing.assert_allclose(a, expected[n], rtol=1e-5, atol=1e-6)
+    # a constant model is a fixed point of the average
+    still = EMA(model, decay=0.99)
+    for _ in range(5):
+        still.update(model)
+    for n, p in model.named_parameters():
+        np.testing.assert_allclose(still.shadow[n], p.data, rtol=1e-6)
+
+
+def test_training_reduces_the_loss_on_a_toy():
+    cfg = TrainConfig(data="moons", steps=250, batch_size=128, lr=3e-3, warmup=10,
+                      num_train_timesteps=100, n_points=2000, model=TINY_MLP)  # fmt: skip
+    res = train(cfg, progress=False)
+    assert len(res.losses) == 250
+    assert np.mean(res.losses[-50:]) < 0.8 * np.mean(res.losses[:20])
+    # the EMA model is not the last iterate, but close to it
+    ema, raw = res.model.state_dict(), res.raw_model.state_dict()
+    assert any(not np.array_equal(ema[k], raw[k]) for k in ema)
+
+
+def test_train_config_rejects_bad_options():
+    with pytest.raises(ValueError, match="unknown data set 'mnist'"):
+        TrainConfig(data="mnist")
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        TrainConfig(steps=0)
+    with pytest.raises(ValueError, match="unknown denoiser kind"):
+        make_denoiser({"kind": "transformer"})
+    with pytest.raises(ValueError, match="bad mlp denoiser config"):
+        make_denoiser({"kind": "mlp", "width": 3})
+
+
+def test_sampling_with_a_fixed_seed_is_reproducible():
+    m = tiny_model()
+    for sampler, kw in (("ddpm", {}), ("ddim", {"steps": 5, "eta": 0.5})):
+        a = m.sample(7, sampler=sampler, seed=3, **kw).x
+        b = m.sample(7, sampler=sampler, seed=3, **kw).x
+        c = m.sample(7, sampler=sampler, seed=4, **kw).x
+        assert a.shape == (7, 2)
+        np.testing.assert_array_equal(a, b)
+        assert not np.allclose(a, c)
+
+
+def test_trajectories_run_from_white_noise_to_the_samples():
+    m = tiny_model(T=20)
+    s = m.sample(6, sampler="ddpm", seed=0, record=5)
+    assert s.num_steps == 20 and s.frame_t == [20, 15, 10, 5, 0]  # x_T .. x_0
+    assert len(s.trajectory) == 5
+    np.testing.assert_array_equal(s.trajectory[-1], s.x)
+    x_T = np.random.default_rng(0).standard_normal((6, 2), dtype=np.float32)
+    np.testing.assert_allclose(s.trajectory[0], m.normalizer.inverse(x_T), rtol=1e-6)
+
+
+def test_a_checkpoint_carries_everything_sampling_needs(tmp_path):
+    m = tiny_model()
+    path = m.save(tmp_path / "m.safetensors")
+    _, cfg = checkpoint.load(path)
+    assert cfg["format"] == pl.FORMAT and cfg["model"]["kind"] == "mlp"
+    assert cfg["schedule"] == {"name": "linear", "num_train_timesteps": 20}
+    assert cfg["data"]["normalizer"] == {"mean": [1.0, -2.0], "std": [2.0, 0.5]}
+    back = pl.load(path)
+    np.testing.assert_array_equal(back.sample(5, seed=1).x, m.sample(5, seed=1).x)
+
+
+def test_loading_refuses_what_is_not_a_diffusion_checkpoint(tmp_path):
+    with pytest.raises(checkpoint.CheckpointError, match="checkpoint file not found"):
+        pl.load(tmp_path / "nope.safetensors")
+    other = checkpoint.save(tmp_path / "o.safetensors", {"w": np.zeros(2)}, {"format": "gpt"})
+    with pytest.raises(checkpoint.CheckpointError, match="not a minigen diffusion checkpoint"):
+        pl.load(other)
+    m = tiny_model()
+    arrays, cfg = m.denoiser.state_dict(), m.checkpoint_config()
+    cfg["model"]["hidden"] = 32  # the weights no longer fit the model
+    bad = checkpoint.save(tmp_path / "b.safetensors", arrays, cfg)
+    with pytest.raises(checkpoint.CheckpointError, match="b.safetensors.*shape"):
+        pl.load(bad)
+
+
+def test_a_nan_stops_the_sampler():
+    m = tiny_model()
+    m.denoiser.out.bias.data[...] = np.nan
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        m.sample(3, sampler="ddim", steps=4)
+
+
+def test_shipped_checkpoints_load_and_sample():
+    for name, shape in (("swissroll", (3, 2)), ("digits", (3, 1, 8, 8))):
+        m = pl.load(name)
+        s = m.sample(3, sampler="ddim", steps=4, seed=0)
+        assert s.x.shape == shape and np.isfinite(s.x).all()
+    with pytest.raises(ValueError, match="trained on 8x8 images.*16x16"):
+        pl.load("digits").check_image_size(16)
+
+
+# ----------------------------------------------------------------------------- quality measures
+
+
+def test_mmd_is_zero_on_one_sample_symmetric_and_grows_with_a_shift():
+    x = np.random.default_rng(0).standard_normal((300, 2))
+    y = np.random.default_rng(1).standard_normal((200, 2))
+    assert mmd(x, x) == pytest.approx(0.0, abs=1e-6)
+    assert mmd(x, y) == pytest.approx(mmd(y, x), rel=1e-9)
+    shifts = [mmd(x, y + [s, 0.0]) for s in (0.0, 0.3, 1.0, 3.0)]
+    assert all(a < b for a, b in zip(shifts, shifts[1:], strict=False))
+
+
+def test_sliced_wasserstein_of_a_shift_is_the_mean_projected_shift():
+    x = np.random.default_rng(0).standard_normal((500, 1))
+    assert sliced_wasserstein(x, x + 0.7) == pytest.approx(0.7, rel=1e-6)
+    assert sliced_wasserstein(x, x) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_frechet_distance_of_gaussians_in_closed_form():
+    f = np.random.default_rng(0).standard_normal((400, 5)) @ np.diag([1.0, 2.0, 0.5, 1.0, 3.0])
+    c = np.array([0.5, -1.0, 0.0, 2.0, 0.1])
+    cov = np.cov(f, rowvar=False)
+    assert frechet_distance(f, f) == pytest.approx(0.0, abs=1e-8)
+    # a shift changes only the means: FD = ||c||^2
+    assert frechet_distance(f, f + c) == pytest.approx((c**2).sum(), rel=1e-6)
+    # doubling: S_2 = 4 S_1, FD = ||mu||^2 + tr(S_1 + 4 S_1 - 4 S_1) = ||mu||^2 + tr S_1
+    mu = f.mean(0)
+    assert frechet_distance(f, 2 * f) == pytest.approx((mu**2).sum() + np.trace(cov), rel=1e-6)
