@@ -69,7 +69,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_rlhf_commands(sub)
     # -- end of RLHF ---------------------------------------------------------------------------
 
-
     # -- §7.2 image generation: train-diffusion, sample-diffusion (minigen/diffusion/commands.py) --
     from minigen.diffusion.commands import add_commands as add_diffusion_commands
 
