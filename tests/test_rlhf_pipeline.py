@@ -109,3 +109,22 @@ def test_bad_arguments(run, capsys, monkeypatch):
     assert "--models" in _error(
         capsys, ["rlhf", "eval", "--quiet", "--models", ",", "--out", str(run)]
     )
+
+
+def test_empty_preference_sets_are_refused(run, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MINIGEN_DEBUG", raising=False)
+    import shutil
+
+    from minigen.rlhf.train import dpo, train_reward_model
+
+    sft = io.load_policy(io.stage_path(run, "sft"))
+    for train in (train_reward_model, dpo):
+        with pytest.raises(ValueError, match="no preference pairs"):
+            train(sft.config, sft.model, sft.tokenizer, [], progress=False)
+    # a run whose comparisons file holds none
+    other = tmp_path / "empty"
+    other.mkdir()
+    shutil.copy(io.stage_path(run, "sft"), io.stage_path(other, "sft"))
+    empty = {"forum": [], "sampled": []}
+    (other / "pairs.json").write_text(json.dumps({"train": empty, "held_out": empty}))
+    assert "no preference pairs" in _error(capsys, ["rlhf", "dpo", "--quiet", "--out", str(other)])
