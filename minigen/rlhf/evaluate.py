@@ -3,9 +3,11 @@
 For every policy, responses are sampled (temperature 1, as in training) to held-out prompts
 (`minigen.rlhf.task.is_held_out`), and measured by
 
-- **rater score**: the simulated rater's mean score, in [0, 1];
+- **rater score**: the simulated rater's mean score, in [0, 1], with its standard error
+  (the standard deviation of the scores over the square root of their number);
 - **win rate vs SFT**: how often the rater prefers the policy's response to a response of
-  the SFT model to the same prompt (a tie counts one half), so the SFT model scores about 0.5;
+  the SFT model to the same prompt (a win counts 1, a tie 1/2, a loss 0), so the SFT model
+  itself, whose two responses are independent samples, scores about 0.5;
 - **KL to SFT**: KL(pi || pi_SFT) of whole responses in nats, the per-state KL over the
   vocabulary summed along each sampled response, averaged;
 - **RM score**: the reward model's normalised score, when one is given (what PPO maximised).
@@ -77,8 +79,10 @@ def evaluate(
         )
         ratings = [rate(p, r) for p, r in zip(prompts, responses, strict=True)]
         wins = [compare(p, a, b) for p, a, b in zip(prompts, responses, baseline, strict=True)]
+        scores = np.array([r.score for r in ratings])
         row = {
-            "rater": float(np.mean([r.score for r in ratings])),
+            "rater": float(scores.mean()),
+            "rater_se": float(scores.std() / np.sqrt(len(scores))),
             "win_vs_sft": float(np.mean([(w + 1) / 2 for w in wins])),
             "kl_to_sft": float(response_kl(model, sft_model, tokenizer, prompts, responses).mean()),
             "correct": float(np.mean([r.correct for r in ratings])),
@@ -101,7 +105,8 @@ def results_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
     head += " correct | polite | finished |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for name, r in rows.items():
-        cells = [name, f"{r['rater']:.3f}", f"{r['win_vs_sft']:.2f}", f"{r['kl_to_sft']:.2f}"]
+        se = f" ± {r['rater_se']:.3f}" if "rater_se" in r else ""
+        cells = [name, f"{r['rater']:.3f}{se}", f"{r['win_vs_sft']:.2f}", f"{r['kl_to_sft']:.2f}"]
         if has_rm:
             cells.append(f"{r['rm']:+.2f}")
         cells += [f"{r['correct']:.0%}", f"{r['polite']:.0%}", f"{r['finished']:.0%}"]
