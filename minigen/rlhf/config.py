@@ -1,8 +1,8 @@
 """Every setting of the RLHF pipeline in one place: the full run and the fast one.
 
-The full run takes about a quarter of an hour on two CPU cores (BLAS on one thread); the
-fast one (`RLHFConfig.fast()`, for tests and CI) under a minute, with a tiny model that
-learns little. A config travels with every checkpoint, so stages refuse checkpoints made
+The full run (`minigen rlhf all`) takes about 13 minutes of one CPU core (BLAS on one
+thread; 18 minutes of wall time on two cores shared with other jobs); the fast one
+(`RLHFConfig.fast()`, for tests and CI) about 10 seconds, with a tiny model that learns little. A config travels with every checkpoint, so stages refuse checkpoints made
 with a different model shape or task (`minigen.rlhf.io`).
 """
 
