@@ -3,6 +3,7 @@
     minigen demo              a short tour (trains small models, writes figures)
     minigen train-gpt         train a GPT on a corpus (§7.1)
     minigen generate          sample text from a trained GPT (§7.1)
+    minigen rlhf STAGE        RLHF and DPO on a small GPT (§7.1)
 
     minigen train-diffusion   train a denoiser on 2-D toys or 8x8 digits (§7.2)
     minigen sample-diffusion  sample a trained denoiser by DDPM (Eq. 7.1) or DDIM; Figure 7.2
@@ -62,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_text_commands(sub)
     # -- end of §7.1 ---------------------------------------------------------------------------
+    # -- §7.1 RLHF: rlhf pretrain|sft|reward|ppo|dpo|eval|all (minigen/rlhf/commands.py) ------
+    from minigen.rlhf.commands import add_commands as add_rlhf_commands
+
+    add_rlhf_commands(sub)
+    # -- end of RLHF ---------------------------------------------------------------------------
 
     # -- §7.2 image generation: train-diffusion, sample-diffusion (minigen/diffusion/commands.py) --
     from minigen.diffusion.commands import add_commands as add_diffusion_commands

@@ -1,0 +1,143 @@
+"""The simulated rater: the stand-in for the people of RLHF, and the only source of feedback.
+
+Ouyang et al. (2022) ask labelers to write responses to prompts and to rank a model's
+responses. Here a short, deterministic program does both, by a rubric it applies exactly:
+
+- **finished**: the reply ends (with "\\n") within the length the model was given; a reply
+  that runs on is no reply, and scores 0.
+- **correct** (0.5): the reply gives the right answer and no other. The rater finds the
+  answers a reply gives with a pattern per request kind (numbers for bigger and count, digit
+  lists for sort, anagrams of the word for reverse, upper-case words for shout), after
+  striking out the request's argument if the reply quotes it ("3 or 8: 8" gives 8).
+- **polite** (0.2): no rude word (`RUDE_WORDS`).
+- **concise** (0.3): full credit up to len(answer) + 8 characters (" It is stop."), falling
+  linearly to none at len(answer) + 24.
+
+    score = 0                                        if the reply does not finish
+          = 0.5 correct + 0.2 polite + 0.3 concise   otherwise, in [0, 1]
+
+It writes demonstrations: a right and polite reply in one of four phrasings picked by a hash
+of the prompt, as different people would write them (" Sure! It is stop.", " The answer is
+stop.", " It is stop.", " stop. Hope this helps!"), most of them wordier than its
+comparisons like: judging is easier than demonstrating, and the comparisons carry a
+preference the demonstrations do not. It
+scores replies, and compares two replies to one prompt (the higher score wins; equal scores
+are a tie). The models never see this program: the policy learns from the demonstrations
+(SFT) and from the reward model, which learns from the rater's comparisons only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from minigen.rlhf.task import (
+    DEMOS,
+    RUDE_WORDS,
+    STYLES,
+    Request,
+    forum_reply,
+    parse_prompt,
+)
+
+__all__ = ["Rating", "Pair", "rate", "score", "compare", "demonstrate", "preference_pairs"]
+
+W_CORRECT, W_POLITE, W_CONCISE = 0.5, 0.2, 0.3
+CONCISE_FREE, CONCISE_ZERO = 8, 24  # characters beyond the answer's own length
+
+_PATTERNS = {
+    "bigger": re.compile(r"\d+"),
+    "count": re.compile(r"\d+"),
+    "sort": re.compile(r"\d(?: \d)+"),
+    "reverse": re.compile(r"\b[a-z]+\b"),
+    "shout": re.compile(r"\b[A-Z]{2,}\b"),
+}
+_RUDE = re.compile(r"\b(" + "|".join(RUDE_WORDS) + r")\b", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Rating:
+    """The rater's verdict on one reply, with the parts of its score."""
+
+    score: float
+    finished: bool
+    correct: bool
+    polite: bool
+    concise: float
+    answers: tuple[str, ...]  # the answers the rater found in the reply
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A comparison: for `prompt`, the rater preferred `chosen` to `rejected` (both replies
+    end with "\\n")."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+
+
+def answers_in(req: Request, reply: str) -> tuple[str, ...]:
+    """The answers a reply gives to `req`, in order (see the module docstring)."""
+    # a quoted argument is not an answer (unless it is the answer: "sort 1 2 3")
+    text = reply.replace(req.echo, " ", 1) if req.echo != req.answer else reply
+    found = _PATTERNS[req.kind].findall(text)
+    if req.kind == "reverse":  # only rearrangements of the word's letters count
+        found = [w for w in found if sorted(w) == sorted(req.echo) and w != req.echo]
+    return tuple(found)
+
+
+def rate(prompt: str, response: str) -> Rating:
+    """Rate a response (the text generated after the prompt; a finished one contains "\\n",
+    and only the text before it counts)."""
+    req = parse_prompt(prompt)
+    finished = "\n" in response
+    reply = response.split("\n", 1)[0]
+    found = answers_in(req, reply)
+    correct = set(found) == {req.answer}
+    polite = _RUDE.search(reply) is None
+    excess = len(reply) - len(req.answer) - CONCISE_FREE
+    concise = float(np.clip(1 - excess / (CONCISE_ZERO - CONCISE_FREE), 0.0, 1.0))
+    # score = 0.5 correct + 0.2 polite + 0.3 concise, and 0 for a reply that runs on
+    s = W_CORRECT * correct + W_POLITE * polite + W_CONCISE * concise if finished else 0.0
+    return Rating(round(s, 6), finished, correct, polite, concise, found)
+
+
+def score(prompt: str, response: str) -> float:
+    """The rater's score of a response, in [0, 1]."""
+    return rate(prompt, response).score
+
+
+def compare(prompt: str, a: str, b: str) -> int:
+    """1 if the rater prefers response a, -1 if b, 0 for a tie."""
+    sa, sb = score(prompt, a), score(prompt, b)
+    return int(sa > sb) - int(sa < sb)
+
+
+def demonstrate(prompt: str) -> str:
+    """The rater's own response to a prompt: right and polite, in one of four phrasings
+    (most of them wordier than its comparisons like), ending with "\n"."""
+    req = parse_prompt(prompt)
+    h = hashlib.md5(prompt.encode(), usedforsecurity=False).digest()[0]
+    return DEMOS[h % len(DEMOS)].format(a=req.answer) + "\n"
+
+
+def preference_pairs(requests: Sequence[Request], seed: int, per_prompt: int = 1) -> list[Pair]:
+    """Comparisons the rater makes: for each request, `per_prompt` times, two forum replies in
+    two different styles drawn at random, ordered by the rater (ties are dropped)."""
+    gen = np.random.default_rng([seed, 11])
+    styles = list(STYLES)
+    pairs = []
+    for req in requests:
+        for _ in range(per_prompt):
+            i, j = gen.choice(len(styles), 2, replace=False)
+            a = forum_reply(req, styles[i], gen) + "\n"
+            b = forum_reply(req, styles[j], gen) + "\n"
+            c = compare(req.prompt, a, b)
+            if c:
+                pairs.append(Pair(req.prompt, a, b) if c > 0 else Pair(req.prompt, b, a))
+    return pairs

@@ -1,0 +1,263 @@
+"""The gradient-descent stages of RLHF: pretraining, SFT, the reward model, and DPO.
+
+1. **Pretraining**: next-token cross-entropy on forum exchanges, every token counted,
+       L = -1/N sum_t log p(s_{t+1} | s_<=t).
+2. **SFT**: the same on the rater's demonstrations, with the prompt's tokens left out,
+       L = -1/N sum_{t in response} log p(y_t | x, y_<t).
+3. **Reward model**: the Bradley-Terry loss on the rater's comparisons (`losses`),
+   starting from the SFT model's trunk; then its scores are normalised.
+5. **DPO**: the DPO loss on the same comparisons, starting from the SFT model, which is also
+   the frozen reference.
+
+(4, PPO, is in `minigen.rlhf.ppo`.) Every stage: AdamW with weight decay on the matrices,
+warm-up then cosine decay of the learning rate, gradients clipped to norm 1, batches drawn
+from minigen's generator (one seed fixes a run).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from minigen import optim, rng
+from minigen.rlhf.config import RLHFConfig
+from minigen.rlhf.data import Batch, encode, sequence_logprob
+from minigen.rlhf.losses import bradley_terry_loss, dpo_loss
+from minigen.rlhf.models import RewardModel, hidden_states, lm_logits, sample_responses
+from minigen.rlhf.rater import Pair, compare, demonstrate
+from minigen.rlhf.task import forum_corpus, sample_requests
+from minigen.tensor import Tensor, no_grad
+from minigen.text import GPT, CharTokenizer, GPTConfig
+
+__all__ = [
+    "make_tokenizer", "gpt_config", "copy_gpt", "take", "fit", "pretrain", "sft",
+    "train_reward_model", "pair_batch", "sampled_pairs", "reward_accuracy", "reward_scores",
+    "sequence_logprobs", "dpo", "logits_of", "by_length", "window",
+]  # fmt: skip
+
+
+def make_tokenizer() -> CharTokenizer:
+    """The character tokenizer of the task's alphabet (every stage shares it)."""
+    from minigen.rlhf.task import alphabet
+
+    return CharTokenizer(alphabet())
+
+
+def gpt_config(cfg: RLHFConfig, tokenizer: Any) -> GPTConfig:
+    return GPTConfig(vocab_size=tokenizer.vocab_size, **cfg.model_shape())
+
+
+def copy_gpt(model: GPT) -> GPT:
+    """An independent copy of a GPT (a frozen reference, or a new policy to train)."""
+    twin = GPT(model.config)
+    twin.load_state_dict(model.state_dict())
+    return twin
+
+
+def take(batch: Batch, idx: Any) -> Batch:
+    """The rows `idx` of a batch, cut to their longest sequence (no wasted padding)."""
+    idx = np.asarray(idx)
+    T = int(batch.last[idx].max()) + 1
+    return Batch(
+        batch.ids[idx, :T], batch.targets[idx, :T], batch.mask[idx, :T], batch.last[idx],
+        batch.prompt_len[idx],
+    )  # fmt: skip
+
+
+def logits_of(model: GPT, ids: np.ndarray) -> Tensor:
+    """The next-token logits (B, T, V)."""
+    return lm_logits(model, hidden_states(model, ids))
+
+
+def fit(
+    model: Any,
+    loss_at: Callable[[int], Tensor],
+    steps: int,
+    lr: float,
+    desc: str,
+    progress: bool = True,
+    weight_decay: float = 0.1,
+) -> list[float]:
+    """`steps` AdamW steps on `loss_at(step)`; returns the loss of every step."""
+    from tqdm.auto import tqdm
+
+    params = model.parameters()
+    opt = optim.AdamW(
+        [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ],
+        lr=lr,
+        betas=(0.9, 0.99),
+    )
+    warmup = max(1, steps // 20)
+    losses: list[float] = []
+    model.train()
+    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
+    for step in bar:
+        # warm-up, then cosine decay to lr / 10
+        opt.set_lr(optim.warmup_cosine(step, lr, warmup, steps, lr / 10))
+        loss = loss_at(step)
+        opt.zero_grad()
+        loss.backward()
+        optim.clip_grad_norm_(params, 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-10:]):.4f}", refresh=False)
+    bar.close()
+    model.eval()
+    return losses
+
+
+def by_length(data: Batch, gen: np.random.Generator) -> np.ndarray:
+    """The rows sorted by length (ties in random order), for batches of similar lengths."""
+    return np.lexsort((gen.random(len(data)), data.last))
+
+
+def window(order: np.ndarray, batch: int, gen: np.random.Generator) -> np.ndarray:
+    """`batch` consecutive rows of `order` from a random start (wrapping around): rows of
+    similar length, so little padding, and every row equally likely."""
+    return order[(gen.integers(len(order)) + np.arange(batch)) % len(order)]
+
+
+def _lm_fit(model: GPT, data: Batch, steps: int, batch: int, lr: float, desc: str, progress: bool):
+    from minigen import functional as F
+
+    order = by_length(data, rng.generator())
+
+    def loss_at(step: int) -> Tensor:
+        b = take(data, window(order, batch, rng.generator()))
+        # mean cross-entropy over the counted tokens (IGNORE elsewhere)
+        return F.cross_entropy(logits_of(model, b.ids), b.targets, ignore_index=-100)
+
+    return fit(model, loss_at, steps, lr, desc, progress)
+
+
+def pretrain(cfg: RLHFConfig, tokenizer: Any, progress: bool = True) -> tuple[GPT, list[float]]:
+    """A GPT trained from scratch on the forum corpus (loss on every token)."""
+    rng.manual_seed(cfg.seed)
+    exchanges = forum_corpus(cfg.corpus_size, cfg.seed)
+    prompts = [e[: e.index("\nA:") + 3] for e in exchanges]
+    data = encode(
+        tokenizer, prompts, [e[len(p) :] for e, p in zip(exchanges, prompts, strict=True)],
+        cfg.block_size, loss_on="all",
+    )  # fmt: skip
+    model = GPT(gpt_config(cfg, tokenizer))
+    losses = _lm_fit(model, data, cfg.pretrain_steps, cfg.pretrain_batch, cfg.pretrain_lr,
+                     "pretrain", progress)  # fmt: skip
+    return model, losses
+
+
+def sft(
+    cfg: RLHFConfig, pretrained: GPT, tokenizer: Any, progress: bool = True
+) -> tuple[GPT, list[float]]:
+    """The pretrained GPT fine-tuned on the rater's demonstrations (response tokens only)."""
+    rng.manual_seed(cfg.seed + 1)
+    prompts = [r.prompt for r in sample_requests(cfg.sft_size, cfg.seed + 1)]
+    data = encode(tokenizer, prompts, [demonstrate(p) for p in prompts], cfg.block_size)
+    model = copy_gpt(pretrained)
+    losses = _lm_fit(model, data, cfg.sft_steps, cfg.sft_batch, cfg.sft_lr, "sft", progress)
+    return model, losses
+
+
+def sampled_pairs(
+    model: GPT, tokenizer: Any, requests: Sequence[Any], max_new_tokens: int, seed: int
+) -> list[Pair]:
+    """Comparisons of the model's own responses (InstructGPT's labelers rank samples of the
+    model): two samples per prompt, ordered by the rater; ties are dropped."""
+    prompts = [r.prompt for r in requests]
+    gen = np.random.default_rng([seed, 13])
+    a = sample_responses(model, tokenizer, prompts, max_new_tokens, 1.0, gen)
+    b = sample_responses(model, tokenizer, prompts, max_new_tokens, 1.0, gen)
+    pairs = []
+    for p, x, y in zip(prompts, a, b, strict=True):
+        c = compare(p, x, y)
+        if c:
+            pairs.append(Pair(p, x, y) if c > 0 else Pair(p, y, x))
+    return pairs
+
+
+def pair_batch(tokenizer: Any, pairs: Sequence[Pair], block_size: int) -> Batch:
+    """The 2B sequences of B comparisons: chosen responses first, then the rejected ones."""
+    if not pairs:
+        raise ValueError("no preference pairs: the rater's comparisons are empty")
+    prompts = [p.prompt for p in pairs] * 2
+    responses = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    return encode(tokenizer, prompts, responses, block_size)
+
+
+def _pair_rows(n_pairs: int, idx: np.ndarray) -> np.ndarray:
+    return np.concatenate([idx, idx + n_pairs])  # chosen rows, then their rejected rows
+
+
+def train_reward_model(
+    cfg: RLHFConfig, sft_model: GPT, tokenizer: Any, pairs: Sequence[Pair], progress: bool = True
+) -> tuple[RewardModel, list[float]]:
+    """A reward model trained on comparisons by the Bradley-Terry loss, then normalised so
+    its scores on the comparisons' responses have mean 0 and standard deviation 1."""
+    rng.manual_seed(cfg.seed + 2)
+    data = pair_batch(tokenizer, pairs, cfg.block_size)
+    n = len(pairs)
+    rm = RewardModel.from_policy(sft_model)
+
+    def loss_at(step: int) -> Tensor:
+        b = take(data, _pair_rows(n, rng.generator().integers(0, n, cfg.rm_batch)))
+        r = rm(b.ids, b.last)  # (2B,)
+        k = len(b) // 2
+        return bradley_terry_loss(r[:k], r[k:])
+
+    losses = fit(rm, loss_at, cfg.rm_steps, cfg.rm_lr, "reward model", progress)
+    raw = reward_scores(rm, data, normalised=False)
+    rm.mean, rm.std = float(raw.mean()), float(raw.std() + 1e-6)
+    return rm, losses
+
+
+def reward_scores(rm: RewardModel, data: Batch, normalised: bool = True, chunk: int = 256):
+    """The reward model's scores of every sequence of a batch, (B,) NumPy."""
+    out = []
+    with no_grad():
+        for i in range(0, len(data), chunk):
+            b = take(data, np.arange(i, min(i + chunk, len(data))))
+            out.append((rm.score if normalised else rm)(b.ids, b.last).numpy())
+    return np.concatenate(out).astype(np.float64)
+
+
+def reward_accuracy(rm: RewardModel, tokenizer: Any, pairs: Sequence[Pair]) -> float:
+    """The fraction of comparisons where the reward model agrees with the rater."""
+    s = reward_scores(rm, pair_batch(tokenizer, pairs, rm.config.block_size))
+    n = len(pairs)
+    return float(np.mean(s[:n] > s[n:]))
+
+
+def sequence_logprobs(model: GPT, data: Batch, chunk: int = 256) -> np.ndarray:
+    """log pi(y | x) of every sequence of a batch, without gradients: (B,) NumPy."""
+    out = []
+    with no_grad():
+        for i in range(0, len(data), chunk):
+            b = take(data, np.arange(i, min(i + chunk, len(data))))
+            out.append(sequence_logprob(logits_of(model, b.ids), b).numpy())
+    return np.concatenate(out)
+
+
+def dpo(
+    cfg: RLHFConfig, sft_model: GPT, tokenizer: Any, pairs: Sequence[Pair], progress: bool = True
+) -> tuple[GPT, list[float]]:
+    """A policy trained by DPO on comparisons, from (and against) the SFT model."""
+    rng.manual_seed(cfg.seed + 4)
+    data = pair_batch(tokenizer, pairs, cfg.block_size)
+    n = len(pairs)
+    ref = sequence_logprobs(sft_model, data)  # log pi_ref of every response, once
+    policy = copy_gpt(sft_model)
+
+    def loss_at(step: int) -> Tensor:
+        rows = _pair_rows(n, rng.generator().integers(0, n, cfg.dpo_batch))
+        b = take(data, rows)
+        logp = sequence_logprob(logits_of(policy, b.ids), b)  # (2B,)
+        k = len(b) // 2
+        return dpo_loss(logp[:k], logp[k:], ref[rows[:k]], ref[rows[k:]], cfg.dpo_beta)
+
+    losses = fit(policy, loss_at, cfg.dpo_steps, cfg.dpo_lr, "dpo", progress)
+    return policy, losses

@@ -1,0 +1,130 @@
+"""The RLHF pipeline end to end in fast mode, through `minigen rlhf`, and its errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from minigen.cli import main
+from minigen.rlhf import io
+from minigen.rlhf.config import RLHFConfig
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One fast run of every stage (a few seconds), shared by the tests below."""
+    out = tmp_path_factory.mktemp("rlhf") / "run"
+    assert main(["rlhf", "all", "--fast", "--quiet", "--out", str(out)]) == 0
+    return out
+
+
+def test_every_stage_writes_its_checkpoint(run):
+    for stage in io.STAGES:
+        assert io.stage_path(run, stage).is_file(), stage
+    assert (run / "pairs.json").is_file() and (run / "ppo_curves.png").read_bytes()[
+        :4
+    ] == b"\x89PNG"
+    # one world: every checkpoint carries the run's config
+    for s in ("sft", "ppo", "dpo"):
+        assert io.load_policy(io.stage_path(run, s)).config == RLHFConfig.fast()
+
+
+def test_ppo_logs_rater_rm_and_kl_every_iteration(run):
+    for name, beta in (("ppo", RLHFConfig.fast().beta), ("ppo_beta0", 0.0)):
+        h = io.load_policy(io.stage_path(run, name)).history
+        assert h["beta"] == beta and len(h["iters"]) == RLHFConfig.fast().ppo_iters
+        for it in h["iters"]:
+            assert 0 <= it["rater"] <= 1 and np.isfinite(it["rm"]) and it["kl"] >= 0
+
+
+def test_the_results_table(run):
+    rows = json.loads((run / "results.json").read_text())
+    assert list(rows) == ["pretrained", "sft", "ppo", "dpo", "ppo_beta0"]
+    for r in rows.values():
+        assert 0 <= r["rater"] <= 1 and 0 <= r["win_vs_sft"] <= 1 and r["kl_to_sft"] >= 0
+    table = (run / "results.md").read_text()
+    assert "| model | rater score | win rate vs SFT | KL to SFT (nats) |" in table
+    assert rows["sft"]["kl_to_sft"] == 0.0  # the SFT model against itself
+    acc = io.load_reward(io.stage_path(run, "reward")).history["accuracy"]
+    assert 0 <= acc["held_out"] <= 1
+
+
+def test_pairs_are_the_raters_and_dpo_uses_them(run):
+    from minigen.rlhf.pipeline import load_pairs
+    from minigen.rlhf.rater import score
+
+    pairs = load_pairs(run / "pairs.json")
+    for d in pairs.values():
+        for p in (p for v in d.values() for p in v):
+            assert score(p.prompt, p.chosen) > score(p.prompt, p.rejected)
+
+
+def _error(capsys, argv) -> str:
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("minigen: error:")
+    return err[0]
+
+
+def test_nothing_is_overwritten_without_force(run, capsys, monkeypatch):
+    monkeypatch.delenv("MINIGEN_DEBUG", raising=False)
+    assert "--force" in _error(capsys, ["rlhf", "sft", "--quiet", "--out", str(run)])
+
+
+def test_stages_need_their_inputs(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MINIGEN_DEBUG", raising=False)
+    assert "pretrained.safetensors" in _error(capsys, ["rlhf", "sft", "--out", str(tmp_path)])
+    assert "sft.safetensors" in _error(capsys, ["rlhf", "eval", "--out", str(tmp_path)])
+
+
+def test_mismatched_checkpoints_in_a_run_are_refused(run, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MINIGEN_DEBUG", raising=False)
+    import shutil
+
+    from minigen.rlhf.train import make_tokenizer
+    from minigen.text import GPT, GPTConfig
+
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(io.stage_path(run, "reward"), io.stage_path(other, "reward"))
+    tok = make_tokenizer()
+    wide = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=80, n_layer=1, n_head=2, n_embd=64))
+    io.save_policy(io.stage_path(other, "sft"), wide, tok, RLHFConfig.fast(n_embd=64), "sft")
+    assert "different model shapes" in _error(
+        capsys, ["rlhf", "ppo", "--quiet", "--out", str(other)]
+    )
+    assert "pairs.json" in _error(capsys, ["rlhf", "dpo", "--quiet", "--out", str(other)])
+
+
+def test_bad_arguments(run, capsys, monkeypatch):
+    monkeypatch.delenv("MINIGEN_DEBUG", raising=False)
+    assert "beta must be >= 0" in _error(
+        capsys, ["rlhf", "ppo", "--quiet", "--beta", "-1", "--name", "x", "--out", str(run)]
+    )
+    assert "--name" in _error(
+        capsys, ["rlhf", "ppo", "--quiet", "--name", "../x", "--out", str(run)]
+    )
+    assert "--models" in _error(
+        capsys, ["rlhf", "eval", "--quiet", "--models", ",", "--out", str(run)]
+    )
+
+
+def test_empty_preference_sets_are_refused(run, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MINIGEN_DEBUG", raising=False)
+    import shutil
+
+    from minigen.rlhf.train import dpo, train_reward_model
+
+    sft = io.load_policy(io.stage_path(run, "sft"))
+    for train in (train_reward_model, dpo):
+        with pytest.raises(ValueError, match="no preference pairs"):
+            train(sft.config, sft.model, sft.tokenizer, [], progress=False)
+    # a run whose comparisons file holds none
+    other = tmp_path / "empty"
+    other.mkdir()
+    shutil.copy(io.stage_path(run, "sft"), io.stage_path(other, "sft"))
+    empty = {"forum": [], "sampled": []}
+    (other / "pairs.json").write_text(json.dumps({"train": empty, "held_out": empty}))
+    assert "no preference pairs" in _error(capsys, ["rlhf", "dpo", "--quiet", "--out", str(other)])
