@@ -7,6 +7,9 @@
     minigen train-diffusion   train a denoiser on 2-D toys or 8x8 digits (§7.2)
     minigen sample-diffusion  sample a trained denoiser by DDPM (Eq. 7.1) or DDIM; Figure 7.2
 
+    minigen text2im           scenes for a caption: CLIP or classifier-free guidance (§7.2)
+    minigen train-text2im     train the scene denoisers text2im uses
+
 Every sub-command prints one line `minigen: error: ...` and exits with status 1
 when its input is wrong (a missing file, a bad shape, a config that does not
 fit); set MINIGEN_DEBUG=1 to see the full traceback instead.
@@ -68,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_diffusion_commands(sub)
     # -- end of §7.2 ---------------------------------------------------------------------------
+
+    # -- §7.2 text-to-image: text2im, train-text2im (minigen/synthesis/commands.py) ------------
+    from minigen.synthesis.commands import add_commands as add_text2im_commands
+
+    add_text2im_commands(sub)
+    # -- end of §7.2 text-to-image -------------------------------------------------------------
     return parser
 
 
