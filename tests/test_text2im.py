@@ -254,6 +254,22 @@ def test_bad_input_exits_one_with_one_line(argv, message, tmp_path, capsys):
     assert not (tmp_path / "x.png").exists()
 
 
+def test_train_text2im_writes_a_checkpoint_and_its_loss_curve(tmp_path, capsys):
+    out, png = tmp_path / "cond.safetensors", tmp_path / "loss.png"
+    args = ["train-text2im", "--model", "cond", "--steps", "2", "--n-train", "32", "--batch-size",
+            "2", "--channels", "8", "--mults", "1,2", "--out", str(out), "--loss-plot", str(png),
+            "--quiet"]  # fmt: skip
+    assert main(args) == 0 and png.read_bytes()[:8] == PNG
+    assert load_cond(out).config["train"]["steps"] == 2
+    assert "s of CPU" in capsys.readouterr().out
+    before = out.read_bytes()
+    assert main(args) == 1 and out.read_bytes() == before
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pass --force" in err[0]
+    assert main([*args[:-1], "--model", "clip", "--force"]) == 1
+    assert "unknown model kind 'clip'" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- shipped models
 
 
@@ -269,3 +285,13 @@ def test_the_shipped_checkpoints_fit_in_5_mb_and_sample_scenes(tmp_path, capsys)
     assert "properties hold" in capsys.readouterr().out
     assert main(args) == 1  # never overwritten without --force
     assert "pass --force" in capsys.readouterr().err
+
+
+def test_the_demo_writes_a_captioned_grid(tmp_path, capsys):
+    from minigen import demo
+
+    summary = {"figures": []}
+    demo._text2im_step(tmp_path, fast=True, seed=0, summary=summary)
+    assert summary["figures"] == [str(tmp_path / "text2im.png")]
+    assert (tmp_path / "text2im.png").read_bytes()[:8] == PNG
+    assert 0.0 <= summary["text2im_score"] <= 1.0 and "properties hold" in capsys.readouterr().out

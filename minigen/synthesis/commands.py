@@ -56,8 +56,9 @@ def text2im_cmd(args: argparse.Namespace) -> int:
 
 def train_cmd(args: argparse.Namespace) -> int:
     out = args.out or f"text2im_{args.model}.safetensors"
-    _refuse_overwrite(out, args.force)
-    loss_png = os.path.splitext(out)[0] + "_loss.png"
+    loss_png = args.loss_plot or os.path.splitext(out)[0] + "_loss.png"
+    for path in (out, loss_png):
+        _refuse_overwrite(path, args.force)
     cfg = Text2ImConfig(
         kind=args.model, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         base_channels=args.channels, channel_mults=tuple(int(c) for c in args.mults.split(",")),
@@ -73,7 +74,7 @@ def train_cmd(args: argparse.Namespace) -> int:
     final = float(np.mean(result.losses[-100:]))
     print(
         f"trained {cfg.steps} steps in {result.seconds:.0f}s ({result.cpu_seconds:.0f}s of CPU),"
-        f" final loss {final:.4f} -> {path}"
+        f" final loss {final:.4f} -> {path}\nloss curve -> {loss_png}"
     )
     return 0
 
@@ -132,6 +133,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--n-train", type=int, default=20000, help="training scenes (default: 20000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--out", help="checkpoint path (default: text2im_MODEL.safetensors)")
-    p.add_argument("--force", action="store_true", help="overwrite an existing checkpoint")
+    p.add_argument("--loss-plot", help="loss-curve PNG (default: beside the checkpoint)")
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=train_cmd)
