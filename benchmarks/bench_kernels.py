@@ -10,7 +10,11 @@ logits (768, 65)) and the DDPM sampler of a U-Net on 8x8 and 16x16 images. All i
 float32, the training dtype. For each case, every backend runs once per round, in
 an order that rotates between rounds (so slow drifts of a shared machine hit all of
 them alike); the table gives medians over the rounds and each kernel's speed-up
-over NumPy (numpy time / kernel time: above 1 means the kernel is faster).
+over NumPy (numpy time / kernel time: above 1 means the kernel is faster). The
+"numpy" column runs kernels/reference.py, which is minigen's own NumPy code (what
+`backend.use("numpy")` runs), except that its layer-norm forward also returns the
+row means the kernels' backward needs: one reduction more than F.layer_norm_forward,
+and its GELU backward reruns the forward (minigen's keeps the forward's Phi(x)).
 numba-cpu runs arrays under 1M elements on one core (waking threads costs more than
 the work on a busy machine); `--all-cores` runs every call on all of Numba's threads
 (NUMBA_NUM_THREADS) to show what threads add, or cost, on this machine.
@@ -24,7 +28,6 @@ when a GPU is present; their "speed-up" is still against NumPy on the CPU.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import os
 import statistics
@@ -36,23 +39,14 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # minigen from this checkout (the NumPy references are its code)
 
 
 def import_kernels():
     """minigen_kernels, installed or (from a checkout) the kernels/ folder beside this one."""
-    try:
-        import minigen_kernels
+    from minigen import backend
 
-        return minigen_kernels
-    except ImportError:
-        init = ROOT / "kernels" / "__init__.py"
-        spec = importlib.util.spec_from_file_location(
-            "minigen_kernels", init, submodule_search_locations=[str(init.parent)]
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["minigen_kernels"] = module
-        spec.loader.exec_module(module)
-        return module
+    return backend.import_kernels()
 
 
 def cases(rng: np.random.Generator) -> list[tuple[str, str, Callable, tuple]]:

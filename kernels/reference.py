@@ -1,9 +1,13 @@
-r"""NumPy references for the hot loops: the readable math, one array-wide pass per line.
+r"""NumPy references for the hot loops: the math the kernels must reproduce.
 
 Every kernel in `numba_cpu.py`, `numba_cuda.py` and `cupy_kernels.py` computes exactly
 what a function here computes, and `tests/test_kernels_parity.py` holds them to it.
-Read this file first: each line below is one *pass* over memory (NumPy reads its
-inputs and writes a fresh temporary), which is what the kernels fuse away.
+Read this file first. Each computation exists once as NumPy: for the softmax family,
+layer norm, GELU and the DDPM step, the functions below call minigen's own NumPy code
+(`minigen.functional`, `minigen.ops`, `minigen.diffusion`: what `backend.use("numpy")`
+runs) under the kernels' signatures; only the matmuls are written here, since minigen
+itself calls BLAS (`a @ b`). In that NumPy code each line is one *pass* over memory
+(NumPy reads its inputs and writes a fresh temporary), which is what the kernels fuse.
 
     matmul             C_ij = \sum_k A_ik B_kj
     softmax            y_i = exp(x_i - m) / \sum_j exp(x_j - m),     m = max_j x_j
@@ -20,16 +24,31 @@ Subtracting the row maximum m before exp changes nothing mathematically
 (softmax(x) = softmax(x - c) for any c) but keeps exp from overflowing: every
 exponent is <= 0, so every exp is in (0, 1] and the largest is exactly 1.
 
+Deliberate differences between minigen's functions and the kernels' signatures,
+bridged here (the math is the same; the memory traffic is not):
+- minigen's softmaxes take an `axis`; the kernels reduce the last axis.
+- Layer norm: minigen's forward keeps xhat = (x - mu) rstd for its backward (memory
+  for one pass fewer); a kernel keeps the row means and rstd only and recomputes xhat
+  in registers. `layer_norm_forward` adds the row means, `layer_norm_backward` rebuilds
+  xhat from them.
+- GELU: minigen's backward reads the forward's Phi(x) (or sigmoid); a kernel
+  recomputes it from x, so `gelu_backward` here reruns minigen's forward. minigen's
+  default is the exact GELU ("none"), the kernels' the tanh form (GPT-2's).
+- DDPM: minigen writes the book's Eq. 7.1, x_{t-1} = x_t + f(x_t, t) + sigma_t z; the
+  kernels the simplified form above (the same value, up to rounding).
+
 All functions take float32 or float64 arrays and return arrays of the same dtype;
 reductions run over the last axis, every leading axis is a batch axis.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
-from scipy.special import erf
+
+from minigen import functional as F
+from minigen import ops
+from minigen.diffusion import ddpm_noise_step
+from minigen.functional import causal_mask
 
 from . import _checks as ck
 
@@ -41,6 +60,7 @@ __all__ = [
     "softmax_backward",
     "log_softmax_forward",
     "log_softmax_backward",
+    "causal_mask",
     "causal_softmax_forward",
     "causal_softmax_backward",
     "ddpm_step",
@@ -49,10 +69,6 @@ __all__ = [
     "gelu_forward",
     "gelu_backward",
 ]
-
-SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-GELU_CUBIC = 0.044715  # the tanh approximation's cubic coefficient
-
 
 # ----------------------------------------------------------------------------- matmul
 
@@ -112,56 +128,38 @@ def matmul_backward(a: np.ndarray, b: np.ndarray, dc: np.ndarray) -> tuple[np.nd
 
 
 def softmax_forward(x: np.ndarray) -> np.ndarray:
-    """softmax over the last axis, stabilised by the row maximum (five passes)."""
+    """softmax over the last axis, stabilised by the row maximum (minigen's F.softmax_forward)."""
     ck.check_last_axis("softmax_forward", x)
     ck.check_float("softmax_forward", x=x)
-    # m = max_j x_j
-    m = x.max(axis=-1, keepdims=True)  # (..., 1)
-    # e_i = exp(x_i - m)
-    e = np.exp(x - m)  # (..., N)
-    # y_i = e_i / \sum_j e_j
-    return e / e.sum(axis=-1, keepdims=True)  # (..., N)
+    return F.softmax_forward(x, axis=-1)  # (..., N)
 
 
 def softmax_backward(y: np.ndarray, dy: np.ndarray) -> np.ndarray:
     """dx = J^T dy with J = diag(y) - y y^T, i.e. dx = y * (dy - <dy, y>)."""
     ck.check_same_shape("softmax_backward", y=y, dy=dy)
     ck.check_float("softmax_backward", y=y, dy=dy)
-    # dx_i = y_i (dy_i - \sum_j dy_j y_j)
-    return y * (dy - (dy * y).sum(axis=-1, keepdims=True))  # (..., N)
+    return F.softmax_backward(y, dy, axis=-1)  # (..., N)
 
 
 def log_softmax_forward(x: np.ndarray) -> np.ndarray:
     """log softmax(x) = x - m - log sum exp(x - m), without forming softmax(x)."""
     ck.check_last_axis("log_softmax_forward", x)
     ck.check_float("log_softmax_forward", x=x)
-    # z = x - max_j x_j
-    z = x - x.max(axis=-1, keepdims=True)  # (..., N)
-    # y_i = z_i - log \sum_j exp(z_j)
-    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))  # (..., N)
+    return F.log_softmax_forward(x, axis=-1)  # (..., N)
 
 
 def log_softmax_backward(y: np.ndarray, dy: np.ndarray) -> np.ndarray:
     """dx = dy - softmax(x) * sum(dy), where softmax(x) = exp(y)."""
     ck.check_same_shape("log_softmax_backward", y=y, dy=dy)
     ck.check_float("log_softmax_backward", y=y, dy=dy)
-    # dx_i = dy_i - exp(y_i) \sum_j dy_j
-    return dy - np.exp(y) * dy.sum(axis=-1, keepdims=True)  # (..., N)
-
-
-def causal_mask(t: int, s: int) -> np.ndarray:
-    """(T, S) booleans: query i sees key j when j <= i + (S - T).
-
-    With S == T this is the lower triangle; with S > T keys (a cache of S - T
-    earlier positions) the last query sees all S keys.
-    """
-    i = np.arange(t)[:, None]  # (T, 1)
-    j = np.arange(s)[None, :]  # (1, S)
-    return j <= i + (s - t)  # (T, S)
+    return F.log_softmax_backward(y, dy, axis=-1)  # (..., N)
 
 
 def causal_softmax_forward(scores: np.ndarray, scale: float) -> np.ndarray:
-    """softmax over keys of scale * scores, keys after each query masked to -inf."""
+    """softmax over keys of scale * scores, keys after each query masked to -inf.
+
+    (minigen's attention does the same on transposed scores, inside F.attention_forward.)
+    """
     t, s = ck.check_scores("causal_softmax_forward", scores)
     ck.check_float("causal_softmax_forward", scores=scores)
     # a_ij = scale * s_ij if j <= i + (S - T) else -inf
@@ -188,17 +186,18 @@ def ddpm_step(
     abar_t: float,
     sigma_t: float,
 ) -> np.ndarray:
-    """One reverse step of DDPM sampling, given the network's noise estimate eps.
+    """One reverse step of DDPM sampling, given the network's noise estimate eps
+    (minigen.diffusion.ddpm_noise_step, the book's Eq. 7.1).
 
     z is fresh standard normal noise (None at the last step, where sigma_t = 0).
     """
     arrays = {"x_t": x_t, "eps": eps} | ({} if z is None else {"z": z})
     ck.check_same_shape("ddpm_step", **arrays)
     ck.check_float("ddpm_step", **arrays)
-    dt = x_t.dtype.type
-    # x_{t-1} = (x_t - \beta_t / sqrt(1 - \bar\alpha_t) eps) / sqrt(\alpha_t) + \sigma_t z
-    mean = (x_t - dt(beta_t / math.sqrt(1.0 - abar_t)) * eps) / dt(math.sqrt(alpha_t))
-    return mean if z is None else mean + dt(sigma_t) * z
+    # x_{t-1} = x_t + f(x_t, t) + sigma_t z,  x_t + f = (x_t - beta_t / sqrt(1 - abar_t) eps)
+    #                                                  / sqrt(alpha_t)
+    noise = 0.0 if z is None else z
+    return ddpm_noise_step(x_t, eps, noise, beta_t, alpha_t, abar_t, sigma_t)
 
 
 # ----------------------------------------------------------------------------- layer norm
@@ -209,22 +208,17 @@ def layer_norm_forward(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """y = (x - mean) * rstd * weight + bias over the last axis; returns (y, mean, rstd).
 
-    mean and rstd = 1 / sqrt(var + eps) have shape x.shape[:-1]; the backward pass
-    reuses them instead of recomputing them.
+    mean and rstd = 1 / sqrt(var + eps) have shape x.shape[:-1]: what the kernels keep
+    for their backward (minigen's F.layer_norm_forward keeps xhat and rstd).
     """
     ck.check_layer_norm("layer_norm_forward", x, weight)
     ck.check_same_shape("layer_norm_forward", weight=weight, bias=bias)
     ck.check_float("layer_norm_forward", x=x, weight=weight, bias=bias)
-    # \mu = mean_c x_c
+    # \hat x = (x - \mu) / sqrt(\sigma^2 + \epsilon),  y = \hat x w + b
+    y, (_, rstd) = F.layer_norm_forward(x, weight, bias, eps)  # (..., C), (..., 1)
+    # \mu = mean_c x_c  (one more pass, for the kernels' contract)
     mean = np.asarray(x.mean(axis=-1))  # (...)   (an array even when x is 1-D)
-    xc = x - mean[..., None]  # (..., C)
-    # \sigma^2 = mean_c (x_c - \mu)^2   (the biased variance, as in the book and PyTorch)
-    var = (xc * xc).mean(axis=-1)  # (...)
-    # rstd = 1 / sqrt(\sigma^2 + \epsilon)
-    rstd = np.asarray(1.0 / np.sqrt(var + x.dtype.type(eps)))  # (...)
-    # y = \hat x w + b,  \hat x = (x - \mu) rstd
-    y = xc * rstd[..., None] * weight + bias  # (..., C)
-    return y, mean, rstd
+    return y, mean, np.asarray(rstd[..., 0])
 
 
 def layer_norm_backward(
@@ -238,32 +232,20 @@ def layer_norm_backward(
     ck.check_layer_norm("layer_norm_backward", x, weight, mean=mean, rstd=rstd)
     ck.check_same_shape("layer_norm_backward", x=x, dy=dy)
     ck.check_float("layer_norm_backward", dy=dy, x=x, weight=weight, mean=mean, rstd=rstd)
-    xhat = (x - mean[..., None]) * rstd[..., None]  # (..., C)
-    g = dy * weight  # (..., C)
-    # dx = rstd (g - mean_c g - \hat x mean_c(g \hat x))
-    dx = rstd[..., None] * (
-        g - g.mean(axis=-1, keepdims=True) - xhat * (g * xhat).mean(axis=-1, keepdims=True)
-    )  # (..., C)
-    rows = tuple(range(x.ndim - 1))
-    # dw = \sum_rows dy \hat x ;  db = \sum_rows dy
-    return dx, (dy * xhat).sum(axis=rows), dy.sum(axis=rows)
+    r = rstd[..., None]  # (..., 1)
+    xhat = (x - mean[..., None]) * r  # (..., C): rebuilt, where minigen's forward kept it
+    return F.layer_norm_backward(dy, (xhat, r), weight)
 
 
 # ----------------------------------------------------------------------------- GELU
 
 
 def gelu_forward(x: np.ndarray, approximate: str = "tanh") -> np.ndarray:
-    """gelu(x) = x Phi(x); "tanh": 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    """gelu(x) = x Phi(x); "tanh": 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+    (minigen.ops.gelu_forward)."""
     ck.check_approximate("gelu_forward", approximate)
     ck.check_float("gelu_forward", x=x)
-    dt = x.dtype.type
-    if approximate == "tanh":
-        # u = sqrt(2/pi) (x + 0.044715 x^3)   (x * x * x: float32 x**3 calls powf, 100x slower)
-        u = dt(SQRT_2_OVER_PI) * (x + dt(GELU_CUBIC) * x * x * x)
-        # gelu(x) ~ 0.5 x (1 + tanh u)
-        return dt(0.5) * x * (1 + np.tanh(u))
-    # gelu(x) = x \Phi(x) = 0.5 x (1 + erf(x / sqrt 2))
-    return (dt(0.5) * x * (1 + erf(x * dt(1 / math.sqrt(2.0))))).astype(x.dtype, copy=False)
+    return ops.gelu_forward(x, approximate)[0]
 
 
 def gelu_backward(x: np.ndarray, dy: np.ndarray, approximate: str = "tanh") -> np.ndarray:
@@ -271,13 +253,5 @@ def gelu_backward(x: np.ndarray, dy: np.ndarray, approximate: str = "tanh") -> n
     ck.check_approximate("gelu_backward", approximate)
     ck.check_same_shape("gelu_backward", x=x, dy=dy)
     ck.check_float("gelu_backward", x=x, dy=dy)
-    dt = x.dtype.type
-    if approximate == "tanh":
-        th = np.tanh(dt(SQRT_2_OVER_PI) * (x + dt(GELU_CUBIC) * x * x * x))
-        # d/dx = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
-        du = dt(SQRT_2_OVER_PI) * (1 + dt(3 * GELU_CUBIC) * x * x)
-        return dy * (dt(0.5) * (1 + th) + dt(0.5) * x * (1 - th * th) * du)
-    # d/dx x \Phi(x) = \Phi(x) + x \phi(x),  \phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
-    cdf = dt(0.5) * (1 + erf(x * dt(1 / math.sqrt(2.0))))
-    pdf = np.exp(dt(-0.5) * x * x) * dt(1 / math.sqrt(2 * math.pi))
-    return (dy * (cdf + x * pdf)).astype(x.dtype, copy=False)
+    _, saved = ops.gelu_forward(x, approximate)  # (x, Phi(x)): rerun, as the kernels do
+    return ops.gelu_backward(saved, dy, approximate)

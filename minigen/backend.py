@@ -1,48 +1,167 @@
-"""The backend switch: which array module holds tensor data.
+"""The backend switch: which array module holds tensor data, and which kernels the fused ops call.
 
-Every op in minigen reaches its array functions through the *array module* of its
-operands (`xp`), never through `numpy` directly, so the same function body runs on
-NumPy arrays (CPU) and on CuPy arrays (GPU):
+    minigen.backend.use("numpy")   # NumPy arrays; every op is minigen's NumPy code (default)
+    minigen.backend.use("numba")   # NumPy arrays; the fused ops run Numba CPU kernels
+    minigen.backend.use("cupy")    # CuPy arrays on an NVIDIA GPU; the fused ops run CUDA kernels
+
+or the environment variable MINIGEN_BACKEND=numba (read when minigen is imported).
+Choose the backend before building a model: tensors stay where they were created.
+
+**The array module.** Every op reaches its array functions through the module of its
+operands (`xp`), never through `numpy` directly, so one function body runs on NumPy
+arrays (CPU) and on CuPy arrays (GPU):
 
     xp = array_module(a)      # numpy or cupy, whichever owns `a`
     y = xp.exp(a)
 
-`use(name)` chooses where *new* tensors are created ("numpy" now; "numba" and
-"cupy" are added by the kernels issue), and the environment variable
-`MINIGEN_BACKEND` sets the starting choice.
+`xp` (this module's attribute) is where *new* tensors go: cupy for "cupy", numpy otherwise.
+Operands owned by two array libraries in one op raise `BackendMismatchError`.
+
+**The dispatch table.** `kernels` maps a name to the array-level function the fused ops
+call (`y = backend.kernels["softmax_forward"](x, axis)`, one dict lookup per call). It
+starts as minigen's NumPy functions, which each module registers under its own name
+when imported (`register_kernel`): functional.py the softmaxes, attention and layer
+norm, ops.py GELU, diffusion/schedulers.py the noise step. `use("numba")` and
+`use("cupy")` put the kernel-backed functions of `kernel_ops.py` in their place (they
+call `minigen_kernels`, the kernels/ folder, and hand the cases a kernel does not cover
+back to the NumPy function); `use("numpy")` puts minigen's back. `KERNEL_NAMES` lists
+the entries with their signatures.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 __all__ = [
-    "use", "current", "xp", "array_module", "to_numpy", "scatter_add", "erf", "available",
-    "keep_freed_memory",
+    "BACKENDS", "KERNEL_NAMES", "BackendError", "BackendMismatchError", "use", "current",
+    "available", "why_unavailable", "xp", "kernels", "numpy_kernels", "register_kernel",
+    "array_module", "to_numpy", "scatter_add", "erf", "import_kernels", "keep_freed_memory",
 ]  # fmt: skip
 
-_AVAILABLE = ("numpy",)
+BACKENDS = ("numpy", "numba", "cupy")
+
+# The entries of the dispatch table, with the signatures every backend's functions share.
+# `saved` is whatever that backend's backward needs (its forward returns it).
+KERNEL_NAMES = (
+    "softmax_forward",  # (x, axis=-1) -> y
+    "softmax_backward",  # (y, dy, axis=-1) -> dx
+    "log_softmax_forward",  # (x, axis=-1) -> y
+    "log_softmax_backward",  # (y, dy, axis=-1) -> dx
+    "attention_forward",  # (q, k, v, scale, is_causal, mask=None, keep=None) -> (y, att)
+    "attention_backward",  # (dy, q, k, v, att, scale, keep=None) -> (dq, dk, dv)
+    "layer_norm_forward",  # (x, w, b, eps) -> (y, saved)
+    "layer_norm_backward",  # (dy, saved, w) -> (dx, dw, db)
+    "gelu_forward",  # (x, approximate) -> (y, saved)
+    "gelu_backward",  # (saved, dy, approximate) -> dx
+    "ddpm_noise_step",  # (x_t, eps, z, beta_t, alpha_t, abar_t, sigma_t) -> x_{t-1}
+)
+
+# The minigen_kernels backend behind each of ours (None: minigen's NumPy code only).
+_KERNEL_BACKEND = {"numpy": None, "numba": "numba-cpu", "cupy": "cupy"}
+
+
+class BackendError(RuntimeError):
+    """A backend was asked for that this installation or machine cannot run."""
+
+
+class BackendMismatchError(TypeError):
+    """One op was given arrays of two array libraries (say NumPy and CuPy)."""
+
+
 _name = "numpy"
 xp: ModuleType = np  # the array module new tensors are created with
+kernels: dict[str, Callable] = {}  # the dispatch table: name -> array-level function
+numpy_kernels: dict[str, Callable] = {}  # minigen's NumPy functions, by the same names
+_accelerated: dict[str, Callable] = {}  # the selected backend's kernel-backed functions
+
+
+def register_kernel(name: str, fn: Callable) -> None:
+    """Make `fn` (minigen's NumPy function) the default entry `name` of the dispatch table."""
+    if name not in KERNEL_NAMES:
+        raise ValueError(f"register_kernel: unknown entry {name!r}; entries: {KERNEL_NAMES}")
+    numpy_kernels[name] = fn
+    kernels[name] = _accelerated.get(name, fn)
+
+
+# ----------------------------------------------------------------------------- the switch
+
+
+def import_kernels() -> ModuleType:
+    """The `minigen_kernels` package: installed, or else the kernels/ folder of this checkout."""
+    try:
+        import minigen_kernels
+
+        return minigen_kernels
+    except ImportError:
+        init = Path(__file__).resolve().parents[1] / "kernels" / "__init__.py"
+        if not init.exists():
+            raise BackendError(
+                "the kernels package minigen_kernels is missing: reinstall minigen "
+                "(pip install minigen; a checkout installs kernels/ with pip install -e .)"
+            ) from None
+    spec = importlib.util.spec_from_file_location(
+        "minigen_kernels", init, submodule_search_locations=[str(init.parent)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["minigen_kernels"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def why_unavailable(name: str) -> str | None:
+    """None if backend `name` can run here, else why not and what to install."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if _KERNEL_BACKEND[name] is None:
+        return None
+    try:
+        mk = import_kernels()
+    except BackendError as e:
+        return str(e)
+    return mk.why_unavailable(_KERNEL_BACKEND[name])
 
 
 def available() -> tuple[str, ...]:
-    """The backends this installation can use."""
-    return _AVAILABLE
+    """The backends this installation and machine can run, in `BACKENDS` order."""
+    return tuple(name for name in BACKENDS if why_unavailable(name) is None)
 
 
 def use(name: str) -> None:
-    """Select the backend by name: one of `available()`."""
+    """Select the backend: "numpy", "numba" or "cupy" (see the module docstring).
+
+    Raises ValueError for an unknown name, and BackendError, naming what to install
+    (numba, cupy) or what is missing (a CUDA device), for one that cannot run here.
+    """
     global _name, xp
-    if name not in _AVAILABLE:
-        raise ValueError(
-            f"unknown or unavailable backend {name!r}; available here: {', '.join(_AVAILABLE)}"
-        )
-    _name, xp = name, np
+    reason = why_unavailable(name)
+    if reason is not None:
+        raise BackendError(f"backend {name!r} is unavailable: {reason}")
+    table: dict[str, Callable] = {}
+    if name != "numpy":
+        from minigen import kernel_ops
+
+        # the kernel module (and numba or cupy with it) is imported only now, when asked for
+        table = kernel_ops.install(import_kernels().get(_KERNEL_BACKEND[name]))
+    if name == "cupy":
+        import cupy
+
+        module = cupy
+    else:
+        module = np
+    _name, xp = name, module
+    _accelerated.clear()
+    _accelerated.update(table)
+    kernels.clear()
+    kernels.update(numpy_kernels)
+    kernels.update(table)
 
 
 def current() -> str:
@@ -50,19 +169,55 @@ def current() -> str:
     return _name
 
 
-def array_module(*arrays: Any) -> ModuleType:
-    """The array module (numpy or cupy) that owns the first array among `arrays`.
+# ----------------------------------------------------------------------------- array modules
+
+
+def _library(arr: Any) -> str | None:
+    """The name of the array library that owns `arr`; None for Python numbers and such."""
+    if isinstance(arr, np.ndarray | np.generic):
+        return "numpy"
+    if hasattr(arr, "__cuda_array_interface__") or hasattr(arr, "__array_namespace__"):
+        return type(arr).__module__.partition(".")[0]
+    return None
+
+
+def _mismatch(op: str, arrays: tuple[Any, ...]) -> BackendMismatchError:
+    seen = {}
+    for arr in arrays:
+        lib = _library(arr)
+        if lib is not None:
+            seen.setdefault(lib, f"{type(arr).__module__}.{type(arr).__name__}")
+    listed = " and ".join(f"{kind} ({lib})" for lib, kind in seen.items())
+    return BackendMismatchError(
+        f"{op or 'an op'}: arrays of two array libraries in one op: {listed}. A graph lives "
+        f"on one backend (now {_name!r}): create every tensor after minigen.backend.use(...), "
+        "or move arrays with minigen.backend.to_numpy(a) / minigen.backend.xp.asarray(a)"
+    )
+
+
+def array_module(*arrays: Any, op: str = "") -> ModuleType:
+    """The array module (numpy or cupy) that owns the arrays among `arrays`.
 
     Python numbers are skipped; with no array at all, the current backend's module.
+    Arrays of two libraries raise BackendMismatchError (naming `op`, if given).
     """
+    found = None
     for arr in arrays:
         if isinstance(arr, np.ndarray | np.generic):
-            return np
-        if type(arr).__module__.startswith("cupy"):  # CuPy arrays exist, so cupy imports
+            module = np
+        elif type(arr).__module__.startswith("cupy"):  # CuPy arrays exist, so cupy imports
             import cupy
 
-            return cupy
-    return xp
+            module = cupy
+        elif hasattr(arr, "__array_namespace__"):  # any other array-API library
+            module = arr.__array_namespace__()
+        else:
+            continue
+        if found is None:
+            found = module
+        elif module is not found:
+            raise _mismatch(op, arrays)
+    return xp if found is None else found
 
 
 def to_numpy(arr: Any) -> np.ndarray:
@@ -120,6 +275,9 @@ def keep_freed_memory(trim_threshold: int = 1 << 30) -> bool:
 
 _env = os.environ.get("MINIGEN_BACKEND")
 if _env:
-    use(_env)
+    try:
+        use(_env)
+    except (ValueError, BackendError) as e:
+        raise type(e)(f"environment variable MINIGEN_BACKEND={_env}: {e}") from None
 if os.environ.get("MINIGEN_KEEP_MEMORY", "1") != "0":
     keep_freed_memory()

@@ -4,7 +4,9 @@
 many NumPy passes its math takes, so the Python overhead stays per op, not per
 elementary operation. The array-level math is kept in plain functions
 (`softmax_forward`, `layer_norm_backward`, `attention_forward`, ...) that take and
-return arrays: the kernels of `kernels/` mirror exactly these.
+return arrays. They are the NumPy entries of the backend's dispatch table: the ops
+call them through `backend.kernels[name]`, so `backend.use("numba")` or `"cupy"` runs
+the fused kernels of `kernels/` instead (which `kernels/reference.py` holds to these).
 
 Softmax over the last axis, with m = max_j x_j for stability:
     softmax(x)_i = e^{x_i - m} / sum_j e^{x_j - m}
@@ -23,7 +25,7 @@ import numpy as np
 
 from minigen import backend, rng
 from minigen.conv import avg_pool2d, conv2d, group_norm, upsample_nearest2d
-from minigen.ops import gelu, relu, sigmoid, silu, tanh, unbroadcast
+from minigen.ops import _constant, gelu, relu, sigmoid, silu, tanh, unbroadcast
 from minigen.tensor import Tensor, node
 
 __all__ = [
@@ -64,13 +66,15 @@ def log_softmax_backward(y: Any, dy: Any, axis: int = -1) -> Any:
 
 
 def softmax(x: Tensor, axis: int = -1) -> Tensor:
-    y = softmax_forward(x.data, axis)
-    return node(y, (x,), lambda g: (softmax_backward(y, g, axis),))
+    K = backend.kernels  # the dispatch table: NumPy, or the selected backend's kernels
+    y, backward = K["softmax_forward"](x.data, axis), K["softmax_backward"]
+    return node(y, (x,), lambda g: (backward(y, g, axis),))
 
 
 def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
-    y = log_softmax_forward(x.data, axis)
-    return node(y, (x,), lambda g: (log_softmax_backward(y, g, axis),))
+    K = backend.kernels
+    y, backward = K["log_softmax_forward"](x.data, axis), K["log_softmax_backward"]
+    return node(y, (x,), lambda g: (backward(y, g, axis),))
 
 
 def logsigmoid(x: Tensor) -> Tensor:
@@ -108,7 +112,7 @@ def cross_entropy(
     if bool(((t < 0) | (t >= C))[valid].any()):
         raise ValueError(f"cross_entropy: a target lies outside [0, {C}) (and is not ignore_index)")
     t_safe = xp.where(valid, t, 0)[..., None]  # (..., 1)
-    logp = log_softmax_forward(x)  # (..., C)
+    logp = backend.kernels["log_softmax_forward"](x, -1)  # (..., C)
     # the loss of one example: -log p(target) = -log softmax(x)_target
     nll = -xp.take_along_axis(logp, t_safe, axis=-1)[..., 0] * valid  # (...)
     n = int(valid.sum()) if reduction == "mean" else 1
@@ -152,7 +156,11 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
             f"({xd.shape[-1]} != {w.shape[0]})"
         )
     x2 = xd.reshape(-1, xd.shape[-1])  # (N, in)
-    y = x2 @ w  # (N, out)
+    try:
+        y = x2 @ w  # (N, out)
+    except TypeError:
+        backend.array_module(x2, w, op="linear")  # arrays of two backends: say so
+        raise
     if bias is not None:
         y += bias.data
     y = y.reshape(*xd.shape[:-1], w.shape[1])
@@ -199,15 +207,18 @@ def normalize_backward(dxhat: Any, xhat: Any, rstd: Any) -> Any:
     return dx
 
 
-def layer_norm_forward(x: Any, w: Any, b: Any, eps: float) -> tuple[Any, Any, Any]:
+def layer_norm_forward(x: Any, w: Any, b: Any, eps: float) -> tuple[Any, Any]:
+    """(y, saved): y = xhat w + b, and saved = (xhat, rstd), what the backward reads."""
     xhat, rstd = normalize_forward(x, eps)
     y = xhat * w if w is not None else xhat.copy()
     if b is not None:
         y += b
-    return y, xhat, rstd
+    return y, (xhat, rstd)
 
 
-def layer_norm_backward(dy: Any, xhat: Any, rstd: Any, w: Any) -> tuple[Any, Any, Any]:
+def layer_norm_backward(dy: Any, saved: Any, w: Any) -> tuple[Any, Any, Any]:
+    """(dx, dw, db) from dL/dy and the forward's (xhat, rstd)."""
+    xhat, rstd = saved
     xp, C = backend.array_module(dy), xhat.shape[-1]
     dx = normalize_backward(dy * w if w is not None else dy, xhat, rstd)
     dy2 = dy.reshape(-1, C)
@@ -225,11 +236,13 @@ def layer_norm(
         if p is not None and p.shape != (C,):
             raise ValueError(f"layer_norm: {name} has shape {p.shape}, expected ({C},)")
     w = weight.data if weight is not None else None
-    y, xhat, rstd = layer_norm_forward(x.data, w, bias.data if bias is not None else None, eps)
+    K = backend.kernels
+    y, saved = K["layer_norm_forward"](x.data, w, bias.data if bias is not None else None, eps)
+    layer_norm_bwd = K["layer_norm_backward"]
     parents = tuple(t for t in (x, weight, bias) if t is not None)
 
     def backward(g):
-        dx, dw, db = layer_norm_backward(g, xhat, rstd, w)
+        dx, dw, db = layer_norm_bwd(g, saved, w)
         return (dx, *((dw,) if weight is not None else ()), *((db,) if bias is not None else ()))
 
     return node(y, parents, backward)
@@ -341,10 +354,22 @@ def scaled_dot_product_attention(
         )
     scale = 1 / math.sqrt(qd.shape[-1]) if scale is None else scale
     mask = attn_mask.data if isinstance(attn_mask, Tensor) else attn_mask
-    y, att = attention_forward(qd, kd, vd, scale, is_causal, mask)
+    mask = _constant(mask)  # a NumPy mask follows the backend (onto the GPU with "cupy")
+    K = backend.kernels
+    y, att = K["attention_forward"](qd, kd, vd, scale, is_causal, mask)
+    attention_bwd = K["attention_backward"]
 
     def backward(g):
-        dq, dk, dv = attention_backward(g, qd, kd, vd, att, scale)
+        dq, dk, dv = attention_bwd(g, qd, kd, vd, att, scale)
         return unbroadcast(dq, qd.shape), unbroadcast(dk, kd.shape), unbroadcast(dv, vd.shape)
 
     return node(y, (q, k, v), backward)
+
+
+# ----------------------------------------------------------------------------- dispatch
+# These NumPy functions are the default entries of the dispatch table (backend.kernels).
+for _fn in (
+    softmax_forward, softmax_backward, log_softmax_forward, log_softmax_backward,
+    attention_forward, attention_backward, layer_norm_forward, layer_norm_backward,
+):  # fmt: skip
+    backend.register_kernel(_fn.__name__, _fn)

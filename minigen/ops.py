@@ -28,6 +28,7 @@ __all__ = [
     "add", "sub", "mul", "div", "neg", "pow", "exp", "log", "sqrt", "tanh", "sigmoid",
     "relu", "silu", "gelu", "abs", "maximum", "minimum", "where", "clip",
     "sum", "mean", "var", "max", "min", "logsumexp", "matmul", "astype", "unbroadcast",
+    "gelu_forward", "gelu_backward",
 ]  # fmt: skip
 
 # ----------------------------------------------------------------------------- helpers
@@ -46,6 +47,13 @@ def unbroadcast(g: Any, shape: tuple[int, ...]) -> Any:
     return g
 
 
+def _constant(x: Any) -> Any:
+    """A NumPy constant on the current backend: copied to the GPU with "cupy", as Tensor(x)."""
+    if backend.xp is not np and isinstance(x, np.ndarray):
+        return backend.xp.asarray(x)
+    return x
+
+
 def _lift(x: Any) -> Tensor:
     """A constant operand as a tensor; Python numbers stay Python numbers (weak dtype)."""
     if isinstance(x, Tensor):
@@ -53,7 +61,7 @@ def _lift(x: Any) -> Tensor:
     if isinstance(x, np.generic):
         x = x.item()
     if isinstance(x, int | float | bool) or hasattr(x, "dtype"):
-        return _wrap(x)  # a constant: no gradient flows to it
+        return _wrap(_constant(x))  # a constant: no gradient flows to it
     return Tensor(x)
 
 
@@ -66,6 +74,9 @@ def _binary(op: str, a: Any, b: Any, f: Any) -> tuple[Tensor, Tensor, Any, Any, 
     except ValueError:
         sa, sb = np.shape(ad), np.shape(bd)
         raise ValueError(f"{op}: shapes {sa} and {sb} cannot be broadcast together") from None
+    except TypeError:
+        backend.array_module(ad, bd, op=op)  # arrays of two backends (NumPy and CuPy): say so
+        raise
     return a, b, ad, bd, y
 
 
@@ -189,16 +200,13 @@ _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
-def gelu(a: Tensor, approximate: str = "none") -> Tensor:
-    """GELU(x) = x Phi(x), exactly ("none") or with GPT-2's tanh approximation ("tanh")."""
-    xp, x = backend.array_module(a.data), a.data
+def gelu_forward(x: Any, approximate: str = "none") -> tuple[Any, Any]:
+    """(GELU(x), saved): x Phi(x) exactly ("none") or with GPT-2's tanh approximation
+    ("tanh"); `saved` = (x, Phi(x) or its approximation), what the backward reads."""
+    xp = backend.array_module(x)
     if approximate == "none":
         cdf = 0.5 * (1 + backend.erf(x * (1 / math.sqrt(2.0))))  # Phi(x)
-
-        def backward(g):  # d/dx x Phi(x) = Phi(x) + x phi(x)
-            return (g * (cdf + x * _INV_SQRT_2PI * xp.exp(-0.5 * x * x)),)
-
-        return node(x * cdf, (a,), backward)
+        return x * cdf, (x, cdf)
     if approximate == "tanh":
         # GELU(x) ~ x/2 (1 + tanh(z)), z = sqrt(2/pi) (x + 0.044715 x^3), written as
         # x sigmoid(2z) since (1 + tanh z)/2 = sigmoid(2z): in place, few passes over x
@@ -210,22 +218,35 @@ def gelu(a: Tensor, approximate: str = "none") -> Tensor:
             xp.exp(s, out=s)
         s += 1
         xp.reciprocal(s, out=s)  # s = sigmoid(2z)
-
-        def backward_tanh(g):
-            # d/dx x sigmoid(z') = s (1 + x (1 - s) dz'/dx),  z' = 2z,
-            # dz'/dx = 2 sqrt(2/pi) (1 + 3 0.044715 x^2)
-            d = xp.multiply(x, x, out=xp.empty_like(x))
-            d *= 6 * _SQRT_2_OVER_PI * 0.044715
-            d += 2 * _SQRT_2_OVER_PI
-            d *= x
-            d *= 1 - s
-            d += 1
-            d *= s
-            d *= g
-            return (d,)
-
-        return node(x * s, (a,), backward_tanh)
+        return x * s, (x, s)
     raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+
+
+def gelu_backward(saved: Any, dy: Any, approximate: str = "none") -> Any:
+    """dL/dx = dL/dy GELU'(x), from the forward's `saved`."""
+    x, c = saved
+    xp = backend.array_module(x)
+    if approximate == "none":  # d/dx x Phi(x) = Phi(x) + x phi(x)
+        return dy * (c + x * _INV_SQRT_2PI * xp.exp(-0.5 * x * x))
+    # d/dx x sigmoid(z') = s (1 + x (1 - s) dz'/dx),  z' = 2z, s = sigmoid(z'),
+    # dz'/dx = 2 sqrt(2/pi) (1 + 3 0.044715 x^2)
+    d = xp.multiply(x, x, out=xp.empty_like(x))
+    d *= 6 * _SQRT_2_OVER_PI * 0.044715
+    d += 2 * _SQRT_2_OVER_PI
+    d *= x
+    d *= 1 - c
+    d += 1
+    d *= c
+    d *= dy
+    return d
+
+
+def gelu(a: Tensor, approximate: str = "none") -> Tensor:
+    """GELU(x) = x Phi(x), exactly ("none") or with GPT-2's tanh approximation ("tanh")."""
+    K = backend.kernels  # the dispatch table: gelu_forward / gelu_backward, or kernels
+    y, saved = K["gelu_forward"](a.data, approximate)
+    backward = K["gelu_backward"]
+    return node(y, (a,), lambda g: (backward(saved, g, approximate),))
 
 
 def abs(a: Tensor) -> Tensor:
@@ -257,8 +278,8 @@ def minimum(a: Any, b: Any) -> Tensor:
 
 def where(cond: Any, a: Any, b: Any) -> Tensor:
     """Elementwise `a if cond else b`; the gradient flows to the chosen side."""
-    c = cond.data if isinstance(cond, Tensor) else cond
-    xp = backend.array_module(c, _lift(a).data, _lift(b).data)
+    c = cond.data if isinstance(cond, Tensor) else _constant(cond)
+    xp = backend.array_module(c, _lift(a).data, _lift(b).data, op="where")
     a, b, ad, bd, y = _binary("where", a, b, lambda x, z: xp.where(c, x, z))
 
     def backward(g):
@@ -395,6 +416,7 @@ def matmul(a: Any, b: Any) -> Tensor:
     a, b = _lift(a), _lift(b)
     ad, bd = a.data, b.data
     _check_matmul(ad.shape, bd.shape)
+    backend.array_module(ad, bd, op="matmul")  # one backend for both operands
     if ad.ndim > 2 and bd.ndim == 2:  # (..., k) @ (k, m): one large GEMM instead of a batch
         y = (ad.reshape(-1, ad.shape[-1]) @ bd).reshape(*ad.shape[:-1], bd.shape[-1])
     else:
@@ -424,3 +446,7 @@ def matmul(a: Any, b: Any) -> Tensor:
         )
 
     return node(y, (a, b), backward)
+
+
+backend.register_kernel("gelu_forward", gelu_forward)  # the dispatch table's NumPy entries
+backend.register_kernel("gelu_backward", gelu_backward)

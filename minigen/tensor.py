@@ -117,7 +117,10 @@ class Tensor:
             data = data.data
         if dtype is not None:
             dtype = np.dtype(dtype)
-        xp = backend.array_module(data) if hasattr(data, "dtype") else backend.xp
+        # NumPy arrays, lists and numbers go to the current backend (onto the GPU with
+        # "cupy"); an array of another library (a CuPy array) stays where it is
+        device_array = hasattr(data, "dtype") and not isinstance(data, np.ndarray | np.generic)
+        xp = backend.array_module(data) if device_array else backend.xp
         arr = xp.asarray(data)
         if dtype is None and arr.dtype.kind == "f" and arr.dtype != _default_dtype:
             dtype = _default_dtype

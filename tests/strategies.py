@@ -329,3 +329,22 @@ def gpt_embedding_args(draw: st.DrawFn) -> dict[str, Any]:
     start = draw(st.integers(0, P - T))
     ids = np.array(draw(st.lists(st.integers(0, V - 1), min_size=B * T, max_size=B * T)))
     return {"V": V, "P": P, "D": D, "ids": ids.reshape(B, T), "start": start}
+
+
+# ----------------------------------------------------------------------------- backends
+# Inputs for the parity suite over the backend switch (tests/test_backend_parity.py).
+
+
+@st.composite
+def backend_attention_shapes(
+    draw: st.DrawFn, max_lead: int = 2, max_t: int = 33, max_d: int = 17
+) -> tuple[tuple[int, ...], int, int, int, int]:
+    """(leading axes, T queries, S >= T keys, D, Dv) of an attention, sizes near block edges."""
+    *lead, t, s = draw(causal_shapes(max_lead, 3, max_t))
+    return tuple(lead), t, s, draw(kernel_sizes(max_d)), draw(kernel_sizes(max_d))
+
+
+@st.composite
+def gpt_batches(draw: st.DrawFn, block_size: int = 17) -> tuple[int, int, int]:
+    """(batch B, length T <= block_size, seed) of a GPT training batch."""
+    return draw(st.integers(1, 3)), draw(kernel_sizes(block_size)), draw(st.integers(0, 2**16))

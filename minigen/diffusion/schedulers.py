@@ -13,7 +13,8 @@ the mean of the step is (Ho et al., Eq. 11)
 and sigma_t is fixed analytically (the book's sigma_t is a standard deviation):
 sigma_t^2 = beta_t ("fixed_large") or the posterior variance betatilde_t
 ("fixed_small"); both are exact for some data (Ho et al., §3.2). `ddpm_noise_step`
-is that step alone, the reference the Numba and CuPy kernels mirror.
+is that step alone, the reference the Numba and CuPy kernels mirror: `step` calls it
+through the backend's dispatch table, so `minigen.backend.use("numba")` runs it fused.
 
 DDIM (Song et al., 2020, Eq. 12) reuses the same denoiser on a subsequence of
 timesteps, with a noise level eta (0: deterministic, 1: the DDPM posterior noise):
@@ -79,6 +80,9 @@ def ddpm_noise_step(
     f = (x_t - beta_t / (1 - abar_t) ** 0.5 * eps) / alpha_t**0.5 - x_t  # like x_t
     # Eq. 7.1: x_{t-1} ~ N(x_t + f(x_t, t; w), sigma_t), sampled as x_t + f + sigma_t z
     return x_t + f + sigma_t * z  # like x_t
+
+
+backend.register_kernel("ddpm_noise_step", ddpm_noise_step)  # the dispatch table's default
 
 
 def predict_x0(x_t: Any, eps: Any, abar_t: Any) -> Any:
@@ -305,10 +309,11 @@ class DDPMScheduler(_Scheduler):
         x0_hat, eps_hat = self._predict(model_output, sample, abar_t)
         if self.clip_sample:  # the noise that the clipped x0_hat implies
             eps_hat = predict_eps(sample, x0_hat, abar_t)
-        sigma_t = self.sigma(t)
+        sigma_t = self.sigma(t)  # 0 at the last step
         # the last step returns the mean: no noise is added to x_0
         z = self._noise(sample, generator, variance_noise) if prev_t >= 0 else 0.0
-        x_prev = ddpm_noise_step(sample, eps_hat, z, beta_t, alpha_t, abar_t, sigma_t)
+        step = backend.kernels["ddpm_noise_step"]  # this NumPy function, or a fused kernel
+        x_prev = step(sample, eps_hat, z, beta_t, alpha_t, abar_t, sigma_t)
         return _output(x_prev, x0_hat, sample)
 
 
@@ -381,7 +386,7 @@ def sample_loop(
     """
     gen = generator if generator is not None else _rng.generator()
     if isinstance(x_T, tuple):
-        x_T = gen.standard_normal(x_T, dtype=dtype)  # the shape asked for
+        x_T = backend.xp.asarray(gen.standard_normal(x_T, dtype=dtype))  # on the current backend
     x = x_T
     timesteps = scheduler.timesteps
     if progress:

@@ -153,12 +153,14 @@ def causal_self_attention(
         S = k.shape[2]
         keep = (rng.rand(B, n_head, T, S, dtype=a.dtype, gen=gen) >= dropout) * (1 / (1 - dropout))
         keep = keep.astype(a.dtype)
-    y, att = F.attention_forward(q, k, v, scale, True, keep=keep)  # (B, nh, T, hs)
+    # F.attention_forward, or the selected backend's kernels (backend.kernels: the dispatch table)
+    y, att = backend.kernels["attention_forward"](q, k, v, scale, True, keep=keep)  # (B, nh, T, hs)
     out = y.transpose(0, 2, 1, 3).reshape(B, T, C3 // 3)  # (B, T, d)
+    attention_backward = backend.kernels["attention_backward"]
 
     def backward(g):  # g (B, T, d)
         gy = g.reshape(B, T, n_head, hs).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
-        dq, dk, dv = F.attention_backward(gy, q, k, v, att, scale, keep=keep)
+        dq, dk, dv = attention_backward(gy, q, k, v, att, scale, keep=keep)
         dqkv = backend.array_module(g).empty((B, T, 3, n_head, hs), dtype=g.dtype)
         for j, d in enumerate((dq, dk, dv)):
             dqkv[:, :, j] = d.transpose(0, 2, 1, 3)  # (B, T, nh, hs)
