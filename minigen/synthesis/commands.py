@@ -62,7 +62,7 @@ def train_cmd(args: argparse.Namespace) -> int:
     cfg = Text2ImConfig(
         kind=args.model, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         base_channels=args.channels, channel_mults=tuple(int(c) for c in args.mults.split(",")),
-        schedule=args.schedule, weighting=args.weighting, seed=args.seed, n_train=args.n_train,
+        schedule=args.schedule, seed=args.seed, n_train=args.n_train,
         ema_decay=args.ema_decay, p_uncond=args.p_uncond, text_init=args.text_init,
     )  # fmt: skip
     try:
@@ -126,7 +126,6 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--channels", type=int, default=16, help="U-Net base width (default: 16)")
     p.add_argument("--mults", default="1,2,2", help="U-Net width per level (default: 1,2,2)")
     p.add_argument("--schedule", default="linear", help="noise schedule (must be CLIP's)")
-    p.add_argument("--weighting", default="none", help="none or min_snr (default: none)")
     p.add_argument("--ema-decay", type=float, default=0.999, help="default: %(default)s")
     p.add_argument("--p-uncond", type=float, default=0.1, help="cond: caption dropout (0.1)")
     p.add_argument("--text-init", help="cond: start the caption encoder from this CLIP (or clip)")

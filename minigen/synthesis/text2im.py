@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 
 from minigen import checkpoint, nn, optim
-from minigen import functional as F
 from minigen import rng as _rng
 from minigen.checkpoint import CheckpointError
 from minigen.diffusion import (
@@ -78,7 +77,6 @@ SHIPPED = {
     "cond": "text2im_cond.safetensors",
 }
 KINDS = ("scenes", "cond")
-WEIGHTINGS = ("none", "min_snr")
 
 
 def _text_config(width: int, layers: int, heads: int, embed_dim: int) -> CLIPConfig:
@@ -150,7 +148,6 @@ class Text2ImConfig:
     seed: int = 0
     schedule: str = "linear"
     num_train_timesteps: int = 1000
-    weighting: str = "none"  # or "min_snr": each t's loss weighted by min(SNR_t, 5) / SNR_t
     text_init: str | None = None  # cond only: start the caption encoder from this CLIP's text tower
 
     def __post_init__(self) -> None:
@@ -160,8 +157,6 @@ class Text2ImConfig:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         self.channel_mults = tuple(int(m) for m in self.channel_mults)
-        if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"unknown weighting {self.weighting!r}; one of {list(WEIGHTINGS)}")
 
     def unet_config(self) -> dict[str, Any]:
         return {"kind": "unet", "image_size": SCENE_SHAPE[1], "in_channels": SCENE_SHAPE[0],
@@ -201,28 +196,6 @@ class Text2ImResult:
 def scene_data(n: int = 20000, seed: int = 0) -> CaptionedScenes:
     """The training scenes of `make_split(n, 0, seed)` in [-1, 1] (CLIP's, for seed 0)."""
     return make_split(n, 0, seed, value_range=SCENE_RANGE).train
-
-
-def scene_loss(
-    model: Any, schedule: NoiseSchedule, x0: np.ndarray, gen: np.random.Generator,
-    weighting: str = "none", gamma: float = 5.0,
-) -> Tensor:  # fmt: skip
-    """L_simple on a batch (as `minigen.diffusion.diffusion_loss`), optionally min-SNR weighted
-    (Hang et al. 2023): the noise error at t weighted by min(SNR_t, gamma) / SNR_t,
-    SNR_t = abar_t / (1 - abar_t), i.e. the error on x_0 with its weight capped at gamma."""
-    if weighting == "none":
-        return diffusion_loss(model, schedule, x0, gen)
-    B = x0.shape[0]
-    t = gen.integers(0, len(schedule), B)  # (B,)
-    eps = gen.standard_normal(x0.shape, dtype=x0.dtype)  # (B, 3, H, W)
-    x_t = schedule.add_noise(x0, eps, t)
-    abar = schedule.alphas_cumprod[t]  # (B,)
-    # SNR_t = abar_t / (1 - abar_t);  w_t = min(SNR_t, gamma) / SNR_t
-    snr = abar / (1 - abar)
-    w = (np.minimum(snr, gamma) / snr).astype(x0.dtype)[:, None, None, None]  # (B, 1, 1, 1)
-    err = F.mse_loss(model(Tensor(x_t), t), eps, reduction="none")  # (B, 3, H, W)
-    # L = mean_b w_t ||eps - eps_theta(x_t, t)||^2
-    return (err * w).mean()
 
 
 def _init_text_from_clip(model: CaptionUNet, name_or_path: str) -> None:
@@ -276,7 +249,7 @@ def _train(cfg: Text2ImConfig, data: CaptionedScenes | None, progress: bool) -> 
             drop = caption_dropout(len(idx), cfg.p_uncond, gen)  # (B,)
             e = model.embed(data.tokens[idx], drop)  # (B, E)
             fn = lambda x, t, e=e: model(x, t, e)  # noqa: E731
-        loss = scene_loss(fn, schedule, x0, gen, cfg.weighting)
+        loss = diffusion_loss(fn, schedule, x0, gen)
         opt.zero_grad()
         loss.backward()
         optim.clip_grad_norm_(model.parameters(), cfg.grad_clip)
