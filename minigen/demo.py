@@ -5,7 +5,7 @@ the tour writes its decision boundary. Step 2 (§7.1): a character-level GPT tra
 the standard library's sources and writes its loss curve and a sample. Steps 3-4 (§7.2):
 a short denoising-diffusion run on two moons, then digits and Figure 7.2 sampled from the
 shipped checkpoint. Step 5 (§7.2, text to image): scenes for a caption, sampled with
-classifier-free guidance from the shipped checkpoint and scored by the checker.
+CLIP guidance from the shipped checkpoints and scored by the checker.
 """
 
 from __future__ import annotations
@@ -172,13 +172,13 @@ def _text2im_step(out: Path, fast: bool, seed: int, summary: dict[str, Any]) -> 
     from minigen.synthesis import Text2Im, plot_samples, score_batch
 
     caption = "a red circle above a blue square"
-    print(f"[5] Text to image (§7.2): {caption!r}, classifier-free guidance")
+    print(f"[5] Text to image (§7.2): {caption!r}, CLIP guidance")
     steps = 50 if fast else 100
     x = Text2Im().sample(
-        caption, 8, method="cfg", scale=3.0, sampler="ddpm", steps=steps, seed=seed
+        caption, 8, method="clip", scale=300.0, sampler="ddpm", steps=steps, seed=seed
     )
     scores = score_batch(x, [caption] * len(x), value_range=(-1.0, 1.0))
-    title = f"classifier-free guidance, w = 3, DDPM {steps} steps; mean score {scores.mean():.2f}"
+    title = f"CLIP guidance, s = 300, DDPM {steps} steps; mean score {scores.mean():.2f}"
     path = save_figure(plot_samples(x, caption, title, scores), out / "text2im.png")
     print(f"    {scores.mean():.0%} of the caption's properties hold on average -> {path}")
     summary["text2im_score"] = float(scores.mean())
