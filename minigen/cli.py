@@ -3,10 +3,16 @@
     minigen demo              a short tour (trains small models, writes figures)
     minigen train-gpt         train a GPT on a corpus (§7.1)
     minigen generate          sample text from a trained GPT (§7.1)
+    minigen fewshot           few-shot prediction from examples in the prompt (Figure 7.1)
+    minigen train-icl         train a small GPT in which in-context learning emerges (§7.1)
+    minigen eval-icl          its accuracy against shots, and attention maps
     minigen rlhf STAGE        RLHF and DPO on a small GPT (§7.1)
 
     minigen train-diffusion   train a denoiser on 2-D toys or 8x8 digits (§7.2)
     minigen sample-diffusion  sample a trained denoiser by DDPM (Eq. 7.1) or DDIM; Figure 7.2
+
+    minigen text2im           scenes for a caption: CLIP or classifier-free guidance (§7.2)
+    minigen train-text2im     train the scene denoisers text2im uses
 
 Every sub-command prints one line `minigen: error: ...` and exits with status 1
 when its input is wrong (a missing file, a bad shape, a config that does not
@@ -80,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_fewshot_commands(sub)
     # -- end of §7.1 few-shot ------------------------------------------------------------------
+
+    # -- §7.2 text-to-image: text2im, train-text2im (minigen/synthesis/commands.py) ------------
+    from minigen.synthesis.commands import add_commands as add_text2im_commands
+
+    add_text2im_commands(sub)
+    # -- end of §7.2 text-to-image -------------------------------------------------------------
     return parser
 
 

@@ -4,7 +4,8 @@ Step 1 (the foundation): a small MLP learns to separate two interleaved spirals;
 the tour writes its decision boundary. Step 2 (§7.1): a character-level GPT trains on
 the standard library's sources and writes its loss curve and a sample. Steps 3-4 (§7.2):
 a short denoising-diffusion run on two moons, then digits and Figure 7.2 sampled from the
-shipped checkpoint. Text-to-image joins when it lands.
+shipped checkpoint. Step 5 (§7.2, text to image): scenes for a caption, sampled with
+CLIP guidance from the shipped checkpoints and scored by the checker.
 """
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ def run(out_dir: str | os.PathLike = "minigen-demo", fast: bool = False, seed: i
     summary.update(gpt_step(out, fast, seed))
     summary["figures"].append(summary.pop("gpt_figure"))
     _diffusion_steps(out, fast, seed, summary)
+    _text2im_step(out, fast, seed, summary)
     return summary
 
 
@@ -163,3 +165,21 @@ def _diffusion_steps(out: Path, fast: bool, seed: int, summary: dict[str, Any]) 
     p4 = save_figure(plots.figure_7_2(t.trajectory, t.frame_t), out / "figure_7_2.png")
     print(f"    -> {p3}\n    Figure 7.2 ({sampler.upper()}, {t.num_steps} steps) -> {p4}")
     summary["figures"] += [str(p2), str(p3), str(p4)]
+
+
+def _text2im_step(out: Path, fast: bool, seed: int, summary: dict[str, Any]) -> None:
+    """§7.2, text to image: one captioned grid from the shipped checkpoints, scored."""
+    from minigen.synthesis import Text2Im, plot_samples, score_batch
+
+    caption = "a red circle above a blue square"
+    print(f"[5] Text to image (§7.2): {caption!r}, CLIP guidance")
+    steps = 50 if fast else 100
+    x = Text2Im().sample(
+        caption, 8, method="clip", scale=300.0, sampler="ddpm", steps=steps, seed=seed
+    )
+    scores = score_batch(x, [caption] * len(x), value_range=(-1.0, 1.0))
+    title = f"CLIP guidance, s = 300, DDPM {steps} steps; mean score {scores.mean():.2f}"
+    path = save_figure(plot_samples(x, caption, title, scores), out / "text2im.png")
+    print(f"    {scores.mean():.0%} of the caption's properties hold on average -> {path}")
+    summary["text2im_score"] = float(scores.mean())
+    summary["figures"].append(str(path))

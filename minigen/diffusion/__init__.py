@@ -12,8 +12,9 @@ samplers (Eq. 7.1 and DDIM), `data` the normalised data sets, `denoisers` and
 
 from minigen.diffusion.data import DiffusionData, Normalizer, load_digits, load_toy2d
 from minigen.diffusion.denoisers import MLPDenoiser, timestep_embedding
-from minigen.diffusion.pipeline import DiffusionModel, Samples
+from minigen.diffusion.pipeline import DiffusionModel, Samples, make_scheduler
 from minigen.diffusion.pipeline import load as load_model
+from minigen.diffusion.plots import image_grid, plot_losses
 from minigen.diffusion.schedule import NoiseSchedule, cosine_betas, linear_betas
 from minigen.diffusion.schedulers import (
     DDIMScheduler,
@@ -22,7 +23,7 @@ from minigen.diffusion.schedulers import (
     ddpm_noise_step,
     sample_loop,
 )
-from minigen.diffusion.training import EMA, TrainConfig, diffusion_loss, train
+from minigen.diffusion.training import EMA, TrainConfig, blas_threads, diffusion_loss, train
 from minigen.diffusion.unet import UNet
 
 __all__ = [
@@ -48,4 +49,9 @@ __all__ = [
     "DiffusionModel",
     "Samples",
     "load_model",
+    # used by text-to-image synthesis (minigen.synthesis)
+    "make_scheduler",
+    "blas_threads",
+    "plot_losses",
+    "image_grid",
 ]

@@ -62,15 +62,18 @@ def make_scheduler(
     steps: int | None = None,
     variance_type: str = "fixed_small",
     spacing: str = "trailing",
+    clip_sample: bool = False,
 ) -> DDPMScheduler | DDIMScheduler:
     """A scheduler for a model trained on `schedule` ({"name", "num_train_timesteps"}).
 
     DDPM visits all T timesteps unless `steps` says fewer; DDIM takes `steps` (default 50).
+    `clip_sample` clips each predicted x_0 to [-1, 1] (for data in that range).
     """
     if variance_type not in VARIANCE_TYPES:
         raise ValueError(f"unknown variance type {variance_type!r}; one of {list(VARIANCE_TYPES)}")
     kw = {"num_train_timesteps": int(schedule["num_train_timesteps"]),
-          "beta_schedule": schedule["name"], "timestep_spacing": spacing}  # fmt: skip
+          "beta_schedule": schedule["name"], "timestep_spacing": spacing,
+          "clip_sample": clip_sample}  # fmt: skip
     if sampler == "ddpm":
         s: DDPMScheduler | DDIMScheduler = DDPMScheduler(**kw, variance_type=variance_type)
         if steps is not None and steps != s.num_train_timesteps:
@@ -150,27 +153,30 @@ class DiffusionModel:
         progress: bool = False,
         image_size: int | None = None,
         threads: int | None = 1,
+        clip_sample: bool = False,
     ) -> Samples:
         """n samples by DDPM (Eq. 7.1) or DDIM; `record` > 1 keeps that many trajectory frames.
 
         The same seed gives the same samples (x_T and every step's noise come from it).
-        BLAS runs on `threads` threads (see `training.blas_threads`).
+        BLAS runs on `threads` threads (see `training.blas_threads`); `clip_sample` clips
+        each predicted x_0 to [-1, 1].
         """
         # the scheduler stops at the first NaN or inf, with a clear error: no NumPy warnings
         with blas_threads(threads), np.errstate(over="ignore", invalid="ignore"):
             return self._sample(n, sampler, steps, eta, variance_type, spacing, seed, record,
-                                progress, image_size)  # fmt: skip
+                                progress, image_size, clip_sample)  # fmt: skip
 
     def _sample(
         self, n: int, sampler: str, steps: int | None, eta: float, variance_type: str,
         spacing: str, seed: Any, record: int, progress: bool, image_size: int | None,
+        clip_sample: bool = False,
     ) -> Samples:  # fmt: skip
         self.check_image_size(image_size)
         if n < 1:
             raise ValueError(f"the number of samples must be >= 1, got {n}")
         if record == 1 or record < 0:
             raise ValueError(f"record keeps x_T, x_0 and frames between: 0 or >= 2, got {record}")
-        sched = make_scheduler(self.schedule, sampler, steps, variance_type, spacing)
+        sched = make_scheduler(self.schedule, sampler, steps, variance_type, spacing, clip_sample)
         gen = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         x_T = gen.standard_normal((n, *self.sample_shape), dtype=np.float32)  # (n, ...)
         ts = [int(t) for t in sched.timesteps]

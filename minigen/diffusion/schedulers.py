@@ -279,6 +279,18 @@ class DDPMScheduler(_Scheduler):
             raise ValueError(f"unknown variance_type {variance_type!r}; one of {VARIANCE_TYPES}")
         self.variance_type = variance_type
 
+    def sigma(self, timestep: int) -> float:
+        """sigma_t, the standard deviation of the step from `timestep` (0 at the last step)."""
+        t = self.schedule.check_timestep(_as_int(timestep))
+        prev_t = self.previous_timestep(t)
+        if prev_t < 0:
+            return 0.0
+        abar_t, abar_prev = self._abar(t), self._abar(prev_t)
+        if self.variance_type == "fixed_large":  # sigma_t^2 = beta_t = 1 - abar_t / abar_prev
+            return math.sqrt(1.0 - abar_t / abar_prev)
+        # sigma_t^2 = betatilde_t
+        return math.sqrt(posterior_variance(abar_t, abar_prev))
+
     def step(
         self,
         model_output: Any,
@@ -297,14 +309,9 @@ class DDPMScheduler(_Scheduler):
         x0_hat, eps_hat = self._predict(model_output, sample, abar_t)
         if self.clip_sample:  # the noise that the clipped x0_hat implies
             eps_hat = predict_eps(sample, x0_hat, abar_t)
-        if prev_t < 0:  # the last step returns the mean: no noise is added to x_0
-            sigma_t, z = 0.0, 0.0
-        else:
-            if self.variance_type == "fixed_large":  # sigma_t^2 = beta_t
-                sigma_t = math.sqrt(beta_t)
-            else:  # sigma_t^2 = betatilde_t
-                sigma_t = math.sqrt(posterior_variance(abar_t, abar_prev))
-            z = self._noise(sample, generator, variance_noise)
+        sigma_t = self.sigma(t)  # 0 at the last step
+        # the last step returns the mean: no noise is added to x_0
+        z = self._noise(sample, generator, variance_noise) if prev_t >= 0 else 0.0
         step = backend.kernels["ddpm_noise_step"]  # this NumPy function, or a fused kernel
         x_prev = step(sample, eps_hat, z, beta_t, alpha_t, abar_t, sigma_t)
         return _output(x_prev, x0_hat, sample)

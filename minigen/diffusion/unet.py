@@ -22,6 +22,12 @@ block reads the time embedding of `denoisers.TimeEmbedding`:
 
 GroupNorm normalises groups of channels per image (no dependence on the batch),
 SiLU(x) = x sigmoid(x).
+
+Conditioning (GLIDE, Nichol et al. 2021): with `cond_dim` > 0 the network also reads a
+vector c (B, cond_dim), e.g. a caption's embedding, projected by a small MLP and added to
+the time embedding, so every residual block sees both:
+
+    temb = MLP_t(emb(t)) + MLP_c(c)
 """
 
 from __future__ import annotations
@@ -85,6 +91,7 @@ class UNet(nn.Module):
         channel_mults: one width multiplier per level; each level after the first halves
             the resolution, so S must be divisible by 2^(levels - 1).
         temb_dim: the size of the sinusoidal embedding of t (its MLP outputs 4x that).
+        cond_dim: the size of a conditioning vector c read with t (0: unconditional).
     """
 
     kind = "unet"
@@ -96,6 +103,7 @@ class UNet(nn.Module):
         base_channels: int = 16,
         channel_mults: Sequence[int] = (1, 2),
         temb_dim: int | None = None,
+        cond_dim: int = 0,
     ) -> None:
         mults = [int(m) for m in channel_mults]
         if not mults or image_size % 2 ** (len(mults) - 1):
@@ -108,9 +116,15 @@ class UNet(nn.Module):
             "kind": self.kind, "image_size": image_size, "in_channels": in_channels,
             "base_channels": base_channels, "channel_mults": mults, "temb_dim": temb_dim,
         }  # fmt: skip
+        if cond_dim:
+            self.config["cond_dim"] = int(cond_dim)
         widths = [base_channels * m for m in mults]  # channels of each level
         t_out = 4 * base_channels
         self.time_embed = TimeEmbedding(temb_dim, t_out)
+        if cond_dim:  # MLP_c: Linear, SiLU, Linear
+            self.cond_embed = nn.Sequential(
+                nn.Linear(cond_dim, t_out), nn.SiLU(), nn.Linear(t_out, t_out)
+            )
         self.inp = nn.Conv2d(in_channels, base_channels, 3, padding=1)
         downs, downsamples, c = [], [], base_channels
         for i, w in enumerate(widths):
@@ -129,7 +143,7 @@ class UNet(nn.Module):
         self.out_norm = nn.GroupNorm(_groups(c), c)
         self.out = nn.Conv2d(c, in_channels, 3, padding=1)
 
-    def forward(self, x: Any, t: Any) -> Tensor:
+    def forward(self, x: Any, t: Any, cond: Any = None) -> Tensor:
         x = x if isinstance(x, Tensor) else Tensor(x)
         S, C = self.config["image_size"], self.config["in_channels"]
         if x.ndim != 4 or x.shape[1:] != (C, S, S):
@@ -138,6 +152,19 @@ class UNet(nn.Module):
                 f" got a batch of shape {x.shape}"
             )
         temb = self.time_embed(_timesteps(t, x.shape[0]))  # (B, 4 base)
+        D = self.config.get("cond_dim", 0)
+        if (cond is None) != (D == 0):
+            raise ValueError(
+                f"UNet: built with cond_dim={D}, " + ("needs" if D else "takes no") + " cond"
+            )
+        if D:
+            cond = cond if isinstance(cond, Tensor) else Tensor(cond)
+            if cond.shape != (x.shape[0], D):
+                raise ValueError(
+                    f"UNet: cond must have shape ({x.shape[0]}, {D}), got {cond.shape}"
+                )
+            # temb = MLP_t(emb(t)) + MLP_c(c)
+            temb = temb + self.cond_embed(cond)  # (B, 4 base)
         h = self.inp(x)  # (B, base, S, S)
         skips = []
         for i, block in enumerate(self.down):  # level i has resolution S / 2^i

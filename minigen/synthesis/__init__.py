@@ -7,6 +7,8 @@ score_batch(data.images, data.captions)             # picoclvr score per image: 
 
 clip = train_clip().model                           # CLIP, noise-aware (~5 min on 2 cores)
 g = clip_grad(clip, x_t, t, "a red circle")         # grad_x (z_img(x_t, t) . z_txt)
+
+x = Text2Im().sample("a red circle above a blue square", 8, method="clip")  # shipped models
 """
 
 from minigen.synthesis.captions import (
@@ -51,7 +53,15 @@ from minigen.synthesis.clip_train import (
     train_clip,
     training_data,
 )
-from minigen.synthesis.guidance import clip_grad
+from minigen.synthesis.guidance import (
+    cfg_eps,
+    clip_grad,
+    clip_guided_eps,
+    clip_guided_mean,
+    guided_loop,
+    guided_step,
+)
+from minigen.synthesis.sampling import DEFAULT_SCALE, METHODS, Text2Im, plot_samples
 from minigen.synthesis.scenes import (
     COLOURS,
     SHAPES,
@@ -60,6 +70,18 @@ from minigen.synthesis.scenes import (
     from_objects,
     generate,
     plot_grid,
+)
+from minigen.synthesis.text2im import (
+    CaptionUNet,
+    CondModel,
+    Text2ImConfig,
+    Text2ImResult,
+    caption_dropout,
+    load_cond,
+    load_scenes,
+    save_text2im,
+    scene_data,
+    train_text2im,
 )
 
 __all__ = [
@@ -101,6 +123,25 @@ __all__ = [
     "positives",
     "contrastive_loss",
     "clip_grad",
+    "clip_guided_mean",
+    "clip_guided_eps",
+    "cfg_eps",
+    "guided_step",
+    "guided_loop",
+    "CaptionUNet",
+    "CondModel",
+    "Text2ImConfig",
+    "Text2ImResult",
+    "caption_dropout",
+    "scene_data",
+    "train_text2im",
+    "save_text2im",
+    "load_scenes",
+    "load_cond",
+    "Text2Im",
+    "METHODS",
+    "DEFAULT_SCALE",
+    "plot_samples",
     "TrainResult",
     "training_data",
     "train_clip",

@@ -1,28 +1,52 @@
-"""The CLIP guidance gradient of GLIDE (Nichol et al. 2021), §7.2's text-conditioned synthesis.
+"""Guided sampling (§7.2): CLIP guidance (Nichol et al. 2021) and classifier-free guidance.
 
 "Nichol et al. [2021] add to the mean of the denoising distribution of Equation 7.1 a bias that
 goes in the direction of increasing the CLIP matching score between the produced image and the
 conditioning text description": with a noise-aware CLIP (`clip.py`), that direction is
 
-    grad_{x_t} (z_img(x_t, t) . z_txt(c)),
+    g = grad_{x_t} (z_img(x_t, t) . z_txt(c)),
 
-and the guided step draws x_{t-1} ~ N(mu(x_t) + s Sigma_t grad_{x_t} (z_img . z_txt), Sigma_t)
-for a guidance scale s.
+and the guided ancestral step of Eq. 7.1, for a guidance scale s, is
+
+    x_{t-1} ~ N(x_t + f(x_t, t; w) + s Sigma_t g, Sigma_t),       Sigma_t = sigma_t^2 I.
+
+DDIM has no Sigma_t; there the same guidance shifts the predicted noise (Dhariwal & Nichol
+2021, Algorithm 2: adding s g to the score grad log p(x_t) = -eps / sqrt(1 - abar_t)),
+
+    eps_hat = eps_theta(x_t, t) - s sqrt(1 - abar_t) g,
+
+which, for one DDPM step, moves the mean by s beta_t g / sqrt(alpha_t) ~ s Sigma_t g: the same s.
+
+Classifier-free guidance (Ho & Salimans 2022) needs no classifier: one denoiser trained with
+and without the caption (`text2im.py`) is evaluated both ways and extrapolated,
+
+    eps_hat = eps_theta(x_t, t, null) + w (eps_theta(x_t, t, c) - eps_theta(x_t, t, null)),
+
+w = 0 the unconditional model, w = 1 the conditional one, w > 1 beyond it.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
 from minigen import nn
+from minigen.diffusion import DDIMScheduler, DDPMScheduler
 from minigen.synthesis.clip import CLIP
 from minigen.tensor import Tensor, no_grad
 
-__all__ = ["clip_grad", "frozen"]
+__all__ = [
+    "clip_grad",
+    "frozen",
+    "clip_guided_mean",
+    "clip_guided_eps",
+    "cfg_eps",
+    "guided_step",
+    "guided_loop",
+]
 
 
 @contextlib.contextmanager
@@ -60,3 +84,79 @@ def clip_grad(clip: CLIP, x_t: Any, t: Any, text_tokens: Any) -> np.ndarray:
         # the matching score z_img . z_txt of each sample, summed over the batch
         (z_img * z_txt.detach()).sum().backward()
     return xt.grad.astype(x.dtype if x.dtype.kind == "f" else dt, copy=False)
+
+
+def clip_guided_mean(mean: Any, sigma_t: float, grad: Any, scale: float) -> Any:
+    """The mean of Eq. 7.1 moved along the CLIP gradient (mean: x_t + f(x_t, t; w))."""
+    # guided mean of Eq. 7.1: x_t + f(x_t, t; w) + s Sigma_t grad_{x_t}(z_img . z_txt), Sigma_t = sigma_t^2
+    return mean + scale * sigma_t**2 * grad
+
+
+def clip_guided_eps(eps: Any, abar_t: float, grad: Any, scale: float) -> Any:
+    """The predicted noise moved along the CLIP gradient (the DDIM form of the guidance)."""
+    # eps_hat = eps_theta(x_t, t) - s sqrt(1 - abar_t) grad_{x_t}(z_img . z_txt)
+    return eps - scale * (1.0 - abar_t) ** 0.5 * grad
+
+
+def cfg_eps(eps_uncond: Any, eps_cond: Any, w: float) -> Any:
+    """Classifier-free guidance: the two noise predictions combined with weight w."""
+    # eps_hat = eps_theta(x_t, t, null) + w (eps_theta(x_t, t, c) - eps_theta(x_t, t, null))
+    return eps_uncond + w * (eps_cond - eps_uncond)
+
+
+def guided_step(
+    scheduler: DDPMScheduler | DDIMScheduler,
+    eps: np.ndarray,
+    t: int,
+    x_t: np.ndarray,
+    grad: np.ndarray,
+    scale: float,
+    generator: np.random.Generator,
+    eta: float = 0.0,
+) -> np.ndarray:
+    """One CLIP-guided step from x_t: DDPM moves the mean of Eq. 7.1, DDIM the noise.
+
+    The noise z is drawn from `generator` exactly as the unguided step draws it, so with
+    s = 0 the two samplers give the same samples for the same seed.
+    """
+    if isinstance(scheduler, DDIMScheduler):
+        abar_t = float(scheduler.alphas_cumprod[t])
+        eps = clip_guided_eps(eps, abar_t, grad, scale)
+        return scheduler.step(eps, t, x_t, eta=eta, generator=generator).prev_sample
+    # x_t + f(x_t, t; w): the step with z = 0
+    mean = scheduler.step(eps, t, x_t, variance_noise=np.zeros_like(x_t)).prev_sample
+    sigma_t = scheduler.sigma(t)
+    mean = clip_guided_mean(mean, sigma_t, grad, scale)
+    if scheduler.previous_timestep(t) < 0:  # the last step returns the mean
+        return mean
+    z = generator.standard_normal(x_t.shape, dtype=x_t.dtype)  # as DDPMScheduler.step draws it
+    # x_{t-1} = guided mean + sigma_t z
+    return mean + sigma_t * z
+
+
+def guided_loop(
+    scheduler: DDPMScheduler | DDIMScheduler,
+    eps_fn: Callable[[np.ndarray, int], np.ndarray],
+    x_T: np.ndarray,
+    generator: np.random.Generator,
+    grad_fn: Callable[[np.ndarray, int], np.ndarray] | None = None,
+    scale: float = 0.0,
+    eta: float = 0.0,
+    progress: bool = False,
+) -> np.ndarray:
+    """Denoise x_T over the scheduler's timesteps; with `grad_fn` (x_t, t -> g) CLIP-guided."""
+    timesteps: Any = scheduler.timesteps
+    if progress:
+        from tqdm.auto import tqdm
+
+        timesteps = tqdm(timesteps, desc="text2im", leave=False)
+    kw = {"eta": eta} if isinstance(scheduler, DDIMScheduler) else {}
+    x = x_T
+    for t in (int(t) for t in timesteps):
+        with no_grad():
+            eps = eps_fn(x, t)
+        if grad_fn is None:
+            x = scheduler.step(eps, t, x, generator=generator, **kw).prev_sample
+        else:
+            x = guided_step(scheduler, eps, t, x, grad_fn(x, t), scale, generator, eta)
+    return x

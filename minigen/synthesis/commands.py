@@ -1,0 +1,138 @@
+"""The text-to-image sub-commands of `minigen` (§7.2): `text2im` and `train-text2im`.
+
+    minigen text2im "a red circle above a blue square" --method cfg --scale 3 --out t2i.png
+    minigen train-text2im --model scenes --out scenes.safetensors
+
+`minigen.cli` registers them with `add_commands`; bad input (a caption with unknown words, an
+empty caption, an image size the models were not trained for, an unknown method) raises
+ValueError, which the CLI prints as one line before exiting with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+import numpy as np
+
+from minigen.diffusion import plot_losses
+from minigen.plotting import save_figure
+from minigen.synthesis.checker import score_batch
+from minigen.synthesis.sampling import DEFAULT_SCALE, Text2Im, check_request, plot_samples
+from minigen.synthesis.text2im import SCENE_RANGE, Text2ImConfig, save_text2im, train_text2im
+
+__all__ = ["add_commands", "text2im_cmd", "train_cmd"]
+
+
+def _refuse_overwrite(path: str, force: bool) -> None:
+    if os.path.exists(path) and not force:
+        raise ValueError(f"{path} exists; pass --force to overwrite it")
+
+
+def text2im_cmd(args: argparse.Namespace) -> int:
+    caption = args.caption
+    check_request(caption, args.n, args.method, args.sampler, args.image_size)  # before loading
+    _refuse_overwrite(args.out, args.force)
+    t2i = Text2Im(clip=args.clip, scenes=args.scenes, cond=args.cond)
+    scale = DEFAULT_SCALE[args.method] if args.scale is None else args.scale
+    try:
+        x = t2i.sample(caption, args.n, method=args.method, scale=scale, sampler=args.sampler,
+                       steps=args.steps, seed=args.seed, progress=not args.quiet)  # fmt: skip
+    except FloatingPointError as e:  # a NaN in a sample: the sampler stopped
+        raise RuntimeError(str(e)) from None
+    scores = score_batch(x, [caption] * len(x), value_range=SCENE_RANGE)
+    how = {"clip": f"CLIP guidance, s = {scale:g}", "cfg": f"classifier-free guidance, w = {scale:g}",
+           "none": "unguided"}[args.method]  # fmt: skip
+    title = f"{how}; {args.sampler.upper()}; seed {args.seed}; mean score {scores.mean():.2f}"
+    path = save_figure(plot_samples(x, caption, title, scores, ncols=min(8, args.n)), args.out)
+    print(
+        f"{args.n} images for {caption!r} ({how}, {args.sampler.upper()}) -> {path}\n"
+        f"checker: {scores.mean():.0%} of the caption's properties hold on average; "
+        f"{int((scores == 1).sum())}/{args.n} images satisfy all of them"
+    )
+    return 0
+
+
+def train_cmd(args: argparse.Namespace) -> int:
+    out = args.out or f"text2im_{args.model}.safetensors"
+    loss_png = args.loss_plot or os.path.splitext(out)[0] + "_loss.png"
+    for path in (out, loss_png):
+        _refuse_overwrite(path, args.force)
+    cfg = Text2ImConfig(
+        kind=args.model, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        base_channels=args.channels, channel_mults=tuple(int(c) for c in args.mults.split(",")),
+        schedule=args.schedule, seed=args.seed, n_train=args.n_train,
+        ema_decay=args.ema_decay, p_uncond=args.p_uncond, text_init=args.text_init,
+    )  # fmt: skip
+    try:
+        result = train_text2im(cfg, progress=not args.quiet)
+    except FloatingPointError as e:
+        raise RuntimeError(str(e)) from None
+    path = save_text2im(result, out)
+    save_figure(plot_losses(result.losses, f"L_simple, text2im {args.model}"), loss_png)
+    final = float(np.mean(result.losses[-100:]))
+    print(
+        f"trained {cfg.steps} steps in {result.seconds:.0f}s ({result.cpu_seconds:.0f}s of CPU),"
+        f" final loss {final:.4f} -> {path}\nloss curve -> {loss_png}"
+    )
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    """Add `text2im` and `train-text2im` to an argparse sub-parsers object."""
+    p = sub.add_parser(
+        "text2im",
+        help="generate 16x16 scenes for a caption (§7.2): CLIP or classifier-free guidance",
+        description=(
+            "Sample scenes of coloured shapes for a caption such as 'a red circle above a blue "
+            "square' with the shipped models (or your own), guided by a noise-aware CLIP (Nichol "
+            "et al. 2021) or classifier-free (Ho & Salimans 2022), or unguided; write them as a "
+            "PNG grid, each image labelled with the checker's caption-satisfaction score. "
+            "Words: a, and, left, right, of, above, below, colours red green blue yellow magenta "
+            "cyan, shapes square circle triangle cross."
+        ),
+    )
+    p.add_argument("caption", help='e.g. "a red circle above a blue square"')
+    p.add_argument("--method", default="cfg", help="clip, cfg or none (default: %(default)s)")
+    p.add_argument("--scale", type=float, help=f"guidance scale s or w (default: {DEFAULT_SCALE})")
+    p.add_argument("--sampler", default="ddpm", help="ddpm or ddim (default: %(default)s)")
+    p.add_argument("--steps", type=int, help="sampling steps (default: 100 DDPM, 50 DDIM)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--n", type=int, default=16, help="number of images (default: %(default)s)")
+    p.add_argument("--image-size", type=int, help="image side (the models know 16 only)")
+    p.add_argument("--out", default="text2im.png", help="PNG grid (default: %(default)s)")
+    p.add_argument("--clip", default="clip", help="CLIP checkpoint (default: shipped)")
+    p.add_argument("--scenes", default="scenes", help="unconditional model (default: shipped)")
+    p.add_argument("--cond", default="cond", help="conditional model (default: shipped)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing PNG")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=text2im_cmd)
+
+    p = sub.add_parser(
+        "train-text2im",
+        help="train a scene denoiser for text2im: unconditional or caption-conditioned",
+        description=(
+            "Train the unconditional scene model (--model scenes, for CLIP guidance) or the "
+            "caption-conditioned one (--model cond, for classifier-free guidance: captions "
+            "dropped 10%% of the time) on the training scenes; writes a checkpoint and a loss "
+            "curve. CLIP itself is trained by benchmarks/bench_clip.py --save."
+        ),
+    )
+    p.add_argument("--model", default="scenes", help="scenes or cond (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=2000, help="default: %(default)s")
+    p.add_argument("--batch-size", type=int, default=64, help="default: %(default)s")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default: 2e-3)")
+    p.add_argument("--channels", type=int, default=16, help="U-Net base width (default: 16)")
+    p.add_argument("--mults", default="1,2,2", help="U-Net width per level (default: 1,2,2)")
+    p.add_argument("--schedule", default="linear", help="noise schedule (must be CLIP's)")
+    p.add_argument("--ema-decay", type=float, default=0.999, help="default: %(default)s")
+    p.add_argument("--p-uncond", type=float, default=0.1, help="cond: caption dropout (0.1)")
+    p.add_argument("--text-init", help="cond: start the caption encoder from this CLIP (or clip)")
+    p.add_argument("--n-train", type=int, default=20000, help="training scenes (default: 20000)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--out", help="checkpoint path (default: text2im_MODEL.safetensors)")
+    p.add_argument("--loss-plot", help="loss-curve PNG (default: beside the checkpoint)")
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=train_cmd)

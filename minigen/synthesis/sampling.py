@@ -1,0 +1,185 @@
+"""Text to image on the scenes: sample for a caption, unguided, CLIP-guided or classifier-free.
+
+    from minigen.synthesis import Text2Im
+    t2i = Text2Im()                                          # the shipped checkpoints
+    x = t2i.sample("a red circle above a blue square", 8, method="cfg", scale=3.0)
+    # x: (8, 3, 16, 16) in [-1, 1]; score_batch(x, [caption] * 8, value_range=(-1, 1))
+
+Three methods, one sampler loop (`guidance.guided_loop`), DDPM (Eq. 7.1) or DDIM:
+
+- "none": the unconditional scene model, the caption ignored (the baseline);
+- "clip": the unconditional model, its steps moved along the noise-aware CLIP's gradient of
+  z_img(x_t, t) . z_txt(c), scale s (`guidance.clip_guided_mean` / `clip_guided_eps`);
+- "cfg": the conditional model, eps_uncond + w (eps_cond - eps_uncond), scale w.
+
+x_T and every step's noise come from `seed`: the same seed gives the same images, and CLIP
+guidance with s = 0 gives exactly the unguided images.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from minigen.diffusion import DiffusionModel, blas_threads, make_scheduler
+from minigen.synthesis.captions import encode, parse_caption
+from minigen.synthesis.clip import CLIP
+from minigen.synthesis.clip_train import load_clip
+from minigen.synthesis.guidance import cfg_eps, clip_grad, guided_loop
+from minigen.synthesis.scenes import plot_grid
+from minigen.synthesis.text2im import (
+    SCENE_RANGE,
+    SCENE_SHAPE,
+    CondModel,
+    load_cond,
+    load_scenes,
+    resolve,
+)
+from minigen.tensor import Tensor, no_grad
+
+__all__ = ["METHODS", "SAMPLERS", "DEFAULT_SCALE", "DEFAULT_STEPS", "Text2Im", "plot_samples"]
+
+METHODS = ("clip", "cfg", "none")
+SAMPLERS = ("ddpm", "ddim")
+DEFAULT_SCALE = {"clip": 100.0, "cfg": 3.0, "none": 0.0}
+# DDPM over 100 of the T = 1000 timesteps (strided) by default: with the shipped denoisers,
+# 50 deterministic DDIM steps leave speckles of colour the checker reads as objects
+DEFAULT_STEPS = {"ddpm": 100, "ddim": 50}
+
+
+class Text2Im:
+    """The three models of text-to-image synthesis, each loaded when first needed.
+
+    Each argument is a model, a checkpoint path or a shipped name ("clip", "scenes", "cond").
+    """
+
+    def __init__(
+        self,
+        clip: CLIP | str | os.PathLike = "clip",
+        scenes: DiffusionModel | str | os.PathLike = "scenes",
+        cond: CondModel | str | os.PathLike = "cond",
+    ) -> None:
+        self._models: dict[str, Any] = {"clip": clip, "scenes": scenes, "cond": cond}
+
+    def _get(self, name: str) -> Any:
+        m = self._models[name]
+        if isinstance(m, str | os.PathLike):
+            load = {"clip": lambda p: load_clip(resolve(p)), "scenes": load_scenes,
+                    "cond": load_cond}[name]  # fmt: skip
+            m = self._models[name] = load(m)
+        return m
+
+    clip = property(lambda self: self._get("clip"))
+    scenes = property(lambda self: self._get("scenes"))
+    cond = property(lambda self: self._get("cond"))
+
+    def sample(
+        self,
+        caption: str | Sequence[str],
+        n: int = 8,
+        method: str = "clip",
+        scale: float | None = None,
+        sampler: str = "ddpm",
+        steps: int | None = None,
+        seed: int | np.random.Generator | None = 0,
+        eta: float = 0.0,
+        clip_sample: bool = True,
+        image_size: int | None = None,
+        progress: bool = False,
+        threads: int | None = 1,
+    ) -> np.ndarray:
+        """n scenes (n, 3, 16, 16) in [-1, 1] for `caption` (see the module docstring), or
+        one scene per caption for a list of n captions.
+
+        `scale` defaults to DEFAULT_SCALE[method]; `steps` to DEFAULT_STEPS[sampler] (DDPM: 100
+        strided steps, pass 1000 for every step of Eq. 7.1; DDIM: 50);
+        `clip_sample` clips each predicted x_0 to [-1, 1]; BLAS runs on `threads` threads.
+        """
+        tokens = check_request(caption, n, method, sampler, image_size)
+        s = DEFAULT_SCALE[method] if scale is None else float(scale)
+        model = self.cond if method == "cfg" else self.scenes
+        schedule = model.schedule
+        steps = DEFAULT_STEPS[sampler] if steps is None else steps
+        sched = make_scheduler(schedule, sampler, steps, clip_sample=clip_sample)
+        gen = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        # x_T ~ N(0, I), drawn as DiffusionModel.sample draws it
+        x_T = gen.standard_normal((n, *SCENE_SHAPE), dtype=np.float32)  # (n, 3, 16, 16)
+        grad_fn = None
+        if method == "cfg":
+            eps_fn = _cfg_eps_fn(model, tokens, n, s)
+        else:
+            eps_fn = model.eps
+        if method == "clip":
+            clip = self.clip
+            _check_same_schedule(clip, schedule)
+            grad_fn = lambda x, t: clip_grad(clip, x, t, tokens)
+        with blas_threads(threads), np.errstate(over="ignore", invalid="ignore"):
+            return guided_loop(sched, eps_fn, x_T, gen, grad_fn, s, eta, progress)
+
+
+def check_request(
+    caption: str | Sequence[str], n: int, method: str, sampler: str, image_size: int | None
+) -> np.ndarray:
+    """The caption's token ids (1, L) (or (n, L) for n captions) after checking everything a
+    request can get wrong."""
+    if method not in METHODS:
+        raise ValueError(f"unknown guidance method {method!r}; choose one of {list(METHODS)}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}")
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+        raise ValueError(f"the number of images must be an integer >= 1, got {n!r}")
+    S = SCENE_SHAPE[-1]
+    if image_size is not None and image_size != S:
+        raise ValueError(
+            f"the text-to-image models were trained on {S}x{S} scenes; "
+            f"they cannot generate {image_size}x{image_size} images"
+        )
+    captions = [caption] if isinstance(caption, str) else list(caption)
+    if len(captions) not in (1, n):
+        raise ValueError(f"{len(captions)} captions for {n} images: give one, or one per image")
+    for c in captions:
+        parse_caption(c)  # unknown words, empty captions, broken grammar: a clear error
+    return np.stack([encode(c) for c in captions])  # (1 or n, L)
+
+
+def _check_same_schedule(clip: CLIP, schedule: dict[str, Any]) -> None:
+    """CLIP's t must mean the same x_t as the denoiser's: one noise schedule for both."""
+    mine = (clip.config.schedule, clip.config.num_train_timesteps)
+    theirs = (schedule["name"], int(schedule["num_train_timesteps"]))
+    if mine != theirs:
+        raise ValueError(
+            f"CLIP was trained on noise schedule {mine}, the denoiser on {theirs}: "
+            "guidance needs one schedule for both"
+        )
+
+
+def _cfg_eps_fn(model: CondModel, tokens: np.ndarray, n: int, w: float) -> Any:
+    """eps(x_t, t) by classifier-free guidance: both predictions from one batch of 2n."""
+    with no_grad():
+        e = model.denoiser.embed(np.repeat(tokens, n // len(tokens), axis=0))  # (n, E)
+        null = model.denoiser.embed(None, n)  # (n, E)
+        both = Tensor(np.concatenate([null.data, e.data]))  # (2n, E)
+
+    def eps_fn(x: np.ndarray, t: int) -> np.ndarray:
+        out = model.denoiser(Tensor(np.concatenate([x, x])), t, both).data  # (2n, 3, H, W)
+        return cfg_eps(out[:n], out[n:], w)  # (n, 3, H, W)
+
+    return eps_fn
+
+
+def plot_samples(
+    images: np.ndarray,
+    caption: str,
+    title: str = "",
+    scores: Sequence[float] | None = None,
+    ncols: int = 8,
+) -> Any:
+    """A grid of samples for one caption, each labelled with its checker score if given."""
+    labels = None if scores is None else [f"score {s:.2f}" for s in scores]
+    fig = plot_grid(images, labels, ncols=ncols, value_range=SCENE_RANGE)
+    fig.suptitle(f'"{caption}"' + (f"\n{title}" if title else ""), fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,336 @@
+"""The denoisers of text-to-image synthesis on the scenes (§7.2): unconditional and captioned.
+
+Both are the U-Net of `minigen.diffusion` on scenes x_0 of shape (3, 16, 16) in [-1, 1] (the
+range CLIP's noise-aware image encoder is trained on), with the same noise schedule as CLIP
+(linear, T = 1000), so a timestep t means the same x_t to both, and trained by the simplified
+loss of Ho et al. (2020) with an EMA of the weights:
+
+- the **unconditional** model eps_theta(x_t, t) learns the density of the training scenes; CLIP
+  guidance (`guidance.py`) steers its samples towards a caption;
+- the **conditional** model eps_theta(x_t, t, c) of classifier-free guidance (Ho & Salimans
+  2022) reads the caption c through a text encoder of CLIP's design (a small transformer, the
+  state at <eos>, `clip.TextEncoder`, its own weights), whose embedding is added to the time
+  embedding (GLIDE). 10% of the time the caption is dropped, replaced by a learned *null*
+  embedding, so one network also learns eps_theta(x_t, t, null), the unconditional model:
+
+      e(c) = null            with probability p_uncond (a Bernoulli draw per example),
+             g(c)            otherwise,
+      L = || eps - eps_theta(sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, t, e(c)) ||^2.
+
+The training scenes are those of `make_split` (seed 0), the same as CLIP's: held-out
+combinations never appear, so scores on held-out captions measure composition.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from minigen import checkpoint, nn, optim
+from minigen import rng as _rng
+from minigen.checkpoint import CheckpointError
+from minigen.diffusion import (
+    EMA,
+    DiffusionModel,
+    NoiseSchedule,
+    Normalizer,
+    UNet,
+    blas_threads,
+    diffusion_loss,
+    load_model,
+)
+from minigen.synthesis.captions import CaptionedScenes, make_split
+from minigen.synthesis.clip import CLIPConfig, TextEncoder
+from minigen.synthesis.clip_train import load_clip
+from minigen.tensor import Tensor
+
+__all__ = [
+    "SCENE_RANGE",
+    "SCENE_SHAPE",
+    "ASSETS",
+    "SHIPPED",
+    "CaptionUNet",
+    "Text2ImConfig",
+    "Text2ImResult",
+    "caption_dropout",
+    "scene_data",
+    "train_text2im",
+    "CondModel",
+    "save_text2im",
+    "load_scenes",
+    "load_cond",
+    "resolve",
+]
+
+SCENE_RANGE = (-1.0, 1.0)
+SCENE_SHAPE = (3, 16, 16)
+FORMAT = "minigen.text2im"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+SHIPPED = {
+    "clip": "text2im_clip.safetensors",
+    "scenes": "text2im_scenes.safetensors",
+    "cond": "text2im_cond.safetensors",
+}
+KINDS = ("scenes", "cond")
+
+
+def _text_config(width: int, layers: int, heads: int, embed_dim: int) -> CLIPConfig:
+    """A CLIPConfig whose text fields size the caption encoder (its image fields go unused)."""
+    return CLIPConfig(embed_dim=embed_dim, width=width, heads=heads, layers=layers)
+
+
+class CaptionUNet(nn.Module):
+    """eps_theta(x_t, t, e): a U-Net conditioned on a caption embedding e (B, E).
+
+    `embed(tokens, drop)` gives e: the text encoder's g(c) for each caption, or the learned
+    null embedding where `drop` is True (or for every row when tokens is None).
+    """
+
+    kind = "caption_unet"
+
+    def __init__(self, unet: dict[str, Any], text: dict[str, Any], p_uncond: float = 0.1):
+        self.text_config = CLIPConfig.from_dict(text)
+        E = self.text_config.embed_dim
+        self.config = {"kind": self.kind, "unet": dict(unet), "text": self.text_config.to_dict(),
+                       "p_uncond": float(p_uncond)}  # fmt: skip
+        self.text = TextEncoder(self.text_config)
+        self.null = nn.Parameter(np.zeros(E, dtype=self.text.proj.weight.dtype))  # (E,)
+        self.unet = UNet(**{k: v for k, v in unet.items() if k != "kind"}, cond_dim=E)
+
+    def embed(self, tokens: Any, drop: Any = None) -> Tensor:
+        """e (B, E): g(c) per caption (B, L), the null embedding where drop (B,) is True."""
+        if tokens is None:  # the null caption for a batch of `drop` (an int) rows
+            n = int(drop)
+            return self.null.reshape(1, -1) * np.ones((n, 1), dtype=self.null.dtype)  # (n, E)
+        g = self.text(tokens)  # (B, E)
+        if drop is None:
+            return g
+        keep = (~np.asarray(drop, dtype=bool)).astype(g.dtype)[:, None]  # (B, 1)
+        # e = g(c) where kept, null where dropped
+        return g * keep + self.null.reshape(1, -1) * (1.0 - keep)  # (B, E)
+
+    def forward(self, x: Any, t: Any, e: Any) -> Tensor:
+        return self.unet(x, t, e)  # (B, 3, H, W)
+
+
+def caption_dropout(batch: int, p: float, generator: np.random.Generator) -> np.ndarray:
+    """(B,) bool: which captions become the null caption, each with probability p."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"the caption-dropout probability must lie in [0, 1], got {p}")
+    return generator.random(batch) < p
+
+
+@dataclass
+class Text2ImConfig:
+    """A training run of a scene denoiser: `kind` "scenes" (unconditional) or "cond"."""
+
+    kind: str = "scenes"
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 2e-3
+    warmup: int = 100
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    base_channels: int = 16
+    channel_mults: tuple[int, ...] = (1, 2, 2)
+    p_uncond: float = 0.1  # cond only: the caption-dropout probability
+    text_width: int = 64  # cond only: the caption encoder
+    text_layers: int = 2
+    text_heads: int = 4
+    embed_dim: int = 64
+    n_train: int = 20000
+    data_seed: int = 0
+    seed: int = 0
+    schedule: str = "linear"
+    num_train_timesteps: int = 1000
+    text_init: str | None = None  # cond only: start the caption encoder from this CLIP's text tower
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown model kind {self.kind!r}; choose one of {list(KINDS)}")
+        for name in ("steps", "batch_size", "n_train", "base_channels"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self.channel_mults = tuple(int(m) for m in self.channel_mults)
+
+    def unet_config(self) -> dict[str, Any]:
+        return {"kind": "unet", "image_size": SCENE_SHAPE[1], "in_channels": SCENE_SHAPE[0],
+                "base_channels": self.base_channels, "channel_mults": list(self.channel_mults)}  # fmt: skip
+
+    def make_model(self) -> nn.Module:
+        unet = self.unet_config()
+        if self.kind == "scenes":
+            return UNet(**{k: v for k, v in unet.items() if k != "kind"})
+        text = _text_config(self.text_width, self.text_layers, self.text_heads, self.embed_dim)
+        return CaptionUNet(unet, text.to_dict(), self.p_uncond)
+
+
+@dataclass
+class Text2ImResult:
+    """A trained denoiser (EMA weights), its losses, the run's config and wall time."""
+
+    model: nn.Module
+    losses: list[float]
+    config: Text2ImConfig
+    seconds: float  # wall time
+    cpu_seconds: float = 0.0  # the process's CPU time (wall time on a machine nobody shares)
+
+    @property
+    def schedule(self) -> dict[str, Any]:
+        return {
+            "name": self.config.schedule,
+            "num_train_timesteps": self.config.num_train_timesteps,
+        }
+
+    def train_record(self) -> dict[str, Any]:
+        return {**asdict(self.config), "seconds": round(self.seconds, 1),
+                "cpu_seconds": round(self.cpu_seconds, 1),
+                "final_loss": float(np.mean(self.losses[-100:]))}  # fmt: skip
+
+
+def scene_data(n: int = 20000, seed: int = 0) -> CaptionedScenes:
+    """The training scenes of `make_split(n, 0, seed)` in [-1, 1] (CLIP's, for seed 0)."""
+    return make_split(n, 0, seed, value_range=SCENE_RANGE).train
+
+
+def _init_text_from_clip(model: CaptionUNet, name_or_path: str) -> None:
+    """Copy a trained CLIP's text tower into the caption encoder (same sizes required)."""
+    clip = load_clip(resolve(name_or_path))
+    try:
+        model.text.load_state_dict(clip.text.state_dict())
+    except ValueError as e:
+        raise ValueError(
+            f"text_init: the caption encoder does not fit the text tower of {name_or_path}: {e}"
+        ) from None
+
+
+def train_text2im(
+    config: Text2ImConfig,
+    data: CaptionedScenes | None = None,
+    progress: bool = True,
+    threads: int | None = 1,
+) -> Text2ImResult:
+    """Train a scene denoiser by L_simple (captions dropped with p_uncond for "cond").
+
+    Deterministic for a seed; BLAS on `threads` threads (see `minigen.diffusion.blas_threads`).
+    """
+    with blas_threads(threads), np.errstate(over="ignore", invalid="ignore"):
+        return _train(config, data, progress)
+
+
+def _train(cfg: Text2ImConfig, data: CaptionedScenes | None, progress: bool) -> Text2ImResult:
+    from tqdm.auto import tqdm
+
+    data = data if data is not None else scene_data(cfg.n_train, cfg.data_seed)
+    if data.images.shape[1:] != SCENE_SHAPE:
+        raise ValueError(f"scene images must have shape {SCENE_SHAPE}, got {data.images.shape[1:]}")
+    _rng.manual_seed(cfg.seed)  # the weights' initialisation
+    gen = np.random.default_rng(cfg.seed)  # batches, dropout, timesteps, noise
+    schedule = NoiseSchedule.make(cfg.schedule, cfg.num_train_timesteps)
+    model = cfg.make_model()
+    if cfg.kind == "cond" and cfg.text_init:
+        _init_text_from_clip(model, cfg.text_init)
+    opt = optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    ema = EMA(model, cfg.ema_decay)
+    losses: list[float] = []
+    start, cpu_start = time.perf_counter(), time.process_time()
+    bar = tqdm(range(cfg.steps), desc=f"text2im {cfg.kind}", disable=not progress)
+    for step in bar:
+        opt.set_lr(optim.warmup_cosine(step, cfg.lr, cfg.warmup, cfg.steps, cfg.lr / 10))
+        idx = gen.integers(0, len(data), cfg.batch_size)  # (B,)
+        x0 = data.images[idx]  # (B, 3, 16, 16)
+        fn = model
+        if cfg.kind == "cond":
+            drop = caption_dropout(len(idx), cfg.p_uncond, gen)  # (B,)
+            e = model.embed(data.tokens[idx], drop)  # (B, E)
+            fn = lambda x, t, e=e: model(x, t, e)  # noqa: E731
+        loss = diffusion_loss(fn, schedule, x0, gen)
+        opt.zero_grad()
+        loss.backward()
+        optim.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        ema.update(model)
+        value = loss.item()
+        if not np.isfinite(value):
+            raise FloatingPointError(f"training diverged: the loss is {value} at step {step}")
+        losses.append(value)
+        if step % 25 == 0 or step == cfg.steps - 1:
+            bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    return Text2ImResult(ema.copy_to(cfg.make_model()).eval(), losses, cfg, seconds, cpu)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def save_text2im(result: Text2ImResult, path: str | os.PathLike) -> Path:
+    """Write a trained denoiser: "scenes" as a `minigen.diffusion` checkpoint (so
+    `minigen sample-diffusion` reads it), "cond" with its text encoder and null embedding."""
+    train = result.train_record()
+    if result.config.kind == "scenes":
+        identity = Normalizer(np.asarray(0.0), np.asarray(1.0))  # x_0 already in [-1, 1]
+        model = DiffusionModel(result.model, result.schedule, identity, "scenes", SCENE_SHAPE,
+                               {"train": train})  # fmt: skip
+        return model.save(path)
+    meta = {"format": FORMAT, "version": 1, "model": result.model.config,
+            "schedule": result.schedule, "train": train}  # fmt: skip
+    return checkpoint.save_module(result.model, path, meta)
+
+
+def resolve(name_or_path: str | os.PathLike) -> Path:
+    """A checkpoint file, or a shipped one by name (clip, scenes, cond)."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    if str(name_or_path) in SHIPPED:
+        return ASSETS / SHIPPED[str(name_or_path)]
+    raise CheckpointError(
+        f"checkpoint file not found: {p} (shipped text-to-image checkpoints: {', '.join(SHIPPED)})"
+    )
+
+
+@dataclass
+class CondModel:
+    """The conditional denoiser of classifier-free guidance, with its noise schedule."""
+
+    denoiser: CaptionUNet
+    schedule: dict[str, Any]
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_training(cls, result: Text2ImResult) -> CondModel:
+        return cls(result.model, result.schedule, {"train": result.train_record()})
+
+
+def load_scenes(name_or_path: str | os.PathLike = "scenes") -> DiffusionModel:
+    """The unconditional scene model from a checkpoint (default: the shipped one)."""
+    path = resolve(name_or_path)
+    model = load_model(path)
+    if model.sample_shape != SCENE_SHAPE:
+        raise CheckpointError(
+            f"{path}: a diffusion model of samples {model.sample_shape}, not scenes {SCENE_SHAPE}"
+        )
+    return model
+
+
+def load_cond(name_or_path: str | os.PathLike = "cond") -> CondModel:
+    """The conditional scene model from a checkpoint (default: the shipped one)."""
+    path = resolve(name_or_path)
+    _, meta = checkpoint.load(path)
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is not a conditional text-to-image checkpoint (format {meta.get('format')!r})"
+        )
+    try:
+        cfg = meta["model"]
+        denoiser = CaptionUNet(cfg["unet"], cfg["text"], cfg.get("p_uncond", 0.1))
+        schedule = dict(meta["schedule"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: its config lacks or garbles {e}") from None
+    checkpoint.load_module(denoiser, path)
+    return CondModel(denoiser.eval(), schedule, {"train": meta.get("train", {})})

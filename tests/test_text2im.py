@@ -1,0 +1,298 @@
+"""Text to image (§7.2): CLIP guidance (s = 0 is unguided; its bias against finite differences),
+classifier-free guidance (the combination, caption dropout), the conditional U-Net, training and
+checkpoints, the `text2im` command's errors, and the shipped checkpoints."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import minigen
+from minigen import default_dtype
+from minigen.cli import main
+from minigen.diffusion import DiffusionModel, Normalizer, UNet, make_scheduler
+from minigen.gradcheck import gradcheck
+from minigen.synthesis import captions as C
+from minigen.synthesis.clip import CLIP, CLIPConfig
+from minigen.synthesis.clip_train import save_clip
+from minigen.synthesis.guidance import cfg_eps, clip_grad, guided_loop, guided_step
+from minigen.synthesis.sampling import METHODS, Text2Im
+from minigen.synthesis.text2im import (
+    ASSETS,
+    SHIPPED,
+    CaptionUNet,
+    CondModel,
+    Text2ImConfig,
+    caption_dropout,
+    load_cond,
+    load_scenes,
+    save_text2im,
+    train_text2im,
+)
+from minigen.tensor import no_grad
+
+T = 100  # a short noise schedule for the tiny models
+SCHEDULE = {"name": "linear", "num_train_timesteps": T}
+TINY_CLIP = CLIPConfig(
+    embed_dim=8, width=8, heads=2, layers=1, channels=(8, 8), strides=(2, 2), groups=4,
+    head_width=16, time_dim=8, num_train_timesteps=T,
+)  # fmt: skip
+# base 8: the second level's 16 channels make groups of 2 in its GroupNorms (with groups of one
+# channel, a GroupNorm would cancel the per-channel time and caption biases)
+TINY_UNET = {"kind": "unet", "image_size": 16, "in_channels": 3, "base_channels": 8,
+             "channel_mults": [1, 2]}  # fmt: skip
+CAPTION = "a red circle above a blue square"
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def tiny_models(dtype=np.float32):
+    with default_dtype(dtype):
+        minigen.manual_seed(0)
+        clip = CLIP(TINY_CLIP)
+        unet = UNet(**{k: v for k, v in TINY_UNET.items() if k != "kind"})
+        cond = CaptionUNet(TINY_UNET, TINY_CLIP.to_dict(), 0.1)
+        cond.null.data[:] = np.random.default_rng(1).standard_normal(cond.null.shape)
+    identity = Normalizer(np.asarray(0.0), np.asarray(1.0))
+    scenes = DiffusionModel(unet, SCHEDULE, identity, "scenes", (3, 16, 16))
+    return clip.eval(), scenes, CondModel(cond.eval(), SCHEDULE)
+
+
+@pytest.fixture(scope="module")
+def models():
+    return tiny_models()
+
+
+# ----------------------------------------------------------------------------- CLIP guidance
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_clip_guidance_with_scale_zero_is_unguided_sampling(models, sampler):
+    clip, scenes, cond = models
+    t2i = Text2Im(clip, scenes, cond)
+    kw = {"sampler": sampler, "steps": 8, "seed": 5}
+    guided = t2i.sample(CAPTION, 3, method="clip", scale=0.0, **kw)
+    unguided = t2i.sample(CAPTION, 3, method="none", **kw)
+    library = scenes.sample(3, clip_sample=True, **kw).x  # minigen.diffusion's own sampler
+    assert np.array_equal(guided, unguided) and np.array_equal(guided, library)
+    assert not np.allclose(t2i.sample(CAPTION, 3, method="clip", scale=300.0, **kw), unguided)
+
+
+def _score(clip, x, t, caption):
+    """sum_b z_img(x_b, t) . z_txt(c), the quantity whose gradient guides."""
+    with no_grad(), default_dtype(np.float64):
+        return float((clip.encode_image(x, t).numpy() @ clip.encode_text(caption).numpy().T).sum())
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_the_guidance_bias_matches_finite_differences(sampler):
+    """guided step - unguided step (same noise) = s Sigma_t grad (DDPM), or the DDIM step's
+    response to the noise shift -s sqrt(1 - abar_t) grad, with grad by central differences."""
+    clip, _, _ = tiny_models(np.float64)
+    sched = make_scheduler(SCHEDULE, sampler, 10)
+    gen = np.random.default_rng(0)
+    x = gen.standard_normal((2, 3, 16, 16))
+    eps = gen.standard_normal(x.shape)
+    t = int(sched.timesteps[4])
+    s = 7.0
+    grad = clip_grad(clip, x, t, CAPTION)
+    guided = guided_step(sched, eps, t, x, grad, s, np.random.default_rng(1), eta=0.5)
+    kw = {"eta": 0.5} if sampler == "ddim" else {}
+    plain = sched.step(eps, t, x, generator=np.random.default_rng(1), **kw).prev_sample
+    bias = guided - plain
+    abar_t = float(sched.alphas_cumprod[t])
+    abar_p = float(sched.alphas_cumprod[sched.previous_timestep(t)])
+    if sampler == "ddpm":  # the mean moves by s Sigma_t grad, Sigma_t = sigma_t^2
+        coef = s * sched.sigma(t) ** 2
+    else:  # x_prev = sqrt(abar_p) x0_hat + sqrt(1 - abar_p - sigma^2) eps + sigma z
+        sigma2 = 0.25 * (1 - abar_p) / (1 - abar_t) * (1 - abar_t / abar_p)
+        d_eps = math.sqrt(1 - abar_p - sigma2) - math.sqrt(abar_p / abar_t * (1 - abar_t))
+        coef = -s * math.sqrt(1 - abar_t) * d_eps
+    h = 1e-5
+    for _ in range(4):  # directional derivatives along random directions
+        v = gen.standard_normal(x.shape)
+        fd = (_score(clip, x + h * v, t, CAPTION) - _score(clip, x - h * v, t, CAPTION)) / (2 * h)
+        assert float((bias * v).sum()) == pytest.approx(coef * fd, rel=1e-5, abs=1e-10)
+    assert abs(coef) > 1e-3 and np.abs(bias).max() > 1e-6  # the test measures something
+
+
+# ----------------------------------------------------------------------------- classifier-free
+
+
+def test_cfg_combination_is_eps_uncond_plus_w_times_the_difference():
+    gen = np.random.default_rng(0)
+    u, c = gen.standard_normal((2, 3, 4, 4))
+    np.testing.assert_array_equal(cfg_eps(u, c, 0.0), u)
+    np.testing.assert_allclose(cfg_eps(u, c, 1.0), c, rtol=1e-12)
+    np.testing.assert_allclose(cfg_eps(u, c, 3.0), 3 * c - 2 * u, rtol=1e-12, atol=1e-12)
+    for w in (0.5, 2.0):  # linear in w: the midpoint of two weights is the midpoint's weight
+        mid = (cfg_eps(u, c, w - 0.5) + cfg_eps(u, c, w + 0.5)) / 2
+        np.testing.assert_allclose(mid, cfg_eps(u, c, w), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("w", [0.0, 1.0, 2.5])
+def test_cfg_sampling_extrapolates_from_the_null_to_the_caption(models, w):
+    """The sampler's CFG equals a plain loop over null + w (cond - null) computed by hand."""
+    clip, scenes, cond = models
+    t2i = Text2Im(clip, scenes, cond)
+    got = t2i.sample(CAPTION, 2, method="cfg", scale=w, sampler="ddim", steps=5, seed=3)
+    net = cond.denoiser
+    with no_grad():
+        e_c = net.embed(np.repeat(C.encode_batch([CAPTION]), 2, axis=0))
+        e_0 = net.embed(None, 2)
+
+    def eps(x, t):
+        u, c = net(x, t, e_0).data, net(x, t, e_c).data
+        assert not np.allclose(u, c)  # the caption matters
+        return u + w * (c - u)
+
+    gen = np.random.default_rng(3)
+    x_T = gen.standard_normal((2, 3, 16, 16), dtype=np.float32)
+    want = guided_loop(make_scheduler(SCHEDULE, "ddim", 5, clip_sample=True), eps, x_T, gen)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_caption_dropout_draws_the_null_caption_ten_percent_of_the_time(models):
+    gen = np.random.default_rng(0)
+    n = 200_000
+    rate = caption_dropout(n, 0.1, gen).mean()
+    assert abs(rate - 0.1) < 5 * math.sqrt(0.1 * 0.9 / n)  # 5 standard deviations
+    assert not caption_dropout(100, 0.0, gen).any() and caption_dropout(100, 1.0, gen).all()
+    with pytest.raises(ValueError, match="probability"):
+        caption_dropout(4, 1.5, gen)
+    net = models[2].denoiser
+    tokens = C.encode_batch([CAPTION, "a green cross", "a blue circle", "a red square"])
+    drop = np.array([True, False, True, False])
+    with no_grad():
+        e, g = net.embed(tokens, drop).numpy(), net.embed(tokens).numpy()
+    np.testing.assert_array_equal(e[drop], np.tile(net.null.data, (2, 1)))
+    np.testing.assert_allclose(e[~drop], g[~drop], rtol=1e-6)
+
+
+def test_a_conditional_unet_reads_its_condition_and_refuses_a_wrong_one():
+    with default_dtype(np.float64):
+        minigen.manual_seed(0)
+        net = UNet(image_size=4, in_channels=3, base_channels=8, channel_mults=(1, 2), cond_dim=5)
+        gen = np.random.default_rng(0)
+        x, c = gen.standard_normal((2, 3, 4, 4)), gen.standard_normal((2, 5))
+        t = np.array([3, 60])
+        gradcheck(lambda cc: net(x, t, cc), c)  # the condition's path, by central differences
+        with no_grad():
+            assert not np.allclose(net(x, t, c).data, net(x, t, c[::-1]).data)
+    with pytest.raises(ValueError, match="needs cond"):
+        net(x, t)
+    with pytest.raises(ValueError, match=r"cond must have shape \(2, 5\)"):
+        net(x, t, c[:, :3])
+    with pytest.raises(ValueError, match="takes no cond"):
+        UNet(image_size=4, in_channels=3, base_channels=4)(x, t, c)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@pytest.mark.parametrize("kind", ["scenes", "cond"])
+def test_training_is_deterministic_and_checkpoints_round_trip(kind, tmp_path):
+    cfg = Text2ImConfig(
+        kind=kind, steps=3, batch_size=4, base_channels=4, channel_mults=(1, 2), text_width=8,
+        text_layers=1, text_heads=2, embed_dim=8, n_train=64, num_train_timesteps=T,
+    )  # fmt: skip
+    a, b = (train_text2im(cfg, progress=False) for _ in range(2))
+    assert a.losses == b.losses and all(np.isfinite(a.losses))
+    path = save_text2im(a, tmp_path / f"{kind}.safetensors")
+    x = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    with no_grad():
+        if kind == "scenes":
+            m = load_scenes(path)
+            np.testing.assert_array_equal(m.denoiser(x, 7).data, a.model(x, 7).data)
+        else:
+            m = load_cond(path)
+            e = a.model.embed(C.encode_batch(["a red circle", "a blue cross"]))
+            np.testing.assert_array_equal(m.denoiser(x, 7, e).data, a.model(x, 7, e).data)
+    assert m.config["train"]["steps"] == 3 and m.schedule == SCHEDULE
+
+
+def test_the_caption_encoder_can_start_from_clips_text_tower(tmp_path):
+    clip = CLIP(CLIPConfig(embed_dim=8, width=8, heads=2, layers=1, num_train_timesteps=T))
+    path = save_clip(clip, tmp_path / "clip.safetensors")
+    kw = {"kind": "cond", "steps": 1, "batch_size": 2, "base_channels": 4, "lr": 0.0,
+          "channel_mults": (1, 2), "n_train": 16, "num_train_timesteps": T}  # fmt: skip
+    cfg = Text2ImConfig(**kw, text_width=8, text_layers=1, text_heads=2, embed_dim=8)
+    model = train_text2im(Text2ImConfig(**{**cfg.__dict__, "text_init": str(path)}), None, False)
+    for name, value in clip.text.state_dict().items():  # lr = 0: still CLIP's weights
+        np.testing.assert_allclose(model.model.text.state_dict()[name], value, rtol=1e-6)
+    with pytest.raises(ValueError, match="does not fit the text tower"):
+        train_text2im(Text2ImConfig(**{**kw, "text_init": str(path)}), None, False)
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+@pytest.fixture(autouse=True)
+def _no_debug(monkeypatch):
+    monkeypatch.delenv("MINIGEN_DEBUG", raising=False)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["a red elephant"], "unknown word 'elephant'"),
+        (["a blu circle"], "closest: blue"),
+        ([""], "empty caption"),
+        (["   "], "empty caption"),
+        ([CAPTION, "--image-size", "32"], "trained on 16x16 scenes"),
+        ([CAPTION, "--method", "dalle"], "unknown guidance method 'dalle'"),
+        ([CAPTION, "--sampler", "euler"], "unknown sampler 'euler'"),
+        ([CAPTION, "--n", "0"], "integer >= 1"),
+        (["red circle"], "expected 'a' at word 1"),
+        ([CAPTION, "--scenes", "nowhere.safetensors", "--method", "none"], "not found"),
+    ],
+)
+def test_bad_input_exits_one_with_one_line(argv, message, tmp_path, capsys):
+    assert main(["text2im", *argv, "--out", str(tmp_path / "x.png"), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("minigen: error:") and message in err[0], err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_train_text2im_writes_a_checkpoint_and_its_loss_curve(tmp_path, capsys):
+    out, png = tmp_path / "cond.safetensors", tmp_path / "loss.png"
+    args = ["train-text2im", "--model", "cond", "--steps", "2", "--n-train", "32", "--batch-size",
+            "2", "--channels", "8", "--mults", "1,2", "--out", str(out), "--loss-plot", str(png),
+            "--quiet"]  # fmt: skip
+    assert main(args) == 0 and png.read_bytes()[:8] == PNG
+    assert load_cond(out).config["train"]["steps"] == 2
+    assert "s of CPU" in capsys.readouterr().out
+    before = out.read_bytes()
+    assert main(args) == 1 and out.read_bytes() == before
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pass --force" in err[0]
+    assert main([*args[:-1], "--model", "clip", "--force"]) == 1
+    assert "unknown model kind 'clip'" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- shipped models
+
+
+def test_the_shipped_checkpoints_fit_in_5_mb_and_sample_scenes(tmp_path, capsys):
+    assert sum((ASSETS / f).stat().st_size for f in SHIPPED.values()) <= 5_000_000
+    t2i = Text2Im()
+    for method in METHODS:
+        x = t2i.sample(CAPTION, 2, method=method, steps=3, seed=0)
+        assert x.shape == (2, 3, 16, 16) and x.dtype == np.float32 and np.isfinite(x).all()
+    out = tmp_path / "grid.png"
+    args = ["text2im", CAPTION, "--n", "2", "--steps", "2", "--out", str(out), "--quiet"]
+    assert main(args) == 0 and out.read_bytes()[:8] == PNG
+    assert "properties hold" in capsys.readouterr().out
+    assert main(args) == 1  # never overwritten without --force
+    assert "pass --force" in capsys.readouterr().err
+
+
+def test_the_demo_writes_a_captioned_grid(tmp_path, capsys):
+    from minigen import demo
+
+    summary = {"figures": []}
+    demo._text2im_step(tmp_path, fast=True, seed=0, summary=summary)
+    assert summary["figures"] == [str(tmp_path / "text2im.png")]
+    assert (tmp_path / "text2im.png").read_bytes()[:8] == PNG
+    assert 0.0 <= summary["text2im_score"] <= 1.0 and "properties hold" in capsys.readouterr().out
