@@ -73,6 +73,9 @@ def cases(rng: np.random.Generator) -> list[tuple[str, str, Callable, tuple]]:
     img8 = [normal(64, 1, 8, 8) for _ in range(3)]
     img16 = [normal(64, 1, 16, 16) for _ in range(3)]
     a, bm = normal(768, 128), normal(128, 512)
+    n_gpt = 809_856  # the parameters of the GPT benchmark's model: AdamW's flat buffer
+    p, grad, m, v = normal(n_gpt), normal(n_gpt), normal(n_gpt), np.abs(normal(n_gpt))
+    adamw = (p, grad, m, v, 1e-3, 0.9, 0.99, 1e-8, 0.1, 5)  # updated in place, round after round
     return [
         ("softmax fwd", "(12,4,64,64)", "softmax_forward", (att,)),
         ("softmax bwd", "(12,4,64,64)", "softmax_backward", (probs, att_dy)),
@@ -94,6 +97,7 @@ def cases(rng: np.random.Generator) -> list[tuple[str, str, Callable, tuple]]:
         ("GELU tanh fwd (U-Net)", "(64,32,16,16)", "gelu_forward", (unet, "tanh")),
         ("DDPM step 8x8", "(64,1,8,8)", "ddpm_step", (*img8, *ddpm)),
         ("DDPM step 16x16", "(64,1,16,16)", "ddpm_step", (*img16, *ddpm)),
+        ("AdamW step", "(809856,)", "adamw_step", adamw),
         ("matmul naive vs BLAS", "(768,128)@(128,512)", "matmul_naive", (a, bm)),
         ("matmul tiled vs BLAS", "(768,128)@(128,512)", "matmul_tiled", (a, bm)),
     ]

@@ -58,6 +58,7 @@ KERNELS = (
     "layer_norm_backward",  # (dy, x, weight, mean, rstd) -> (dx, dweight, dbias)
     "gelu_forward",  # (x, approximate) -> y
     "gelu_backward",  # (x, dy, approximate) -> dx
+    "adamw_step",  # (p, g, m, v, lr, beta1, beta2, eps, weight_decay, step) -> None, in place
 )
 
 _MODULES = {

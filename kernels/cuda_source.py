@@ -185,6 +185,16 @@ ELEMENTWISE = {
         "const T du = (T)0.7978845608028654 * ((T)1 + (T)0.134145 * x * x);"
         "dx = dy * ((T)0.5 * ((T)1 + th) + (T)0.5 * x * ((T)1 - th * th) * du);",
     ),
+    # AdamW, in place (p, m, v are outputs that are read too):
+    #   m <- b1 m + (1 - b1) g,  v <- b2 v + (1 - b2) g^2,
+    #   p <- p (1 - lr wd) - lr sqrt(1 - b2^t)/(1 - b1^t) m / (sqrt(v) + eps sqrt(1 - b2^t))
+    "adamw_step": (
+        "T g, T decay, T one_minus_b1, T b2, T one_minus_b2, T step_size, T eps_hat",
+        "T p, T m, T v",
+        "m = m + one_minus_b1 * (g - m);"
+        "v = b2 * v + one_minus_b2 * (g * g);"
+        "p = p * decay - step_size * (m / (sqrt(v) + eps_hat));",
+    ),
     # gelu(x) = x Phi(x) = 0.5 x (1 + erf(x / sqrt 2))
     "gelu_erf_forward": ("T x", "T y", "y = (T)0.5 * x * ((T)1 + erf(x * (T)0.7071067811865476));"),
     # gelu' = Phi(x) + x phi(x),  phi(x) = exp(-x^2/2) / sqrt(2 pi)

@@ -47,6 +47,7 @@ __all__ = [
     "layer_norm_backward",
     "gelu_forward",
     "gelu_backward",
+    "adamw_step",
 ]
 
 TILE = 16  # as #defined in cuda_source.SOURCE
@@ -270,3 +271,28 @@ def gelu_backward(x: Any, dy: Any, approximate: str = "tanh") -> Any:
     ck.check_float("gelu_backward", x=x, dy=dy)
     name = "gelu_tanh_backward" if approximate == "tanh" else "gelu_erf_backward"
     return _elementwise(name)(_dev(x), _dev(dy))
+
+
+# ----------------------------------------------------------------------------- AdamW
+
+
+def adamw_step(
+    p: Any, g: Any, m: Any, v: Any, lr: float, beta1: float, beta2: float, eps: float,
+    weight_decay: float, step: int,
+) -> None:  # fmt: skip
+    """One AdamW update of the CuPy buffers p, m, v in place, one thread per element."""
+    ck.check_same_shape("adamw_step", p=p, g=g, m=m, v=v)
+    ck.check_float("adamw_step", p=p, g=g, m=m, v=v)
+    cp = _cupy()
+    for name, a in (("p", p), ("m", m), ("v", v)):
+        if not isinstance(a, cp.ndarray) or not a.flags.c_contiguous:
+            raise ValueError(
+                f"adamw_step: {name} must be a C-contiguous CuPy array (updated in place)"
+            )
+    dt = p.dtype.type
+    c2 = math.sqrt(1.0 - beta2**step)  # host scalars
+    step_size, eps_hat = dt(lr * c2 / (1.0 - beta1**step)), dt(eps * c2)
+    _elementwise("adamw_step")(
+        _dev(g), dt(1.0 - lr * weight_decay), dt(1.0 - beta1), dt(beta2), dt(1.0 - beta2),
+        step_size, eps_hat, p, m, v,
+    )  # fmt: skip

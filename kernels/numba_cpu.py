@@ -47,6 +47,7 @@ from . import _checks as ck
 from . import _numba_cpu_common as _common
 from ._numba_cpu_common import fast_exp, use_threads
 from .numba_cpu_norm import (  # the second half of this backend
+    adamw_step,
     ddpm_step,
     gelu_backward,
     gelu_forward,
@@ -70,6 +71,7 @@ __all__ = [
     "layer_norm_backward",
     "gelu_forward",
     "gelu_backward",
+    "adamw_step",
 ]
 
 _FAST = {"reassoc", "contract"}  # vectorised sums; no assumptions about inf or NaN

@@ -32,6 +32,7 @@ __all__ = [
     "layer_norm_backward",
     "gelu_forward",
     "gelu_backward",
+    "adamw_step",
 ]
 
 _FAST = {"reassoc", "contract"}  # vectorised sums; no assumptions about inf or NaN
@@ -288,3 +289,50 @@ def gelu_backward(x: np.ndarray, dy: np.ndarray, approximate: str = "tanh") -> n
     kernel = _gelu_tanh if approximate == "tanh" else _gelu_erf
     kernel(flat, flat_dy, out, True, use_threads(out.size))
     return out.reshape(x.shape)
+
+
+# ----------------------------------------------------------------------------- AdamW
+
+
+@njit(parallel=True, fastmath={"contract"}, cache=True, error_model="numpy")
+def _adamw(p, g, m, v, decay, one_minus_b1, b2, one_minus_b2, step_size, eps_hat, threads):
+    # NumPy's AdamW reads and writes the buffers about ten times (one pass per line of
+    # minigen.optim.adamw_step); here each element is read once and written once
+    if threads:
+        for i in prange(p.size):
+            gi = g[i]
+            mi = m[i] + one_minus_b1 * (gi - m[i])  # m <- b1 m + (1 - b1) g
+            vi = b2 * v[i] + one_minus_b2 * (gi * gi)  # v <- b2 v + (1 - b2) g^2
+            m[i] = mi
+            v[i] = vi
+            # p <- p (1 - lr wd) - lr sqrt(1 - b2^t)/(1 - b1^t) m / (sqrt(v) + eps sqrt(1 - b2^t))
+            p[i] = p[i] * decay - step_size * (mi / (math.sqrt(vi) + eps_hat))
+    else:
+        for i in range(p.size):
+            gi = g[i]
+            mi = m[i] + one_minus_b1 * (gi - m[i])
+            vi = b2 * v[i] + one_minus_b2 * (gi * gi)
+            m[i] = mi
+            v[i] = vi
+            p[i] = p[i] * decay - step_size * (mi / (math.sqrt(vi) + eps_hat))
+
+
+def adamw_step(
+    p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, lr: float, beta1: float,
+    beta2: float, eps: float, weight_decay: float, step: int,
+) -> None:  # fmt: skip
+    """One AdamW update of p, m, v in place (C-contiguous buffers), one pass."""
+    ck.check_same_shape("adamw_step", p=p, g=g, m=m, v=v)
+    ck.check_float("adamw_step", p=p, g=g, m=m, v=v)
+    for name, a in (("p", p), ("m", m), ("v", v)):
+        if not a.flags.c_contiguous:
+            raise ValueError(f"adamw_step: {name} must be C-contiguous (it is updated in place)")
+    dt = p.dtype.type
+    # the step's scalars, on the host:  c2 = sqrt(1 - b2^t)
+    c2 = math.sqrt(1.0 - beta2**step)
+    step_size, eps_hat = dt(lr * c2 / (1.0 - beta1**step)), dt(eps * c2)
+    flat = [a.reshape(-1) for a in (p, np.ascontiguousarray(g), m, v)]  # views: (n,)
+    _adamw(
+        *flat, dt(1.0 - lr * weight_decay), dt(1.0 - beta1), dt(beta2), dt(1.0 - beta2),
+        step_size, eps_hat, use_threads(p.size),
+    )  # fmt: skip

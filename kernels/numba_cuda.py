@@ -43,6 +43,7 @@ from ._numba_cuda_common import (
     threads_for,
 )
 from .numba_cuda_norm import (  # the second half of this backend
+    adamw_step,
     ddpm_step,
     gelu_backward,
     gelu_forward,
@@ -65,6 +66,7 @@ __all__ = [
     "layer_norm_backward",
     "gelu_forward",
     "gelu_backward",
+    "adamw_step",
 ]
 
 TILE = 16  # 16 x 16 threads per block; two 16 x 16 tiles in shared memory

@@ -29,6 +29,7 @@ __all__ = [
     "layer_norm_backward",
     "gelu_forward",
     "gelu_backward",
+    "adamw_step",
 ]
 
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -239,3 +240,42 @@ def gelu_forward(x: Any, approximate: str = "tanh") -> Any:
 def gelu_backward(x: Any, dy: Any, approximate: str = "tanh") -> Any:
     """dx = dy * gelu'(x); one thread per element."""
     return _gelu_launch("gelu_backward", x, dy, approximate, backward=True)
+
+
+# ----------------------------------------------------------------------------- AdamW
+
+
+@cuda.jit
+def _adamw(p, g, m, v, decay, one_minus_b1, b2, one_minus_b2, step_size, eps_hat):
+    for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
+        gi = g[i]
+        mi = m[i] + one_minus_b1 * (gi - m[i])  # m <- b1 m + (1 - b1) g
+        vi = b2 * v[i] + one_minus_b2 * (gi * gi)  # v <- b2 v + (1 - b2) g^2
+        m[i] = mi
+        v[i] = vi
+        # p <- p (1 - lr wd) - lr sqrt(1 - b2^t)/(1 - b1^t) m / (sqrt(v) + eps sqrt(1 - b2^t))
+        p[i] = p[i] * decay - step_size * (mi / (math.sqrt(vi) + eps_hat))
+
+
+def adamw_step(
+    p: Any, g: Any, m: Any, v: Any, lr: float, beta1: float, beta2: float, eps: float,
+    weight_decay: float, step: int,
+) -> None:  # fmt: skip
+    """One AdamW update of p, m, v in place, one thread per element. Host (NumPy) buffers
+    are copied to the device and back: in a training loop they would live on the GPU."""
+    ck.check_same_shape("adamw_step", p=p, g=g, m=m, v=v)
+    ck.check_float("adamw_step", p=p, g=g, m=m, v=v)
+    dt = p.dtype.type
+    c2 = math.sqrt(1.0 - beta2**step)  # host scalars
+    step_size, eps_hat = dt(lr * c2 / (1.0 - beta1**step)), dt(eps * c2)
+    on_device = [device(a) for a in (p, g, m, v)]  # [(device array, was it on the host)]
+    if p.size:
+        blocks, threads = _flat_launch(p.size)
+        flat = (d.reshape(p.size) for d, _ in on_device)
+        _adamw[blocks, threads](
+            *flat, dt(1.0 - lr * weight_decay), dt(1.0 - beta1), dt(beta2), dt(1.0 - beta2),
+            step_size, eps_hat,
+        )  # fmt: skip
+    for (d, host), a in zip(on_device, (p, g, m, v), strict=True):
+        if host and a is not g:
+            d.copy_to_host(a)  # the update lands in the caller's arrays

@@ -49,6 +49,7 @@ from minigen import functional as F
 from minigen import ops
 from minigen.diffusion import ddpm_noise_step
 from minigen.functional import causal_mask
+from minigen.optim import adamw_step as _adamw_step
 
 from . import _checks as ck
 
@@ -68,6 +69,7 @@ __all__ = [
     "layer_norm_backward",
     "gelu_forward",
     "gelu_backward",
+    "adamw_step",
 ]
 
 # ----------------------------------------------------------------------------- matmul
@@ -255,3 +257,16 @@ def gelu_backward(x: np.ndarray, dy: np.ndarray, approximate: str = "tanh") -> n
     ck.check_float("gelu_backward", x=x, dy=dy)
     _, saved = ops.gelu_forward(x, approximate)  # (x, Phi(x)): rerun, as the kernels do
     return ops.gelu_backward(saved, dy, approximate)
+
+
+# ----------------------------------------------------------------------------- AdamW
+
+
+def adamw_step(
+    p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, lr: float, beta1: float,
+    beta2: float, eps: float, weight_decay: float, step: int,
+) -> None:  # fmt: skip
+    """One AdamW update of p, m, v in place (minigen.optim.adamw_step: about ten passes)."""
+    ck.check_same_shape("adamw_step", p=p, g=g, m=m, v=v)
+    ck.check_float("adamw_step", p=p, g=g, m=m, v=v)
+    _adamw_step(p, g, m, v, np.empty_like(p), lr, beta1, beta2, eps, weight_decay, step)

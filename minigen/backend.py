@@ -21,10 +21,10 @@ Operands owned by two array libraries in one op raise `BackendMismatchError`.
 call (`y = backend.kernels["softmax_forward"](x, axis)`, one dict lookup per call). It
 starts as minigen's NumPy functions, which each module registers under its own name
 when imported (`register_kernel`): functional.py the softmaxes, attention and layer
-norm, ops.py GELU, diffusion/schedulers.py the noise step. `use("numba")` and
-`use("cupy")` put the kernel-backed functions of `kernel_ops.py` in their place (they
-call `minigen_kernels`, the kernels/ folder, and hand the cases a kernel does not cover
-back to the NumPy function); `use("numpy")` puts minigen's back. `KERNEL_NAMES` lists
+norm, ops.py GELU, diffusion/schedulers.py the noise step, optim.py AdamW's update.
+`use("numba")` and `use("cupy")` put the kernel-backed functions of `kernel_ops.py` in
+their place (they call `minigen_kernels`, the kernels/ folder, and hand the cases a
+kernel does not cover back to the NumPy function); `use("numpy")` puts minigen's back. `KERNEL_NAMES` lists
 the entries with their signatures.
 """
 
@@ -62,6 +62,7 @@ KERNEL_NAMES = (
     "gelu_forward",  # (x, approximate) -> (y, saved)
     "gelu_backward",  # (saved, dy, approximate) -> dx
     "ddpm_noise_step",  # (x_t, eps, z, beta_t, alpha_t, abar_t, sigma_t) -> x_{t-1}
+    "adamw_step",  # (p, g, m, v, tmp, lr, beta1, beta2, eps, weight_decay, step) -> None
 )
 
 # The minigen_kernels backend behind each of ours (None: minigen's NumPy code only).

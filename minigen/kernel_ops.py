@@ -16,6 +16,7 @@ What the kernels fuse, per op (the NumPy functions make one pass over memory per
     GELU                  the whole elementwise formula, forward and backward
     DDPM noise step       x_{t-1} = (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t)
                           + sigma_t z, one read of each input and one write
+    AdamW                 the moments' and the parameters' updates, one pass over p, g, m, v
 
 Where a kernel does not cover a case, the function hands it to minigen's NumPy
 function (`backend.numpy_kernels`), which runs on either array module:
@@ -24,7 +25,8 @@ function (`backend.numpy_kernels`), which runs on either array module:
 - attention with an explicit mask (the kernels know the causal mask only), or a
   causal mask with fewer keys than queries;
 - a noise step whose coefficients are arrays (one timestep per example) or whose
-  z is a nonzero number.
+  z is a nonzero number;
+- an AdamW step on buffers that are not all C-contiguous of one float dtype and shape.
 A forward that returns `saved` records which of the two ran, so its backward matches.
 """
 
@@ -189,3 +191,20 @@ def ddpm_noise_step(
     # x_{t-1} = (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t) + sigma_t z, one pass
     c = tuple(float(v) for v in coefficients)
     return _k.ddpm_step(x_t, eps, None if no_noise else z, *c)
+
+
+# ----------------------------------------------------------------------------- AdamW
+
+
+def adamw_step(
+    p: Any, g: Any, m: Any, v: Any, tmp: Any, lr: float, beta1: float, beta2: float,
+    eps: float, weight_decay: float, step: int,
+) -> None:  # fmt: skip
+    buffers = (p, g, m, v)
+    if not _floats(*buffers) or not all(
+        a.shape == p.shape and a.flags.c_contiguous for a in buffers
+    ):  # the kernel updates raw memory in place
+        _numpy("adamw_step")(p, g, m, v, tmp, lr, beta1, beta2, eps, weight_decay, step)
+        return
+    # m, v <- the moments; p <- p (1 - lr wd) - lr m_hat / (sqrt(v_hat) + eps), one pass
+    _k.adamw_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step)

@@ -270,3 +270,39 @@ def test_gpt_decoding_with_the_kv_cache(backend_name):
 
     for got, want in zip(logits(backend_name), logits("numpy"), strict=True):
         assert_close(got, want)
+
+
+# ----------------------------------------------------------------------------- AdamW
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+@DTYPES
+def test_adamw_updates_like_numpy(backend_name, dtype):
+    """Three AdamW steps (weight decay on) move the parameters and both moments as the
+    NumPy backend does: the fused "adamw_step" entry against optim.adamw_step."""
+
+    def train(name: str) -> list[np.ndarray]:
+        with using(name):
+            rng = np.random.default_rng(0)
+            shapes = [(17, 5), (5,), (3, 3, 2)]
+            params = [
+                Tensor(rng.standard_normal(s).astype(dtype), requires_grad=True) for s in shapes
+            ]
+            opt = minigen.optim.AdamW(params, lr=0.05, betas=(0.9, 0.99), weight_decay=0.1)
+            for step in range(3):
+                coefs = [Tensor(rng.standard_normal(s).astype(dtype)) for s in shapes]
+                loss = sum(
+                    (
+                        ((p * c) + p * p * (0.1 * step)).sum()
+                        for p, c in zip(params, coefs, strict=True)
+                    )
+                )
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            return [backend.to_numpy(a) for a in (*[p.data for p in params], *opt.m, *opt.v)]
+
+    got, want = train(backend_name), train("numpy")
+    assert len(got) == len(want) == 5  # three parameters, one flat buffer each of m and v
+    for g, w in zip(got, want, strict=True):
+        assert_close(g, w)

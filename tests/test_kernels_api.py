@@ -130,3 +130,12 @@ def test_numba_cuda_keeps_device_arrays_on_the_device():
     assert not isinstance(on_device, np.ndarray)
     np.testing.assert_allclose(on_device.copy_to_host(), k.softmax_forward(x), rtol=1e-12)
     assert isinstance(k.softmax_forward(x), np.ndarray)
+
+
+def test_adamw_step_refuses_buffers_it_cannot_update_in_place():
+    k = mk.get("numba-cpu")
+    p = np.zeros((4, 6), np.float32)
+    with pytest.raises(ValueError, match="adamw_step: p must be C-contiguous"):
+        k.adamw_step(p.T, p.T, p.T.copy(), p.T.copy(), 1e-3, 0.9, 0.99, 1e-8, 0.0, 1)
+    with pytest.raises(ValueError, match="adamw_step: m has shape"):
+        k.adamw_step(p, p, p[:2], p, 1e-3, 0.9, 0.99, 1e-8, 0.0, 1)

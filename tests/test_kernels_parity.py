@@ -224,6 +224,45 @@ def test_ddpm_step(backend, dtype):
     check()
 
 
+# ----------------------------------------------------------------------------- AdamW
+
+
+def _on(backend: str, a: np.ndarray):
+    """`a` where the backend updates buffers in place: on the GPU for cupy."""
+    if backend == "cupy":
+        import cupy
+
+        return cupy.asarray(a)
+    return a
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_adamw_step(backend, dtype):
+    k, b, budget = backend_setup(backend)
+    shapes = S.row_shapes(b.max_lead + 1, b.max_side, b.max_cols)
+
+    @budget
+    @given(
+        xs=shapes.flatmap(lambda s: st.tuples(*(S.kernel_arrays(s, dtype) for _ in range(4)))),
+        lr=st.floats(1e-5, 0.1),
+        wd=st.sampled_from([0.0, 0.1]),
+        step=st.integers(1, 2000),
+    )
+    def check(xs, lr, wd, step):
+        p, g, m, v = xs
+        v = np.abs(v)  # a second moment is >= 0
+        hyper = (lr, 0.9, 0.99, 1e-8, wd, step)
+        want = [a.copy() for a in (p, m, v)]
+        assert ref.adamw_step(want[0], g, want[1], want[2], *hyper) is None  # in place
+        got = [_on(backend, a.copy()) for a in (p, m, v)]
+        k.adamw_step(got[0], _on(backend, g), got[1], got[2], *hyper)
+        for a, w in zip(got, want, strict=True):
+            # |p| ~ 1 and the step is at most lr/(1 - b1^t) ~ 10 lr: absolute error ~ eps |p|
+            assert_close(a, w, scale=10.0 * (1.0 + float(np.abs(w).max(initial=0.0))))
+
+    check()
+
+
 # ----------------------------------------------------------------------------- layer norm
 
 
