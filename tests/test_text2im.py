@@ -225,6 +225,23 @@ def test_the_caption_encoder_can_start_from_clips_text_tower(tmp_path):
         train_text2im(Text2ImConfig(**{**kw, "text_init": str(path)}), None, False)
 
 
+def test_a_conditional_run_can_continue_from_a_checkpoint(tmp_path):
+    kw = {"kind": "cond", "batch_size": 2, "base_channels": 4, "channel_mults": (1, 2),
+          "n_train": 16, "num_train_timesteps": T, "text_width": 8, "text_layers": 1,
+          "text_heads": 2, "embed_dim": 8}  # fmt: skip
+    first = train_text2im(Text2ImConfig(**kw, steps=3), None, False)
+    path = save_text2im(first, tmp_path / "cond.safetensors")
+    more = train_text2im(Text2ImConfig(**kw, steps=1, lr=0.0, seed=1, init=str(path)), None, False)
+    for name, value in first.model.state_dict().items():  # lr = 0: still the first run's weights
+        np.testing.assert_allclose(more.model.state_dict()[name], value, rtol=1e-6)
+    fresh = train_text2im(Text2ImConfig(**kw, steps=1, lr=0.0, seed=1), None, False)
+    assert any(  # without init, another initialisation: the test above can fail
+        not np.allclose(fresh.model.state_dict()[n], v) for n, v in first.model.state_dict().items()
+    )
+    with pytest.raises(ValueError, match="does not fit the weights"):
+        train_text2im(Text2ImConfig(**{**kw, "base_channels": 8}, init=str(path)), None, False)
+
+
 # ----------------------------------------------------------------------------- the command
 
 

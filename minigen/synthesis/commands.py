@@ -64,6 +64,7 @@ def train_cmd(args: argparse.Namespace) -> int:
         base_channels=args.channels, channel_mults=tuple(int(c) for c in args.mults.split(",")),
         schedule=args.schedule, seed=args.seed, n_train=args.n_train,
         ema_decay=args.ema_decay, p_uncond=args.p_uncond, text_init=args.text_init,
+        init=args.init,
     )  # fmt: skip
     try:
         result = train_text2im(cfg, progress=not args.quiet)
@@ -129,6 +130,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--ema-decay", type=float, default=0.999, help="default: %(default)s")
     p.add_argument("--p-uncond", type=float, default=0.1, help="cond: caption dropout (0.1)")
     p.add_argument("--text-init", help="cond: start the caption encoder from this CLIP (or clip)")
+    p.add_argument("--init", help="cond: continue from this conditional checkpoint (or cond)")
     p.add_argument("--n-train", type=int, default=20000, help="training scenes (default: 20000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--out", help="checkpoint path (default: text2im_MODEL.safetensors)")

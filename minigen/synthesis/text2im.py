@@ -149,6 +149,7 @@ class Text2ImConfig:
     schedule: str = "linear"
     num_train_timesteps: int = 1000
     text_init: str | None = None  # cond only: start the caption encoder from this CLIP's text tower
+    init: str | None = None  # cond only: start every weight from this conditional checkpoint
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -209,6 +210,16 @@ def _init_text_from_clip(model: CaptionUNet, name_or_path: str) -> None:
         ) from None
 
 
+def _init_from_cond(model: CaptionUNet, name_or_path: str) -> None:
+    """Copy a trained conditional denoiser's weights into `model` (same sizes required)."""
+    try:
+        model.load_state_dict(load_cond(name_or_path).denoiser.state_dict())
+    except ValueError as e:
+        raise ValueError(
+            f"init: the model does not fit the weights of {name_or_path}: {e}"
+        ) from None
+
+
 def train_text2im(
     config: Text2ImConfig,
     data: CaptionedScenes | None = None,
@@ -235,6 +246,8 @@ def _train(cfg: Text2ImConfig, data: CaptionedScenes | None, progress: bool) -> 
     model = cfg.make_model()
     if cfg.kind == "cond" and cfg.text_init:
         _init_text_from_clip(model, cfg.text_init)
+    if cfg.kind == "cond" and cfg.init:  # continue a run: its (EMA) weights, a fresh optimiser
+        _init_from_cond(model, cfg.init)
     opt = optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     ema = EMA(model, cfg.ema_decay)
     losses: list[float] = []
