@@ -30,10 +30,11 @@ the entries with their signatures.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -44,6 +45,7 @@ __all__ = [
     "BACKENDS", "KERNEL_NAMES", "BackendError", "BackendMismatchError", "use", "current",
     "available", "why_unavailable", "xp", "kernels", "numpy_kernels", "register_kernel",
     "array_module", "to_numpy", "scatter_add", "erf", "import_kernels", "keep_freed_memory",
+    "blas_threads",
 ]  # fmt: skip
 
 BACKENDS = ("numpy", "numba", "cupy")
@@ -282,3 +284,21 @@ if _env:
         raise type(e)(f"environment variable MINIGEN_BACKEND={_env}: {e}") from None
 if os.environ.get("MINIGEN_KEEP_MEMORY", "1") != "0":
     keep_freed_memory()
+
+
+@contextlib.contextmanager
+def blas_threads(n: int | None = 1) -> Iterator[None]:
+    """Run BLAS on `n` threads inside the block (None: leave the setting as it is).
+
+    OpenBLAS's threads spin and collapse when other jobs share the cores; the long CPU
+    runs (diffusion training and sampling, RLHF) pin BLAS to one thread with this."""
+    if n is None:
+        yield
+        return
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # scikit-learn brings it; without it, BLAS keeps its threads
+        yield
+        return
+    with threadpool_limits(limits=n, user_api="blas"):
+        yield

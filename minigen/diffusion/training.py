@@ -22,9 +22,8 @@ BLAS on one thread unless told otherwise (`blas_threads`; None leaves it alone).
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +32,7 @@ import numpy as np
 from minigen import functional as F
 from minigen import nn, optim
 from minigen import rng as _rng
+from minigen.backend import blas_threads
 from minigen.diffusion.data import DiffusionData, Normalizer, load_digits, load_toy2d
 from minigen.diffusion.denoisers import MLPDenoiser
 from minigen.diffusion.schedule import NoiseSchedule
@@ -97,21 +97,6 @@ def make_denoiser(config: dict[str, Any]) -> nn.Module:
         return DENOISERS[kind](**kw)
     except TypeError as e:
         raise ValueError(f"bad {kind} denoiser config {config}: {e}") from None
-
-
-@contextlib.contextmanager
-def blas_threads(n: int | None) -> Iterator[None]:
-    """Run BLAS on `n` threads inside the block (None: leave the setting as it is)."""
-    if n is None:
-        yield
-        return
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # scikit-learn brings it; without it, BLAS keeps its threads
-        yield
-        return
-    with threadpool_limits(limits=n, user_api="blas"):
-        yield
 
 
 def load_data(name: str, n_points: int = 10000, seed: int = 0) -> DiffusionData:

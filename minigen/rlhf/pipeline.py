@@ -14,13 +14,13 @@ threads only contend, the more so on a shared machine).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from minigen.backend import blas_threads
 from minigen.checkpoint import atomic_write
 from minigen.rlhf import io
 from minigen.rlhf.config import RLHFConfig
@@ -42,21 +42,6 @@ __all__ = [
     "blas_threads", "rater_pairs", "save_pairs", "load_pairs", "run_pretrain", "run_sft", "run_reward", "run_ppo", "run_dpo",
     "run_eval", "run_all", "plot_ppo",
 ]  # fmt: skip
-
-
-@contextlib.contextmanager
-def blas_threads(n: int | None = 1) -> Iterator[None]:
-    """Run BLAS on `n` threads inside the block (None: leave it as it is)."""
-    if n is None:
-        yield
-        return
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # scikit-learn brings it; without it, BLAS keeps its threads
-        yield
-        return
-    with threadpool_limits(limits=n, user_api="blas"):
-        yield
 
 
 def rater_pairs(
