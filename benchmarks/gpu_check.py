@@ -34,6 +34,7 @@ import sys
 import time
 import traceback
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -126,6 +127,27 @@ def kernel_bench(repeats: int) -> str:
 # ----------------------------------------------------------------------------- GPT on the GPU
 
 
+def _alternate(
+    ours: Callable[[], None], theirs: Callable[[], None], rounds: int, per_block: int
+) -> dict[str, float]:
+    """Median ms of each step, timed in alternating blocks (after 5 warm-up calls each;
+    a pause and one untimed call before each block; the order flips every round)."""
+    times: dict[str, list[float]] = {"minigen cupy": [], "pytorch cuda": []}
+    for f in (ours, theirs):
+        for _ in range(5):
+            f()
+    for r in range(rounds):
+        pair = [("minigen cupy", ours), ("pytorch cuda", theirs)]
+        for name, f in pair if r % 2 == 0 else pair[::-1]:
+            time.sleep(0.1)
+            f()
+            for _ in range(per_block):
+                t0 = time.perf_counter()
+                f()
+                times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+
+
 def gpt_gpu(config_name: str, batch: int, rounds: int, per_block: int = 5) -> dict:
     import cupy
     import torch
@@ -179,21 +201,8 @@ def gpt_gpu(config_name: str, batch: int, rounds: int, per_block: int = 5) -> di
         torch.cuda.synchronize()
 
     loss0 = (model.loss(x, y).item(), tmodel.loss(tx, ty).item())
-    times = {"minigen cupy": [], "pytorch cuda": []}
-    for f in (ours, theirs):
-        for _ in range(5):
-            f()
-    for r in range(rounds):
-        pair = [("minigen cupy", ours), ("pytorch cuda", theirs)]
-        for name, f in pair if r % 2 == 0 else pair[::-1]:
-            time.sleep(0.1)
-            f()
-            for _ in range(per_block):
-                t0 = time.perf_counter()
-                f()
-                times[name].append(time.perf_counter() - t0)
+    med = _alternate(ours, theirs, rounds, per_block)
     backend.use("numpy")
-    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     return {"config": f"{config_name}: {config}", "batch": batch,
             "first loss (minigen, pytorch)": loss0, "median ms": med,
             "ratio minigen / pytorch": med["minigen cupy"] / med["pytorch cuda"]}  # fmt: skip
@@ -242,21 +251,8 @@ def unet_gpu(rounds: int, batch: int = 256, per_block: int = 5) -> dict:
         topt.step()
         torch.cuda.synchronize()
 
-    times = {"minigen cupy": [], "pytorch cuda": []}
-    for f in (ours, theirs):
-        for _ in range(5):
-            f()
-    for r in range(rounds):
-        pair = [("minigen cupy", ours), ("pytorch cuda", theirs)]
-        for name, f in pair if r % 2 == 0 else pair[::-1]:
-            time.sleep(0.1)
-            f()
-            for _ in range(per_block):
-                t0 = time.perf_counter()
-                f()
-                times[name].append(time.perf_counter() - t0)
+    med = _alternate(ours, theirs, rounds, per_block)
     backend.use("numpy")
-    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     return {"batch": batch, "median ms": med,
             "ratio minigen / pytorch": med["minigen cupy"] / med["pytorch cuda"]}  # fmt: skip
 
