@@ -4,10 +4,14 @@ A kernel reads raw memory: a wrong shape or dtype that NumPy would broadcast or
 promote silently becomes an out-of-bounds read or a second compilation in Numba.
 So every public function checks its arrays first and names the op, the argument
 and both shapes (or dtypes) when something does not match.
+
+`adamw_scalars` also computes, once for every backend, the host-side scalars of an
+AdamW step that its kernels read.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -94,3 +98,23 @@ def check_approximate(op: str, approximate: str) -> None:
         raise ValueError(
             f"{op}: approximate must be 'tanh' or 'none' (exact erf), got {approximate!r}"
         )
+
+
+def adamw_scalars(
+    p: Any, g: Any, m: Any, v: Any, lr: float, beta1: float, beta2: float, eps: float,
+    weight_decay: float, step: int,
+) -> tuple[Any, ...]:  # fmt: skip
+    """Check the buffers of an AdamW step (one shape, one float dtype) and return its
+    scalars in that dtype, in the order the kernels take them:
+    (decay, 1 - b1, b2, 1 - b2, step_size, eps_hat), where, with c2 = sqrt(1 - b2^t),
+
+        p <- p decay - step_size m / (sqrt(v) + eps_hat),
+        decay = 1 - lr wd,  step_size = lr c2 / (1 - b1^t),  eps_hat = eps c2.
+    """
+    check_same_shape("adamw_step", p=p, g=g, m=m, v=v)
+    dt = check_float("adamw_step", p=p, g=g, m=m, v=v).type
+    c2 = math.sqrt(1.0 - beta2**step)
+    return (
+        dt(1.0 - lr * weight_decay), dt(1.0 - beta1), dt(beta2), dt(1.0 - beta2),
+        dt(lr * c2 / (1.0 - beta1**step)), dt(eps * c2),
+    )  # fmt: skip

@@ -281,18 +281,12 @@ def adamw_step(
     weight_decay: float, step: int,
 ) -> None:  # fmt: skip
     """One AdamW update of the CuPy buffers p, m, v in place, one thread per element."""
-    ck.check_same_shape("adamw_step", p=p, g=g, m=m, v=v)
-    ck.check_float("adamw_step", p=p, g=g, m=m, v=v)
+    scalars = ck.adamw_scalars(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step)
     cp = _cupy()
     for name, a in (("p", p), ("m", m), ("v", v)):
         if not isinstance(a, cp.ndarray) or not a.flags.c_contiguous:
             raise ValueError(
                 f"adamw_step: {name} must be a C-contiguous CuPy array (updated in place)"
             )
-    dt = p.dtype.type
-    c2 = math.sqrt(1.0 - beta2**step)  # host scalars
-    step_size, eps_hat = dt(lr * c2 / (1.0 - beta1**step)), dt(eps * c2)
-    _elementwise("adamw_step")(
-        _dev(g), dt(1.0 - lr * weight_decay), dt(1.0 - beta1), dt(beta2), dt(1.0 - beta2),
-        step_size, eps_hat, p, m, v,
-    )  # fmt: skip
+    # ElementwiseKernel("T g, T decay, ..., T eps_hat", "T p, T m, T v"): p, m, v in place
+    _elementwise("adamw_step")(_dev(g), *scalars, p, m, v)

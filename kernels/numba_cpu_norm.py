@@ -322,17 +322,9 @@ def adamw_step(
     beta2: float, eps: float, weight_decay: float, step: int,
 ) -> None:  # fmt: skip
     """One AdamW update of p, m, v in place (C-contiguous buffers), one pass."""
-    ck.check_same_shape("adamw_step", p=p, g=g, m=m, v=v)
-    ck.check_float("adamw_step", p=p, g=g, m=m, v=v)
+    scalars = ck.adamw_scalars(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step)
     for name, a in (("p", p), ("m", m), ("v", v)):
         if not a.flags.c_contiguous:
             raise ValueError(f"adamw_step: {name} must be C-contiguous (it is updated in place)")
-    dt = p.dtype.type
-    # the step's scalars, on the host:  c2 = sqrt(1 - b2^t)
-    c2 = math.sqrt(1.0 - beta2**step)
-    step_size, eps_hat = dt(lr * c2 / (1.0 - beta1**step)), dt(eps * c2)
     flat = [a.reshape(-1) for a in (p, np.ascontiguousarray(g), m, v)]  # views: (n,)
-    _adamw(
-        *flat, dt(1.0 - lr * weight_decay), dt(1.0 - beta1), dt(beta2), dt(1.0 - beta2),
-        step_size, eps_hat, use_threads(p.size),
-    )  # fmt: skip
+    _adamw(*flat, *scalars, use_threads(p.size))

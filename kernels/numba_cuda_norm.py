@@ -263,19 +263,12 @@ def adamw_step(
 ) -> None:  # fmt: skip
     """One AdamW update of p, m, v in place, one thread per element. Host (NumPy) buffers
     are copied to the device and back: in a training loop they would live on the GPU."""
-    ck.check_same_shape("adamw_step", p=p, g=g, m=m, v=v)
-    ck.check_float("adamw_step", p=p, g=g, m=m, v=v)
-    dt = p.dtype.type
-    c2 = math.sqrt(1.0 - beta2**step)  # host scalars
-    step_size, eps_hat = dt(lr * c2 / (1.0 - beta1**step)), dt(eps * c2)
+    scalars = ck.adamw_scalars(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step)
     on_device = [device(a) for a in (p, g, m, v)]  # [(device array, was it on the host)]
     if p.size:
         blocks, threads = _flat_launch(p.size)
         flat = (d.reshape(p.size) for d, _ in on_device)
-        _adamw[blocks, threads](
-            *flat, dt(1.0 - lr * weight_decay), dt(1.0 - beta1), dt(beta2), dt(1.0 - beta2),
-            step_size, eps_hat,
-        )  # fmt: skip
+        _adamw[blocks, threads](*flat, *scalars)
     for (d, host), a in zip(on_device, (p, g, m, v), strict=True):
         if host and a is not g:
             d.copy_to_host(a)  # the update lands in the caller's arrays
