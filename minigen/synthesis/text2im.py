@@ -8,10 +8,11 @@ loss of Ho et al. (2020) with an EMA of the weights:
 - the **unconditional** model eps_theta(x_t, t) learns the density of the training scenes; CLIP
   guidance (`guidance.py`) steers its samples towards a caption;
 - the **conditional** model eps_theta(x_t, t, c) of classifier-free guidance (Ho & Salimans
-  2022) reads the caption c through a text encoder of CLIP's design (a small transformer, the
-  state at <eos>, `clip.TextEncoder`, its own weights), whose embedding is added to the time
-  embedding (GLIDE). 10% of the time the caption is dropped, replaced by a learned *null*
-  embedding, so one network also learns eps_theta(x_t, t, null), the unconditional model:
+  2022) reads the caption c through a text encoder of CLIP's design (a small transformer,
+  `clip.TextEncoder`, its own weights): its state at <eos> g(c) by FiLM, every token's state by
+  cross-attention (`xunet.py`). 10% of the time the caption is dropped, replaced by a learned
+  *null* caption (a null vector, a null token), so one network also learns
+  eps_theta(x_t, t, null), the unconditional model:
 
       e(c) = null            with probability p_uncond (a Bernoulli draw per example),
              g(c)            otherwise,
