@@ -172,3 +172,18 @@ def test_an_old_format_conditional_checkpoint_is_refused_with_a_clear_error(net,
     old = {**UNET, "kind": "unet"}
     with pytest.raises(ValueError, match="kind 'unet'"):
         CaptionUNet(old, TEXT.to_dict())
+
+
+def test_a_half_checkpoint_is_half_the_size_and_rounds_each_weight_once(net, tmp_path):
+    from minigen.synthesis.text2im import CondModel, save_cond
+
+    schedule = {"name": "linear", "num_train_timesteps": 100}
+    full = save_cond(CondModel(net, schedule), tmp_path / "full.safetensors")
+    half = save_cond(CondModel(net, schedule), tmp_path / "half.safetensors", half=True)
+    assert half.stat().st_size < 0.3 * full.stat().st_size  # float64 weights here: a quarter
+    a, b = load_cond(full).denoiser.state_dict(), load_cond(half).denoiser.state_dict()
+    for k, v in a.items():
+        np.testing.assert_array_equal(v, net.state_dict()[k].astype(v.dtype))
+        # float16 keeps 11 significant bits: |w16 - w| <= 2^-11 |w| (normal range)
+        np.testing.assert_allclose(b[k], v, rtol=2.0**-11, atol=1e-7)
+    assert not all(np.array_equal(a[k], b[k]) for k in a)

@@ -71,7 +71,7 @@ def train_cmd(args: argparse.Namespace) -> int:
         result = train_text2im(cfg, progress=not args.quiet)
     except FloatingPointError as e:
         raise RuntimeError(str(e)) from None
-    path = save_text2im(result, out)
+    path = save_text2im(result, out, half=args.half)
     save_figure(plot_losses(result.losses, f"L_simple, text2im {args.model}"), loss_png)
     final = float(np.mean(result.losses[-100:]))
     print(
@@ -136,6 +136,7 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument("--text-init", help="cond: start the caption encoder from this CLIP (or clip)")
     p.add_argument("--init", help="cond: continue from this conditional checkpoint (or cond)")
+    p.add_argument("--half", action="store_true", help="cond: store the weights as float16")
     p.add_argument("--n-train", type=int, default=20000, help="training scenes (default: 20000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--out", help="checkpoint path (default: text2im_MODEL.safetensors)")

@@ -65,6 +65,7 @@ __all__ = [
     "train_text2im",
     "CondModel",
     "save_text2im",
+    "save_cond",
     "load_scenes",
     "load_cond",
     "resolve",
@@ -316,18 +317,28 @@ def _train(cfg: Text2ImConfig, data: CaptionedScenes | None, progress: bool) -> 
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def save_text2im(result: Text2ImResult, path: str | os.PathLike) -> Path:
+def save_text2im(result: Text2ImResult, path: str | os.PathLike, half: bool = False) -> Path:
     """Write a trained denoiser: "scenes" as a `minigen.diffusion` checkpoint (so
-    `minigen sample-diffusion` reads it), "cond" with its text encoder and null embedding."""
-    train = result.train_record()
+    `minigen sample-diffusion` reads it), "cond" with its text encoder and null caption
+    (`half`: its weights stored as float16, see `save_cond`)."""
     if result.config.kind == "scenes":
         identity = Normalizer(np.asarray(0.0), np.asarray(1.0))  # x_0 already in [-1, 1]
         model = DiffusionModel(result.model, result.schedule, identity, "scenes", SCENE_SHAPE,
-                               {"train": train})  # fmt: skip
+                               {"train": result.train_record()})  # fmt: skip
         return model.save(path)
-    meta = {"format": FORMAT, "version": VERSION, "model": result.model.config,
-            "schedule": result.schedule, "train": train}  # fmt: skip
-    return checkpoint.save_module(result.model, path, meta)
+    return save_cond(CondModel.from_training(result), path, half)
+
+
+def save_cond(model: CondModel, path: str | os.PathLike, half: bool = False) -> Path:
+    """Write a conditional denoiser; `half` stores its weights as float16 (half the file,
+    read back into the model's float32: a relative rounding of at most 2^-11 per weight)."""
+    state = model.denoiser.state_dict()
+    if half:
+        state = {k: v.astype(np.float16) for k, v in state.items()}
+    meta = {"format": FORMAT, "version": VERSION, "model": model.denoiser.config,
+            "schedule": model.schedule, "train": model.config.get("train", {}),
+            "stored_dtype": "float16" if half else str(next(iter(state.values())).dtype)}  # fmt: skip
+    return checkpoint.save(path, state, meta)
 
 
 def resolve(name_or_path: str | os.PathLike) -> Path:
