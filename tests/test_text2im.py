@@ -43,6 +43,8 @@ TINY_CLIP = CLIPConfig(
 # channel, a GroupNorm would cancel the per-channel time and caption biases)
 TINY_UNET = {"kind": "unet", "image_size": 16, "in_channels": 3, "base_channels": 8,
              "channel_mults": [1, 2]}  # fmt: skip
+# the conditional U-Net: cross-attention at the 8x8 level and the middle
+TINY_XUNET = {**TINY_UNET, "kind": "xattn_unet", "heads": 2, "attn_levels": [1]}
 CAPTION = "a red circle above a blue square"
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -52,7 +54,7 @@ def tiny_models(dtype=np.float32):
         minigen.manual_seed(0)
         clip = CLIP(TINY_CLIP)
         unet = UNet(**{k: v for k, v in TINY_UNET.items() if k != "kind"})
-        cond = CaptionUNet(TINY_UNET, TINY_CLIP.to_dict(), 0.1)
+        cond = CaptionUNet(TINY_XUNET, TINY_CLIP.to_dict(), 0.1)
         cond.null.data[:] = np.random.default_rng(1).standard_normal(cond.null.shape)
     identity = Normalizer(np.asarray(0.0), np.asarray(1.0))
     scenes = DiffusionModel(unet, SCHEDULE, identity, "scenes", (3, 16, 16))
@@ -165,9 +167,12 @@ def test_caption_dropout_draws_the_null_caption_ten_percent_of_the_time(models):
     tokens = C.encode_batch([CAPTION, "a green cross", "a blue circle", "a red square"])
     drop = np.array([True, False, True, False])
     with no_grad():
-        e, g = net.embed(tokens, drop).numpy(), net.embed(tokens).numpy()
-    np.testing.assert_array_equal(e[drop], np.tile(net.null.data, (2, 1)))
-    np.testing.assert_allclose(e[~drop], g[~drop], rtol=1e-6)
+        e, g = net.embed(tokens, drop), net.embed(tokens)
+    np.testing.assert_array_equal(e.pooled.numpy()[drop], np.tile(net.null.data, (2, 1)))
+    np.testing.assert_allclose(e.pooled.numpy()[~drop], g.pooled.numpy()[~drop], rtol=1e-6)
+    # a dropped caption shows the cross-attention its null token only, a kept one its tokens
+    assert (e.mask[drop, 0]).all() and not e.mask[drop, 1:].any()
+    np.testing.assert_array_equal(e.mask[~drop], g.mask[~drop])
 
 
 def test_a_conditional_unet_reads_its_condition_and_refuses_a_wrong_one():

@@ -83,6 +83,7 @@ from minigen.synthesis.text2im import (
     scene_data,
     train_text2im,
 )
+from minigen.synthesis.xunet import Caption, CrossAttnUNet
 
 __all__ = [
     "COLOURS",
@@ -129,6 +130,8 @@ __all__ = [
     "guided_step",
     "guided_loop",
     "CaptionUNet",
+    "Caption",
+    "CrossAttnUNet",
     "CondModel",
     "Text2ImConfig",
     "Text2ImResult",

@@ -166,16 +166,20 @@ class TextEncoder(nn.Module):
         self.ln_f = nn.LayerNorm(cfg.width)
         self.proj = nn.Linear(cfg.width, cfg.embed_dim, bias=False)
 
-    def forward(self, tokens: Any) -> Tensor:
+    def states(self, tokens: Any) -> tuple[Tensor, np.ndarray]:
+        """Every token's final state (B, L', D), L' up to the batch's last <eos>, and the
+        position of each row's <eos> (B,)."""
         ids, eos = check_tokens(tokens, self.cfg)  # (B, L), (B,)
         # the mask is causal, so tokens after the last <eos> never reach a pooled state: drop them
         ids = ids[:, : int(eos.max()) + 1]
-        B, L = ids.shape
-        h = self.tok(ids) + self.pos(np.arange(L))  # (B, L, D)
+        h = self.tok(ids) + self.pos(np.arange(ids.shape[1]))  # (B, L', D)
         for block in self.blocks:
             h = block(h)
-        h = self.ln_f(h)
-        pooled = h[np.arange(B), eos]  # (B, D): the state at <eos> has read the whole caption
+        return self.ln_f(h), eos  # (B, L', D), (B,)
+
+    def forward(self, tokens: Any) -> Tensor:
+        h, eos = self.states(tokens)  # (B, L', D)
+        pooled = h[np.arange(h.shape[0]), eos]  # (B, D): the state at <eos> has read it all
         return _l2_normalize(self.proj(pooled))  # (B, E)
 
 

@@ -64,13 +64,14 @@ def train_cmd(args: argparse.Namespace) -> int:
         base_channels=args.channels, channel_mults=tuple(int(c) for c in args.mults.split(",")),
         schedule=args.schedule, seed=args.seed, n_train=args.n_train,
         ema_decay=args.ema_decay, p_uncond=args.p_uncond, text_init=args.text_init,
-        init=args.init,
+        init=args.init, heads=args.heads,
+        attn_levels=tuple(int(a) for a in args.attn_levels.split(",") if a.strip()),
     )  # fmt: skip
     try:
         result = train_text2im(cfg, progress=not args.quiet)
     except FloatingPointError as e:
         raise RuntimeError(str(e)) from None
-    path = save_text2im(result, out)
+    path = save_text2im(result, out, half=args.half)
     save_figure(plot_losses(result.losses, f"L_simple, text2im {args.model}"), loss_png)
     final = float(np.mean(result.losses[-100:]))
     print(
@@ -115,8 +116,8 @@ def add_commands(sub: Any) -> None:
         help="train a scene denoiser for text2im: unconditional or caption-conditioned",
         description=(
             "Train the unconditional scene model (--model scenes, for CLIP guidance) or the "
-            "caption-conditioned one (--model cond, for classifier-free guidance: captions "
-            "dropped 10%% of the time) on the training scenes; writes a checkpoint and a loss "
+            "caption-conditioned one (--model cond, for classifier-free guidance: the caption read "
+            "by cross-attention and FiLM, dropped 10%% of the time) on the training scenes; writes a checkpoint and a loss "
             "curve. CLIP itself is trained by benchmarks/bench_clip.py --save."
         ),
     )
@@ -129,8 +130,13 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--schedule", default="linear", help="noise schedule (must be CLIP's)")
     p.add_argument("--ema-decay", type=float, default=0.999, help="default: %(default)s")
     p.add_argument("--p-uncond", type=float, default=0.1, help="cond: caption dropout (0.1)")
+    p.add_argument("--heads", type=int, default=4, help="cond: cross-attention heads (4)")
+    p.add_argument(
+        "--attn-levels", default="1,2", help="cond: U-Net levels with cross-attention (1,2)"
+    )
     p.add_argument("--text-init", help="cond: start the caption encoder from this CLIP (or clip)")
     p.add_argument("--init", help="cond: continue from this conditional checkpoint (or cond)")
+    p.add_argument("--half", action="store_true", help="cond: store the weights as float16")
     p.add_argument("--n-train", type=int, default=20000, help="training scenes (default: 20000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--out", help="checkpoint path (default: text2im_MODEL.safetensors)")

@@ -38,6 +38,7 @@ from minigen.synthesis.text2im import (
     load_scenes,
     resolve,
 )
+from minigen.synthesis.xunet import Caption
 from minigen.tensor import Tensor, no_grad
 
 __all__ = ["METHODS", "SAMPLERS", "DEFAULT_SCALE", "DEFAULT_STEPS", "Text2Im", "plot_samples"]
@@ -159,9 +160,10 @@ def _check_same_schedule(clip: CLIP, schedule: dict[str, Any]) -> None:
 def _cfg_eps_fn(model: CondModel, tokens: np.ndarray, n: int, w: float) -> Any:
     """eps(x_t, t) by classifier-free guidance: both predictions from one batch of 2n."""
     with no_grad():
-        e = model.denoiser.embed(np.repeat(tokens, n // len(tokens), axis=0))  # (n, E)
-        null = model.denoiser.embed(None, n)  # (n, E)
-        both = Tensor(np.concatenate([null.data, e.data]))  # (2n, E)
+        tokens = np.repeat(tokens, n // len(tokens), axis=0)  # (n, L)
+        e = model.denoiser.embed(tokens)  # the captions
+        null = model.denoiser.embed(tokens, np.ones(n, dtype=bool))  # n null captions
+        both = Caption.concat([null, e])  # 2n rows: null first
 
     def eps_fn(x: np.ndarray, t: int) -> np.ndarray:
         out = model.denoiser(Tensor(np.concatenate([x, x])), t, both).data  # (2n, 3, H, W)

@@ -8,10 +8,11 @@ loss of Ho et al. (2020) with an EMA of the weights:
 - the **unconditional** model eps_theta(x_t, t) learns the density of the training scenes; CLIP
   guidance (`guidance.py`) steers its samples towards a caption;
 - the **conditional** model eps_theta(x_t, t, c) of classifier-free guidance (Ho & Salimans
-  2022) reads the caption c through a text encoder of CLIP's design (a small transformer, the
-  state at <eos>, `clip.TextEncoder`, its own weights), whose embedding is added to the time
-  embedding (GLIDE). 10% of the time the caption is dropped, replaced by a learned *null*
-  embedding, so one network also learns eps_theta(x_t, t, null), the unconditional model:
+  2022) reads the caption c through a text encoder of CLIP's design (a small transformer,
+  `clip.TextEncoder`, its own weights): its state at <eos> g(c) by FiLM, every token's state by
+  cross-attention (`xunet.py`). 10% of the time the caption is dropped, replaced by a learned
+  *null* caption (a null vector, a null token), so one network also learns
+  eps_theta(x_t, t, null), the unconditional model:
 
       e(c) = null            with probability p_uncond (a Bernoulli draw per example),
              g(c)            otherwise,
@@ -44,9 +45,11 @@ from minigen.diffusion import (
     diffusion_loss,
     load_model,
 )
+from minigen.shape_ops import concatenate
 from minigen.synthesis.captions import CaptionedScenes, make_split
 from minigen.synthesis.clip import CLIPConfig, TextEncoder
 from minigen.synthesis.clip_train import load_clip
+from minigen.synthesis.xunet import Caption, CrossAttnUNet
 from minigen.tensor import Tensor
 
 __all__ = [
@@ -62,6 +65,7 @@ __all__ = [
     "train_text2im",
     "CondModel",
     "save_text2im",
+    "save_cond",
     "load_scenes",
     "load_cond",
     "resolve",
@@ -70,6 +74,8 @@ __all__ = [
 SCENE_RANGE = (-1.0, 1.0)
 SCENE_SHAPE = (3, 16, 16)
 FORMAT = "minigen.text2im"
+# 2: the caption through cross-attention and FiLM (xunet.py); 1 (refused): one pooled vector
+VERSION = 2
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 SHIPPED = {
     "clip": "text2im_clip.safetensors",
@@ -85,36 +91,61 @@ def _text_config(width: int, layers: int, heads: int, embed_dim: int) -> CLIPCon
 
 
 class CaptionUNet(nn.Module):
-    """eps_theta(x_t, t, e): a U-Net conditioned on a caption embedding e (B, E).
+    """eps_theta(x_t, t, c): the U-Net of `xunet.py` reading a caption through its text encoder.
 
-    `embed(tokens, drop)` gives e: the text encoder's g(c) for each caption, or the learned
-    null embedding where `drop` is True (or for every row when tokens is None).
+    `embed(tokens, drop)` gives the `Caption` the U-Net reads: g(c) and the token states of
+    each caption, or the null caption where `drop` is True (or for every row when tokens is
+    None): the pooled null vector, and the null token alone visible to the cross-attention.
     """
 
     kind = "caption_unet"
 
     def __init__(self, unet: dict[str, Any], text: dict[str, Any], p_uncond: float = 0.1):
         self.text_config = CLIPConfig.from_dict(text)
-        E = self.text_config.embed_dim
-        self.config = {"kind": self.kind, "unet": dict(unet), "text": self.text_config.to_dict(),
-                       "p_uncond": float(p_uncond)}  # fmt: skip
+        E, D = self.text_config.embed_dim, self.text_config.width
+        unet = {k: v for k, v in unet.items() if k not in ("cond_dim", "text_dim")}
+        kind = unet.pop("kind", CrossAttnUNet.kind)
+        if kind != CrossAttnUNet.kind:
+            raise ValueError(
+                f"CaptionUNet: a U-Net of kind {kind!r} (the caption as one pooled vector, "
+                f"text2im format 1); this version builds {CrossAttnUNet.kind!r} (cross-attention)"
+            )
         self.text = TextEncoder(self.text_config)
-        self.null = nn.Parameter(np.zeros(E, dtype=self.text.proj.weight.dtype))  # (E,)
-        self.unet = UNet(**{k: v for k, v in unet.items() if k != "kind"}, cond_dim=E)
+        dt = self.text.proj.weight.dtype
+        self.null = nn.Parameter(np.zeros(E, dtype=dt))  # (E,) the pooled null caption
+        gen = np.random.default_rng(0)
+        self.null_token = nn.Parameter(0.02 * gen.standard_normal(D).astype(dt))  # (D,)
+        self.unet = CrossAttnUNet(**unet, cond_dim=E, text_dim=D)
+        self.config = {"kind": self.kind, "unet": dict(self.unet.config),
+                       "text": self.text_config.to_dict(), "p_uncond": float(p_uncond)}  # fmt: skip
 
-    def embed(self, tokens: Any, drop: Any = None) -> Tensor:
-        """e (B, E): g(c) per caption (B, L), the null embedding where drop (B,) is True."""
+    def embed(self, tokens: Any, drop: Any = None) -> Caption:
+        """The Caption of token ids (B, L), the null caption where drop (B,) is True; with
+        tokens None, `drop` is a number n of rows, all null."""
+        D, dt = self.text_config.width, self.null.dtype
         if tokens is None:  # the null caption for a batch of `drop` (an int) rows
             n = int(drop)
-            return self.null.reshape(1, -1) * np.ones((n, 1), dtype=self.null.dtype)  # (n, E)
-        g = self.text(tokens)  # (B, E)
-        if drop is None:
-            return g
-        keep = (~np.asarray(drop, dtype=bool)).astype(g.dtype)[:, None]  # (B, 1)
-        # e = g(c) where kept, null where dropped
-        return g * keep + self.null.reshape(1, -1) * (1.0 - keep)  # (B, E)
+            pooled = self.null.reshape(1, -1) * np.ones((n, 1), dtype=dt)  # (n, E)
+            states = self.null_token.reshape(1, 1, D) * np.ones((n, 1, 1), dtype=dt)  # (n, 1, D)
+            return Caption(pooled, states, np.ones((n, 1), dtype=bool))
+        h, eos = self.text.states(tokens)  # (B, L', D), (B,)
+        B, L = h.shape[:2]
+        g = self.text.proj(h[np.arange(B), eos])  # (B, E)
+        # g(c) = proj(h_eos) / ||proj(h_eos)||, CLIP's text embedding
+        g = g / ((g * g).sum(axis=-1, keepdims=True) + 1e-12).sqrt()  # (B, E)
+        visible = np.arange(L)[None, :] <= eos[:, None]  # (B, L'): <bos> .. <eos>, not <pad>
+        if drop is not None:
+            keep = ~np.asarray(drop, dtype=bool)  # (B,)
+            visible = visible & keep[:, None]
+            k = keep.astype(dt)[:, None]  # (B, 1)
+            # e = g(c) where kept, null where dropped
+            g = g * k + self.null.reshape(1, -1) * (1.0 - k)  # (B, E)
+        null_tok = self.null_token.reshape(1, 1, D) * np.ones((B, 1, 1), dtype=dt)  # (B, 1, D)
+        states = concatenate([null_tok, h], axis=1)  # (B, 1 + L', D)
+        mask = np.concatenate([np.ones((B, 1), dtype=bool), visible], axis=1)  # (B, 1 + L')
+        return Caption(g, states, mask)
 
-    def forward(self, x: Any, t: Any, e: Any) -> Tensor:
+    def forward(self, x: Any, t: Any, e: Caption) -> Tensor:
         return self.unet(x, t, e)  # (B, 3, H, W)
 
 
@@ -148,6 +179,8 @@ class Text2ImConfig:
     seed: int = 0
     schedule: str = "linear"
     num_train_timesteps: int = 1000
+    heads: int = 4  # cond only: heads of the cross-attention blocks
+    attn_levels: tuple[int, ...] = (1, 2)  # cond only: levels (0 = 16x16) with cross-attention
     text_init: str | None = None  # cond only: start the caption encoder from this CLIP's text tower
     init: str | None = None  # cond only: start every weight from this conditional checkpoint
 
@@ -158,6 +191,7 @@ class Text2ImConfig:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         self.channel_mults = tuple(int(m) for m in self.channel_mults)
+        self.attn_levels = tuple(int(a) for a in self.attn_levels)
 
     def unet_config(self) -> dict[str, Any]:
         return {"kind": "unet", "image_size": SCENE_SHAPE[1], "in_channels": SCENE_SHAPE[0],
@@ -168,6 +202,8 @@ class Text2ImConfig:
         if self.kind == "scenes":
             return UNet(**{k: v for k, v in unet.items() if k != "kind"})
         text = _text_config(self.text_width, self.text_layers, self.text_heads, self.embed_dim)
+        unet = {**unet, "kind": CrossAttnUNet.kind, "heads": self.heads,
+                "attn_levels": list(self.attn_levels)}  # fmt: skip
         return CaptionUNet(unet, text.to_dict(), self.p_uncond)
 
 
@@ -281,18 +317,28 @@ def _train(cfg: Text2ImConfig, data: CaptionedScenes | None, progress: bool) -> 
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def save_text2im(result: Text2ImResult, path: str | os.PathLike) -> Path:
+def save_text2im(result: Text2ImResult, path: str | os.PathLike, half: bool = False) -> Path:
     """Write a trained denoiser: "scenes" as a `minigen.diffusion` checkpoint (so
-    `minigen sample-diffusion` reads it), "cond" with its text encoder and null embedding."""
-    train = result.train_record()
+    `minigen sample-diffusion` reads it), "cond" with its text encoder and null caption
+    (`half`: its weights stored as float16, see `save_cond`)."""
     if result.config.kind == "scenes":
         identity = Normalizer(np.asarray(0.0), np.asarray(1.0))  # x_0 already in [-1, 1]
         model = DiffusionModel(result.model, result.schedule, identity, "scenes", SCENE_SHAPE,
-                               {"train": train})  # fmt: skip
+                               {"train": result.train_record()})  # fmt: skip
         return model.save(path)
-    meta = {"format": FORMAT, "version": 1, "model": result.model.config,
-            "schedule": result.schedule, "train": train}  # fmt: skip
-    return checkpoint.save_module(result.model, path, meta)
+    return save_cond(CondModel.from_training(result), path, half)
+
+
+def save_cond(model: CondModel, path: str | os.PathLike, half: bool = False) -> Path:
+    """Write a conditional denoiser; `half` stores its weights as float16 (half the file,
+    read back into the model's float32: a relative rounding of at most 2^-11 per weight)."""
+    state = model.denoiser.state_dict()
+    if half:
+        state = {k: v.astype(np.float16) for k, v in state.items()}
+    meta = {"format": FORMAT, "version": VERSION, "model": model.denoiser.config,
+            "schedule": model.schedule, "train": model.config.get("train", {}),
+            "stored_dtype": "float16" if half else str(next(iter(state.values())).dtype)}  # fmt: skip
+    return checkpoint.save(path, state, meta)
 
 
 def resolve(name_or_path: str | os.PathLike) -> Path:
@@ -338,6 +384,12 @@ def load_cond(name_or_path: str | os.PathLike = "cond") -> CondModel:
     if meta.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not a conditional text-to-image checkpoint (format {meta.get('format')!r})"
+        )
+    if meta.get("version") != VERSION:
+        raise CheckpointError(
+            f"{path}: a conditional text-to-image checkpoint of format version "
+            f"{meta.get('version')!r}; this minigen reads version {VERSION} (the caption read by "
+            "cross-attention and FiLM): retrain it with `minigen train-text2im --model cond`"
         )
     try:
         cfg = meta["model"]

@@ -1,0 +1,244 @@
+"""The caption-conditioned U-Net of classifier-free guidance: cross-attention and FiLM (§7.2).
+
+A caption reaches the denoiser eps_theta(x_t, t, c) two ways (GLIDE, Nichol et al. 2021;
+Imagen; Stable Diffusion):
+
+- **pooled**, through FiLM: the caption's vector g(c) (the text encoder's state at <eos>) is
+  added to the time embedding, and every residual block scales and shifts its normalised
+  features by it (the adaptive group norm of Dhariwal & Nichol 2021):
+
+      temb = MLP_t(emb(t)) + MLP_c(g(c))
+      h = conv1(SiLU(GN(x)))
+      h = GN(h) (1 + gamma(temb)) + beta(temb)          gamma, beta: one per channel
+      ResBlock(x) = skip(x) + conv2(SiLU(h))
+
+- **per token**, through cross-attention: at the coarse levels (8x8, 4x4 and the middle) each
+  pixel's features query the caption's token states s_1 .. s_L (keys and values projected from
+  them), so a pixel can read "red" where it draws the circle and "above" where it places it:
+
+      Q = GN(h) W_q   (HW, C),    K = S W_k,  V = S W_v   (L, C)
+      h <- h + W_o softmax(Q K^T / sqrt(d) + M) V        (per head, d = C / heads)
+
+  M is the padding mask: 0 on the caption's tokens, -inf on the <pad> after <eos>, so padded
+  positions never change the output. W_o starts at zero: each block starts as the identity.
+
+The token states come from `text2im.CaptionUNet.embed` as a `Caption`: they begin with one
+learned *null* token, always visible, so the dropped caption of classifier-free guidance is
+"attend to the null token only" (every caption token masked) and a pooled null vector.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from minigen import functional as F
+from minigen import nn
+from minigen.diffusion import timestep_embedding
+from minigen.shape_ops import concatenate
+from minigen.tensor import Tensor
+
+__all__ = ["Caption", "FiLMResBlock", "CrossAttention", "CrossAttnUNet"]
+
+
+@dataclass
+class Caption:
+    """A batch of captions as the denoiser reads them.
+
+    pooled: (B, E) g(c) per caption (the null vector for a dropped one);
+    states: (B, L, D) token states, position 0 the null token;
+    mask:   (B, L) bool, True where a pixel may attend (the null token and the real tokens).
+    """
+
+    pooled: Tensor
+    states: Tensor
+    mask: np.ndarray
+
+    def __len__(self) -> int:
+        return self.pooled.shape[0]
+
+    @staticmethod
+    def concat(parts: Sequence[Caption]) -> Caption:
+        """Stack captions along the batch (their token lengths must agree)."""
+        lengths = {p.states.shape[1] for p in parts}
+        if len(lengths) != 1:
+            raise ValueError(f"Caption.concat: token states of different lengths {lengths}")
+        return Caption(
+            concatenate([p.pooled for p in parts], axis=0),  # (sum B, E)
+            concatenate([p.states for p in parts], axis=0),  # (sum B, L, D)
+            np.concatenate([p.mask for p in parts]),  # (sum B, L)
+        )
+
+
+def _groups(channels: int, max_groups: int = 8) -> int:
+    """The largest number of groups <= max_groups that divides `channels`."""
+    return next(g for g in range(min(max_groups, channels), 0, -1) if channels % g == 0)
+
+
+class FiLMResBlock(nn.Module):
+    """(B, c_in, H, W), temb (B, temb_dim) -> (B, c_out, H, W), FiLM by temb after GN."""
+
+    def __init__(self, c_in: int, c_out: int, temb_dim: int) -> None:
+        self.norm1 = nn.GroupNorm(_groups(c_in), c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.film = nn.Linear(temb_dim, 2 * c_out)
+        self.norm2 = nn.GroupNorm(_groups(c_out), c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else None
+
+    def forward(self, x: Tensor, temb: Tensor) -> Tensor:
+        B, c_out = x.shape[0], self.conv1.weight.shape[0]
+        h = self.conv1(F.silu(self.norm1(x)))  # (B, c_out, H, W)
+        gb = self.film(F.silu(temb)).reshape(B, 2, c_out, 1, 1)  # (B, 2, c_out, 1, 1)
+        # FiLM: GN(h) (1 + gamma) + beta, one gamma and beta per channel
+        h = self.norm2(h) * (gb[:, 0] + 1.0) + gb[:, 1]  # (B, c_out, H, W)
+        h = self.conv2(F.silu(h))  # (B, c_out, H, W)
+        # ResBlock(x) = skip(x) + h
+        return (self.skip(x) if self.skip is not None else x) + h  # (B, c_out, H, W)
+
+
+class CrossAttention(nn.Module):
+    """h (B, C, H, W) reads token states (B, L, D) under a mask (B, L): h + W_o Att(Q, K, V)."""
+
+    def __init__(self, channels: int, text_dim: int, heads: int) -> None:
+        if channels % heads:
+            raise ValueError(f"CrossAttention: {channels} channels do not split into {heads} heads")
+        self.heads = heads
+        self.norm = nn.GroupNorm(_groups(channels), channels)
+        self.q = nn.Linear(channels, channels)
+        self.kv = nn.Linear(text_dim, 2 * channels)
+        self.out = nn.Linear(channels, channels)
+        self.out.weight.data[:] = 0.0  # W_o = 0: the block starts as the identity
+        self.out.bias.data[:] = 0.0
+
+    def forward(self, h: Tensor, states: Tensor, mask: np.ndarray) -> Tensor:
+        B, C, H, W = h.shape
+        L, nh = states.shape[1], self.heads
+        x = self.norm(h).reshape(B, C, H * W).transpose(0, 2, 1)  # (B, HW, C)
+        q = self.q(x).reshape(B, H * W, nh, C // nh).transpose(0, 2, 1, 3)  # (B, nh, HW, d)
+        kv = self.kv(states).reshape(B, L, 2, nh, C // nh).transpose(2, 0, 3, 1, 4)
+        k, v = kv[0], kv[1]  # (B, nh, L, d) each
+        # Att = softmax(Q K^T / sqrt(d) + M) V, M = -inf on the masked (padding) tokens
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+        a = a.transpose(0, 2, 1, 3).reshape(B, H * W, C)  # (B, HW, C)
+        # h + W_o Att, back to an image
+        return h + self.out(a).transpose(0, 2, 1).reshape(B, C, H, W)  # (B, C, H, W)
+
+
+class CrossAttnUNet(nn.Module):
+    """eps_theta(x_t, t, c): x (B, C, S, S), t (B,) ints, c a `Caption` -> (B, C, S, S).
+
+    Args:
+        image_size, in_channels, base_channels, channel_mults: as `minigen.diffusion.UNet`.
+        cond_dim: E, the size of the pooled caption vector.
+        text_dim: D, the size of a token state.
+        heads: attention heads of every cross-attention block.
+        attn_levels: the levels (0 = full resolution) whose blocks are followed by a
+            cross-attention block; the middle block always is.
+    """
+
+    kind = "xattn_unet"
+
+    def __init__(
+        self,
+        image_size: int = 16,
+        in_channels: int = 3,
+        base_channels: int = 16,
+        channel_mults: Sequence[int] = (1, 2, 2),
+        cond_dim: int = 64,
+        text_dim: int = 64,
+        heads: int = 4,
+        attn_levels: Sequence[int] = (1, 2),
+    ) -> None:
+        mults = [int(m) for m in channel_mults]
+        if not mults or image_size % 2 ** (len(mults) - 1):
+            raise ValueError(
+                f"CrossAttnUNet: image size {image_size} cannot be halved {len(mults) - 1} times"
+                f" (channel_mults={mults})"
+            )
+        levels = sorted({int(a) for a in attn_levels})
+        self.config = {
+            "kind": self.kind, "image_size": image_size, "in_channels": in_channels,
+            "base_channels": base_channels, "channel_mults": mults, "cond_dim": cond_dim,
+            "text_dim": text_dim, "heads": heads, "attn_levels": levels,
+        }  # fmt: skip
+        widths = [base_channels * m for m in mults]
+        t_out = 4 * base_channels
+        self.time_fc1, self.time_fc2 = nn.Linear(base_channels, t_out), nn.Linear(t_out, t_out)
+        self.cond_fc1, self.cond_fc2 = nn.Linear(cond_dim, t_out), nn.Linear(t_out, t_out)
+        self.inp = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+
+        def attn(level: int, c: int) -> CrossAttention | None:
+            return CrossAttention(c, text_dim, heads) if level in levels else None
+
+        c = base_channels
+        downs, down_attn, downsample, up, up_attn = [], [], [], [], []
+        for i, w in enumerate(widths):
+            downs.append(FiLMResBlock(c, w, t_out))
+            down_attn.append(attn(i, w))
+            c = w
+            if i < len(widths) - 1:  # halve: a 3x3 convolution with stride 2
+                downsample.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
+        self.mid = FiLMResBlock(c, c, t_out)
+        self.mid_attn = CrossAttention(c, text_dim, heads)
+        for i in reversed(range(len(widths))):
+            up.append(FiLMResBlock(c + widths[i], widths[i], t_out))
+            up_attn.append(attn(i, widths[i]))
+            c = widths[i]
+        self.down, self.up, self.downsample = (nn.ModuleList(m) for m in (downs, up, downsample))
+        # ModuleList holds modules only: the levels without attention are left out
+        self.down_attn = nn.ModuleList(a for a in down_attn if a is not None)
+        self.up_attn = nn.ModuleList(a for a in up_attn if a is not None)
+        self._down_has = [a is not None for a in down_attn]
+        self._up_has = [a is not None for a in up_attn]
+        self.out_norm = nn.GroupNorm(_groups(c), c)
+        self.out = nn.Conv2d(c, in_channels, 3, padding=1)
+
+    def forward(self, x: Any, t: Any, cond: Caption) -> Tensor:
+        x = x if isinstance(x, Tensor) else Tensor(x)
+        cfg = self.config
+        S, C = cfg["image_size"], cfg["in_channels"]
+        if x.ndim != 4 or x.shape[1:] != (C, S, S):
+            raise ValueError(
+                f"CrossAttnUNet: trained on images of shape ({C}, {S}, {S}); got {x.shape}"
+            )
+        B = x.shape[0]
+        if not isinstance(cond, Caption):
+            raise TypeError(f"CrossAttnUNet: cond must be a Caption, got {type(cond).__name__}")
+        want = (B, cfg["cond_dim"]), (B, cfg["text_dim"]), (B,)
+        got = cond.pooled.shape, (cond.states.shape[0], cond.states.shape[2]), cond.mask.shape[:1]
+        if got != want or cond.mask.shape != cond.states.shape[:2]:
+            raise ValueError(
+                f"CrossAttnUNet: a batch of {B} images needs pooled (B, {cfg['cond_dim']}), "
+                f"states (B, L, {cfg['text_dim']}), mask (B, L); got pooled "
+                f"{cond.pooled.shape}, states {cond.states.shape}, mask {cond.mask.shape}"
+            )
+        t = np.asarray(t)
+        t = np.full(B, int(t)) if t.ndim == 0 else t  # (B,)
+        e = Tensor(timestep_embedding(t, cfg["base_channels"]))  # (B, base)
+        # temb = MLP_t(emb(t)) + MLP_c(g(c))
+        temb = self.time_fc2(F.silu(self.time_fc1(e)))  # (B, 4 base)
+        temb = temb + self.cond_fc2(F.silu(self.cond_fc1(cond.pooled)))  # (B, 4 base)
+        s, m = cond.states, cond.mask
+        down_attn, up_attn = iter(self.down_attn), iter(self.up_attn)
+        h = self.inp(x)  # (B, base, S, S)
+        skips = []
+        for i, block in enumerate(self.down):  # level i has resolution S / 2^i
+            h = block(h, temb)  # (B, w_i, S_i, S_i)
+            if self._down_has[i]:
+                h = next(down_attn)(h, s, m)  # (B, w_i, S_i, S_i)
+            skips.append(h)
+            if i < len(self.downsample):
+                h = self.downsample[i](h)  # (B, w_i, S_i / 2, S_i / 2)
+        h = self.mid_attn(self.mid(h, temb), s, m)  # (B, w_last, S_last, S_last)
+        for j, block in enumerate(self.up):
+            # skip connection: the features of the same level on the way down
+            h = block(concatenate([h, skips.pop()], axis=1), temb)  # (B, w_i, S_i, S_i)
+            if self._up_has[j]:
+                h = next(up_attn)(h, s, m)  # (B, w_i, S_i, S_i)
+            if j < len(self.up) - 1:  # up: nearest-neighbour, each pixel into a 2x2 block
+                h = F.upsample_nearest2d(h, 2)  # (B, w_i, 2 S_i, 2 S_i)
+        return self.out(F.silu(self.out_norm(h)))  # (B, C, S, S)
