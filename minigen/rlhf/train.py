@@ -223,16 +223,20 @@ def train_reward_model(
 
     A batch is `cfg.rm_batch` prompts with all the comparisons the rater made of their
     responses (InstructGPT: the K (K - 1) / 2 comparisons of one ranking are one batch element,
-    each response read once), the loss their mean."""
+    each response read once), the loss their mean. The prompts of a batch are neighbours in
+    length, as in the language-model stages, so that little of it is padding."""
     if not pairs:
         raise ValueError("no preference pairs: the rater's comparisons are empty")
     rng.manual_seed(cfg.seed + 2)
     prompts, responses, groups = comparison_groups(pairs)
     data = encode(tokenizer, prompts, responses, cfg.block_size)
     rm = RewardModel.from_policy(sft_model)
+    # the groups by their longest sequence: a batch of neighbours pads little (see `window`)
+    longest = np.array([data.last[g].max() for g in groups])
+    order = np.lexsort((rng.generator().random(len(groups)), longest))
 
     def loss_at(step: int) -> Tensor:
-        picked = [groups[g] for g in rng.generator().integers(0, len(groups), cfg.rm_batch)]
+        picked = [groups[g] for g in window(order, cfg.rm_batch, rng.generator())]
         rows, inverse = np.unique(np.concatenate([g.ravel() for g in picked]), return_inverse=True)
         b = take(data, rows)
         r = rm(b.ids, b.last)  # (rows,)
