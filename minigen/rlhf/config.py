@@ -36,7 +36,7 @@ class RLHFConfig:
     pair_prompts: int = 3_000  # training prompts the rater compares two forum replies to
     sampled_pair_prompts: int = 3_000  # ... and two responses of the SFT model to
     rm_group: int = 4  # responses the rater ranks per training prompt (K of InstructGPT)
-    rm_steps: int = 1_500
+    rm_steps: int = 1_000
     rm_batch: int = 16  # prompts per step, with all the comparisons of their K responses
     rm_lr: float = 1e-3
     # 4. PPO against the reward model, with a KL penalty to the SFT model

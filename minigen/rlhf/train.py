@@ -283,11 +283,16 @@ def dpo(
     rng.manual_seed(cfg.seed + 4)
     data = pair_batch(tokenizer, pairs, cfg.block_size)
     n = len(pairs)
-    ref = sequence_logprobs(sft_model, data)  # log pi_ref of every response, once
+    # log pi_ref of a response, once, when a batch first draws it (not of all of them up front:
+    # the K responses a prompt are ranked in give many more comparisons than DPO's steps draw)
+    ref = np.full(len(data), np.nan)
     policy = copy_gpt(sft_model)
 
     def loss_at(step: int) -> Tensor:
         rows = _pair_rows(n, rng.generator().integers(0, n, cfg.dpo_batch))
+        new = np.unique(rows[np.isnan(ref[rows])])
+        if len(new):
+            ref[new] = sequence_logprobs(sft_model, take(data, new))
         b = take(data, rows)
         logp = sequence_logprob(logits_of(policy, b.ids), b)  # (2B,)
         k = len(b) // 2
