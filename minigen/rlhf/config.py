@@ -1,7 +1,7 @@
 """Every setting of the RLHF pipeline in one place: the full run and the fast one.
 
 The full run (`minigen rlhf all`) takes about 13 minutes of one CPU core (BLAS on one
-thread; 18 minutes of wall time on two cores shared with other jobs); the fast one
+thread; 14 minutes of wall time on one of two cores, the other busy with another job); the fast one
 (`RLHFConfig.fast()`, for tests and CI) about 10 seconds, with a tiny model that learns little. A config travels with every checkpoint, so stages refuse checkpoints made
 with a different model shape or task (`minigen.rlhf.io`).
 """
