@@ -33,8 +33,8 @@ class RLHFConfig:
     sft_batch: int = 32
     sft_lr: float = 1e-3
     # 3. the reward model, from the rater's comparisons (Bradley-Terry)
-    pair_prompts: int = 3_000  # training prompts the rater compares two forum replies to
-    sampled_pair_prompts: int = 3_000  # ... and two responses of the SFT model to
+    pair_prompts: int = 3_000  # training prompts the rater ranks rm_group forum replies to
+    sampled_pair_prompts: int = 3_000  # ... and rm_group samples of the SFT model to
     rm_group: int = 4  # responses the rater ranks per training prompt (K of InstructGPT)
     rm_steps: int = 1_000
     rm_batch: int = 16  # prompts per step, with all the comparisons of their K responses

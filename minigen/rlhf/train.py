@@ -284,7 +284,7 @@ def dpo(
     data = pair_batch(tokenizer, pairs, cfg.block_size)
     n = len(pairs)
     # log pi_ref of a response, once, when a batch first draws it (not of all of them up front:
-    # the K responses a prompt are ranked in give many more comparisons than DPO's steps draw)
+    # rankings of K responses per prompt give more comparisons than DPO's steps draw)
     ref = np.full(len(data), np.nan)
     policy = copy_gpt(sft_model)
 
