@@ -128,3 +128,19 @@ def test_empty_preference_sets_are_refused(run, tmp_path, capsys, monkeypatch):
     empty = {"forum": [], "sampled": []}
     (other / "pairs.json").write_text(json.dumps({"train": empty, "held_out": empty}))
     assert "no preference pairs" in _error(capsys, ["rlhf", "dpo", "--quiet", "--out", str(other)])
+
+
+def test_comparison_groups_keep_each_prompts_comparisons_together():
+    from minigen.rlhf.rater import Pair
+    from minigen.rlhf.train import comparison_groups
+
+    p, q = "Q: shout cat\nA:", "Q: reverse pots\nA:"
+    pairs = [
+        Pair(p, " CAT.\n", " cat.\n"), Pair(p, " CAT.\n", " No idea.\n"),
+        Pair(p, " No idea.\n", " cat.\n"), Pair(q, " stop.\n", " pots.\n"),
+    ]  # fmt: skip
+    prompts, responses, groups = comparison_groups(pairs)
+    assert [len(g) for g in groups] == [3, 1] and len(responses) == 5  # each reply read once
+    rebuilt = [Pair(prompts[c], responses[c], responses[r]) for g in groups for c, r in g]
+    assert rebuilt == pairs
+    assert all(prompts[c] == prompts[r] for g in groups for c, r in g)

@@ -113,6 +113,23 @@ def test_compare_is_antisymmetric_and_pairs_are_ordered_by_the_rater():
     assert all(rater.score(q.prompt, q.chosen) > rater.score(q.prompt, q.rejected) for q in pairs)
 
 
+@given(seeds, st.integers(2, len(STYLES)))
+def test_a_ranking_of_k_replies_gives_every_untied_two_of_them_in_order(seed, k):
+    reqs = list({r.prompt: r for r in sample_requests(5, seed % 1000)}.values())  # distinct
+    pairs = rater.preference_pairs(reqs, seed=seed, k=k)
+    assert pairs == rater.preference_pairs(reqs, seed=seed, k=k)  # reproducible
+    for req in reqs:
+        mine = [q for q in pairs if q.prompt == req.prompt]
+        replies = {q.chosen for q in mine} | {q.rejected for q in mine}
+        assert len(replies) <= k and len(mine) <= k * (k - 1) // 2
+        # the ordered pairs of those replies are exactly the comparisons the rater does not tie
+        redone = rater.ordered_pairs(req.prompt, sorted(replies))
+        assert {(q.chosen, q.rejected) for q in redone} == {(q.chosen, q.rejected) for q in mine}
+    assert all(rater.score(q.prompt, q.chosen) > rater.score(q.prompt, q.rejected) for q in pairs)
+    with pytest.raises(ValueError, match="k must be"):
+        rater.preference_pairs(reqs, seed=seed, k=len(STYLES) + 1)
+
+
 def test_helpful_replies_beat_the_forums_other_styles_on_average():
     gen = np.random.default_rng(0)
     reqs = sample_requests(200, 0)

@@ -1,7 +1,7 @@
 """Every setting of the RLHF pipeline in one place: the full run and the fast one.
 
 The full run (`minigen rlhf all`) takes about 13 minutes of one CPU core (BLAS on one
-thread; 18 minutes of wall time on two cores shared with other jobs); the fast one
+thread; 14 minutes of wall time on one of two cores, the other busy with another job); the fast one
 (`RLHFConfig.fast()`, for tests and CI) about 10 seconds, with a tiny model that learns little. A config travels with every checkpoint, so stages refuse checkpoints made
 with a different model shape or task (`minigen.rlhf.io`).
 """
@@ -33,10 +33,11 @@ class RLHFConfig:
     sft_batch: int = 32
     sft_lr: float = 1e-3
     # 3. the reward model, from the rater's comparisons (Bradley-Terry)
-    pair_prompts: int = 3_000  # training prompts the rater compares two forum replies to
-    sampled_pair_prompts: int = 3_000  # ... and two responses of the SFT model to
+    pair_prompts: int = 3_000  # training prompts the rater ranks rm_group forum replies to
+    sampled_pair_prompts: int = 3_000  # ... and rm_group samples of the SFT model to
+    rm_group: int = 4  # responses the rater ranks per training prompt (K of InstructGPT)
     rm_steps: int = 1_000
-    rm_batch: int = 32
+    rm_batch: int = 16  # prompts per step, with all the comparisons of their K responses
     rm_lr: float = 1e-3
     # 4. PPO against the reward model, with a KL penalty to the SFT model
     ppo_iters: int = 80

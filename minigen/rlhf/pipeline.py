@@ -48,15 +48,16 @@ def rater_pairs(
     cfg: RLHFConfig, sft_model: Any, tokenizer: Any, held_out: bool = False
 ) -> dict[str, list[Pair]]:
     """The rater's comparisons, on training prompts or on held-out ones (for the accuracy):
-    of two forum replies in different styles ("forum"), and of two samples of the SFT model
-    ("sampled")."""
-    k = 5 if held_out else 1
+    of forum replies in different styles ("forum"), and of samples of the SFT model
+    ("sampled"). For training the rater ranks `cfg.rm_group` responses per prompt (every two
+    of them compared); the held-out comparisons are of two responses, one per prompt."""
+    k, group = (5, 2) if held_out else (1, cfg.rm_group)
     seed = cfg.seed + (200 if held_out else 2)
     forum = sample_requests(max(50, cfg.pair_prompts // k), seed, held_out)
     sampled = sample_requests(max(50, cfg.sampled_pair_prompts // k), seed + 1, held_out)
     return {
-        "forum": preference_pairs(forum, seed),
-        "sampled": sampled_pairs(sft_model, tokenizer, sampled, cfg.max_new_tokens, seed),
+        "forum": preference_pairs(forum, seed, k=group),
+        "sampled": sampled_pairs(sft_model, tokenizer, sampled, cfg.max_new_tokens, seed, group),
     }
 
 

@@ -44,7 +44,9 @@ from minigen.rlhf.task import (
     parse_prompt,
 )
 
-__all__ = ["Rating", "Pair", "rate", "score", "compare", "demonstrate", "preference_pairs"]
+__all__ = [
+    "Rating", "Pair", "rate", "score", "compare", "demonstrate", "preference_pairs", "ordered_pairs",
+]  # fmt: skip
 
 W_CORRECT, W_POLITE, W_CONCISE = 0.5, 0.2, 0.3
 CONCISE_FREE, CONCISE_ZERO = 8, 24  # characters beyond the answer's own length
@@ -126,18 +128,33 @@ def demonstrate(prompt: str) -> str:
     return DEMOS[h % len(DEMOS)].format(a=req.answer) + "\n"
 
 
-def preference_pairs(requests: Sequence[Request], seed: int, per_prompt: int = 1) -> list[Pair]:
-    """Comparisons the rater makes: for each request, `per_prompt` times, two forum replies in
-    two different styles drawn at random, ordered by the rater (ties are dropped)."""
-    gen = np.random.default_rng([seed, 11])
+def preference_pairs(
+    requests: Sequence[Request], seed: int, per_prompt: int = 1, k: int = 2
+) -> list[Pair]:
+    """Comparisons the rater makes: for each request, `per_prompt` times, `k` forum replies in
+    `k` different styles drawn at random, and every two of them ordered by the rater (ties are
+    dropped): up to k (k - 1) / 2 comparisons of one prompt, consecutive in the list (the
+    ranking of K responses of InstructGPT's labelers)."""
     styles = list(STYLES)
+    if not 2 <= k <= len(styles):
+        raise ValueError(f"preference_pairs: k must be in [2, {len(styles)}] styles, got {k}")
+    gen = np.random.default_rng([seed, 11])
     pairs = []
     for req in requests:
         for _ in range(per_prompt):
-            i, j = gen.choice(len(styles), 2, replace=False)
-            a = forum_reply(req, styles[i], gen) + "\n"
-            b = forum_reply(req, styles[j], gen) + "\n"
-            c = compare(req.prompt, a, b)
+            replies = [forum_reply(req, styles[i], gen) + "\n"
+                       for i in gen.choice(len(styles), k, replace=False)]  # fmt: skip
+            pairs += ordered_pairs(req.prompt, replies)
+    return pairs
+
+
+def ordered_pairs(prompt: str, responses: Sequence[str]) -> list[Pair]:
+    """Every two of `responses` to one prompt, ordered by the rater (ties dropped), in the
+    order (0, 1), (0, 2), ..., (1, 2), ..."""
+    pairs = []
+    for i, a in enumerate(responses):
+        for b in responses[i + 1 :]:
+            c = compare(prompt, a, b)
             if c:
-                pairs.append(Pair(req.prompt, a, b) if c > 0 else Pair(req.prompt, b, a))
+                pairs.append(Pair(prompt, a, b) if c > 0 else Pair(prompt, b, a))
     return pairs

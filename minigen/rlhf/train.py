@@ -26,14 +26,14 @@ from minigen.rlhf.config import RLHFConfig
 from minigen.rlhf.data import Batch, encode, sequence_logprob
 from minigen.rlhf.losses import bradley_terry_loss, dpo_loss
 from minigen.rlhf.models import RewardModel, hidden_states, lm_logits, sample_responses
-from minigen.rlhf.rater import Pair, compare, demonstrate
+from minigen.rlhf.rater import Pair, demonstrate, ordered_pairs
 from minigen.rlhf.task import forum_corpus, sample_requests
 from minigen.tensor import Tensor, no_grad
 from minigen.text import GPT, CharTokenizer, GPTConfig
 
 __all__ = [
     "make_tokenizer", "gpt_config", "copy_gpt", "take", "fit", "pretrain", "sft",
-    "train_reward_model", "pair_batch", "sampled_pairs", "reward_accuracy", "reward_scores",
+    "train_reward_model", "comparison_groups", "pair_batch", "sampled_pairs", "reward_accuracy", "reward_scores",
     "sequence_logprobs", "dpo", "logits_of", "by_length", "window",
 ]  # fmt: skip
 
@@ -164,20 +164,20 @@ def sft(
 
 
 def sampled_pairs(
-    model: GPT, tokenizer: Any, requests: Sequence[Any], max_new_tokens: int, seed: int
-) -> list[Pair]:
+    model: GPT, tokenizer: Any, requests: Sequence[Any], max_new_tokens: int, seed: int,
+    k: int = 2,
+) -> list[Pair]:  # fmt: skip
     """Comparisons of the model's own responses (InstructGPT's labelers rank samples of the
-    model): two samples per prompt, ordered by the rater; ties are dropped."""
+    model): `k` samples per prompt, every two of them ordered by the rater; ties (and two
+    equal samples) are dropped."""
+    if k < 2:
+        raise ValueError(f"sampled_pairs: k must be at least 2 samples per prompt, got {k}")
     prompts = [r.prompt for r in requests]
     gen = np.random.default_rng([seed, 13])
-    a = sample_responses(model, tokenizer, prompts, max_new_tokens, 1.0, gen)
-    b = sample_responses(model, tokenizer, prompts, max_new_tokens, 1.0, gen)
-    pairs = []
-    for p, x, y in zip(prompts, a, b, strict=True):
-        c = compare(p, x, y)
-        if c:
-            pairs.append(Pair(p, x, y) if c > 0 else Pair(p, y, x))
-    return pairs
+    samples = [sample_responses(model, tokenizer, prompts, max_new_tokens, 1.0, gen)
+               for _ in range(k)]  # fmt: skip
+    return [pair for i, p in enumerate(prompts)
+            for pair in ordered_pairs(p, [s[i] for s in samples])]  # fmt: skip
 
 
 def pair_batch(tokenizer: Any, pairs: Sequence[Pair], block_size: int) -> Batch:
@@ -193,21 +193,55 @@ def _pair_rows(n_pairs: int, idx: np.ndarray) -> np.ndarray:
     return np.concatenate([idx, idx + n_pairs])  # chosen rows, then their rejected rows
 
 
+def comparison_groups(pairs: Sequence[Pair]) -> tuple[list[str], list[str], list[np.ndarray]]:
+    """The comparisons of one prompt together: consecutive pairs of the same prompt are one
+    group (the rater's ranking of K responses), each distinct response one row.
+
+    Returns (prompts, responses) of the rows and, per group, a (n, 2) array of (chosen row,
+    rejected row) of its comparisons."""
+    prompts: list[str] = []
+    responses: list[str] = []
+    groups: list[np.ndarray] = []
+    for i, pair in enumerate(pairs):
+        if i == 0 or pair.prompt != pairs[i - 1].prompt:
+            rows: dict[str, int] = {}
+            groups.append(np.zeros((0, 2), dtype=np.int64))
+        for text in (pair.chosen, pair.rejected):
+            if text not in rows:
+                rows[text] = len(responses)
+                prompts.append(pair.prompt)
+                responses.append(text)
+        groups[-1] = np.vstack([groups[-1], [[rows[pair.chosen], rows[pair.rejected]]]])
+    return prompts, responses, groups
+
+
 def train_reward_model(
     cfg: RLHFConfig, sft_model: GPT, tokenizer: Any, pairs: Sequence[Pair], progress: bool = True
 ) -> tuple[RewardModel, list[float]]:
     """A reward model trained on comparisons by the Bradley-Terry loss, then normalised so
-    its scores on the comparisons' responses have mean 0 and standard deviation 1."""
+    its scores on the comparisons' responses have mean 0 and standard deviation 1.
+
+    A batch is `cfg.rm_batch` prompts with all the comparisons the rater made of their
+    responses (InstructGPT: the K (K - 1) / 2 comparisons of one ranking are one batch element,
+    each response read once), the loss their mean. The prompts of a batch are neighbours in
+    length, as in the language-model stages, so that little of it is padding."""
+    if not pairs:
+        raise ValueError("no preference pairs: the rater's comparisons are empty")
     rng.manual_seed(cfg.seed + 2)
-    data = pair_batch(tokenizer, pairs, cfg.block_size)
-    n = len(pairs)
+    prompts, responses, groups = comparison_groups(pairs)
+    data = encode(tokenizer, prompts, responses, cfg.block_size)
     rm = RewardModel.from_policy(sft_model)
+    # the groups by their longest sequence: a batch of neighbours pads little (see `window`)
+    longest = np.array([data.last[g].max() for g in groups])
+    order = np.lexsort((rng.generator().random(len(groups)), longest))
 
     def loss_at(step: int) -> Tensor:
-        b = take(data, _pair_rows(n, rng.generator().integers(0, n, cfg.rm_batch)))
-        r = rm(b.ids, b.last)  # (2B,)
-        k = len(b) // 2
-        return bradley_terry_loss(r[:k], r[k:])
+        picked = [groups[g] for g in window(order, cfg.rm_batch, rng.generator())]
+        rows, inverse = np.unique(np.concatenate([g.ravel() for g in picked]), return_inverse=True)
+        b = take(data, rows)
+        r = rm(b.ids, b.last)  # (rows,)
+        chosen, rejected = inverse.reshape(-1, 2).T  # (n,) positions of each comparison's rows
+        return bradley_terry_loss(r[chosen], r[rejected])
 
     losses = fit(rm, loss_at, cfg.rm_steps, cfg.rm_lr, "reward model", progress)
     raw = reward_scores(rm, data, normalised=False)
@@ -249,11 +283,16 @@ def dpo(
     rng.manual_seed(cfg.seed + 4)
     data = pair_batch(tokenizer, pairs, cfg.block_size)
     n = len(pairs)
-    ref = sequence_logprobs(sft_model, data)  # log pi_ref of every response, once
+    # log pi_ref of a response, once, when a batch first draws it (not of all of them up front:
+    # rankings of K responses per prompt give more comparisons than DPO's steps draw)
+    ref = np.full(len(data), np.nan)
     policy = copy_gpt(sft_model)
 
     def loss_at(step: int) -> Tensor:
         rows = _pair_rows(n, rng.generator().integers(0, n, cfg.dpo_batch))
+        new = np.unique(rows[np.isnan(ref[rows])])
+        if len(new):
+            ref[new] = sequence_logprobs(sft_model, take(data, new))
         b = take(data, rows)
         logp = sequence_logprob(logits_of(policy, b.ids), b)  # (2B,)
         k = len(b) // 2
