@@ -266,6 +266,13 @@ class GroupNorm(Module):
         self.weight = Parameter(xp.ones(num_channels, dtype=dt))
         self.bias = Parameter(xp.zeros(num_channels, dtype=dt))
 
+    @classmethod
+    def for_channels(cls, num_channels: int, max_groups: int = 8) -> GroupNorm:
+        """GroupNorm over the largest number of groups <= max_groups that divides the channels
+        (the U-Nets' choice: 8 groups where the width allows)."""
+        g = next(g for g in range(min(max_groups, num_channels), 0, -1) if num_channels % g == 0)
+        return cls(g, num_channels)
+
     def forward(self, x: Tensor) -> Tensor:
         return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 

@@ -44,19 +44,14 @@ from minigen.tensor import Tensor
 __all__ = ["ResBlock", "UNet"]
 
 
-def _groups(channels: int, max_groups: int = 8) -> int:
-    """The largest number of groups <= max_groups that divides `channels`."""
-    return next(g for g in range(min(max_groups, channels), 0, -1) if channels % g == 0)
-
-
 class ResBlock(nn.Module):
     """(B, c_in, H, W), temb (B, temb_dim) -> (B, c_out, H, W)."""
 
     def __init__(self, c_in: int, c_out: int, temb_dim: int) -> None:
-        self.norm1 = nn.GroupNorm(_groups(c_in), c_in)
+        self.norm1 = nn.GroupNorm.for_channels(c_in)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
         self.time = nn.Linear(temb_dim, c_out)
-        self.norm2 = nn.GroupNorm(_groups(c_out), c_out)
+        self.norm2 = nn.GroupNorm.for_channels(c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else None
 
@@ -140,7 +135,7 @@ class UNet(nn.Module):
             ups.append(ResBlock(c + widths[i], widths[i], t_out))
             c = widths[i]
         self.up = nn.ModuleList(ups)
-        self.out_norm = nn.GroupNorm(_groups(c), c)
+        self.out_norm = nn.GroupNorm.for_channels(c)
         self.out = nn.Conv2d(c, in_channels, 3, padding=1)
 
     def forward(self, x: Any, t: Any, cond: Any = None) -> Tensor:

@@ -73,19 +73,14 @@ class Caption:
         )
 
 
-def _groups(channels: int, max_groups: int = 8) -> int:
-    """The largest number of groups <= max_groups that divides `channels`."""
-    return next(g for g in range(min(max_groups, channels), 0, -1) if channels % g == 0)
-
-
 class FiLMResBlock(nn.Module):
     """(B, c_in, H, W), temb (B, temb_dim) -> (B, c_out, H, W), FiLM by temb after GN."""
 
     def __init__(self, c_in: int, c_out: int, temb_dim: int) -> None:
-        self.norm1 = nn.GroupNorm(_groups(c_in), c_in)
+        self.norm1 = nn.GroupNorm.for_channels(c_in)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
         self.film = nn.Linear(temb_dim, 2 * c_out)
-        self.norm2 = nn.GroupNorm(_groups(c_out), c_out)
+        self.norm2 = nn.GroupNorm.for_channels(c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else None
 
@@ -107,7 +102,7 @@ class CrossAttention(nn.Module):
         if channels % heads:
             raise ValueError(f"CrossAttention: {channels} channels do not split into {heads} heads")
         self.heads = heads
-        self.norm = nn.GroupNorm(_groups(channels), channels)
+        self.norm = nn.GroupNorm.for_channels(channels)
         self.q = nn.Linear(channels, channels)
         self.kv = nn.Linear(text_dim, 2 * channels)
         self.out = nn.Linear(channels, channels)
@@ -194,7 +189,7 @@ class CrossAttnUNet(nn.Module):
         self.up_attn = nn.ModuleList(a for a in up_attn if a is not None)
         self._down_has = [a is not None for a in down_attn]
         self._up_has = [a is not None for a in up_attn]
-        self.out_norm = nn.GroupNorm(_groups(c), c)
+        self.out_norm = nn.GroupNorm.for_channels(c)
         self.out = nn.Conv2d(c, in_channels, 3, padding=1)
 
     def forward(self, x: Any, t: Any, cond: Caption) -> Tensor:
