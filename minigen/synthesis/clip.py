@@ -177,10 +177,13 @@ class TextEncoder(nn.Module):
             h = block(h)
         return self.ln_f(h), eos  # (B, L', D), (B,)
 
-    def forward(self, tokens: Any) -> Tensor:
-        h, eos = self.states(tokens)  # (B, L', D)
+    def embed(self, h: Tensor, eos: np.ndarray) -> Tensor:
+        """g(c) (B, E) from the states of `states`: the state at <eos>, projected, unit length."""
         pooled = h[np.arange(h.shape[0]), eos]  # (B, D): the state at <eos> has read it all
         return _l2_normalize(self.proj(pooled))  # (B, E)
+
+    def forward(self, tokens: Any) -> Tensor:
+        return self.embed(*self.states(tokens))  # (B, E)
 
 
 def check_tokens(tokens: Any, cfg: CLIPConfig) -> tuple[np.ndarray, np.ndarray]:

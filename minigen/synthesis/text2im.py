@@ -130,9 +130,7 @@ class CaptionUNet(nn.Module):
             return Caption(pooled, states, np.ones((n, 1), dtype=bool))
         h, eos = self.text.states(tokens)  # (B, L', D), (B,)
         B, L = h.shape[:2]
-        g = self.text.proj(h[np.arange(B), eos])  # (B, E)
-        # g(c) = proj(h_eos) / ||proj(h_eos)||, CLIP's text embedding
-        g = g / ((g * g).sum(axis=-1, keepdims=True) + 1e-12).sqrt()  # (B, E)
+        g = self.text.embed(h, eos)  # (B, E) g(c), CLIP's text embedding
         visible = np.arange(L)[None, :] <= eos[:, None]  # (B, L'): <bos> .. <eos>, not <pad>
         if drop is not None:
             keep = ~np.asarray(drop, dtype=bool)  # (B,)
