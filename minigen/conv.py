@@ -30,6 +30,42 @@ def _windows(xpad: Any, kh: int, kw: int, stride: int) -> Any:
     )
 
 
+def _pad_nhwc(a: Any, ph: int, pw: int) -> Any:
+    """(N, C, H, W) -> (N, H + 2 ph, W + 2 pw, C), zero-padded, channels-last."""
+    xp = backend.array_module(a)
+    N, C, H, W = a.shape
+    out = xp.zeros((N, H + 2 * ph, W + 2 * pw, C), dtype=a.dtype)
+    out[:, ph : ph + H, pw : pw + W, :] = a.transpose(0, 2, 3, 1)
+    return out
+
+
+def _correlate(xpad: Any, wk: Any) -> Any:
+    """Stride-1 cross-correlation, channels-last: xpad (N, Hp, Wp, C), wk (kh, kw, C, O)
+    -> (N, Hp - kh + 1, Wp - kw + 1, O), and the windows if it built them.
+
+    Two ways to one sum, y[n, i, j] = sum_{u, v} xpad[n, i + u, j + v] @ wk[u, v]; each builds
+    an intermediate of kh kw values per pixel and per channel of one side, so the side with
+    fewer channels is taken:
+    - C <= O, windows ("im2col"): y = [xpad[i + u, j + v] for u, v] @ wk, one row per output pixel;
+    - C > O, shifted products: z[a, b, u, v] = xpad[a, b] @ wk[u, v] for every padded pixel,
+      one matrix product, then y[i, j] = sum_{u, v} z[i + u, j + v, u, v].
+    """
+    xp = backend.array_module(xpad)
+    N, Hp, Wp, C = xpad.shape
+    kh, kw, _, O = wk.shape
+    Ho, Wo = Hp - kh + 1, Wp - kw + 1
+    if C <= O:
+        cols = _windows(xpad, kh, kw, 1).reshape(N * Ho * Wo, kh * kw * C)  # a copy
+        return (cols @ wk.reshape(kh * kw * C, O)).reshape(N, Ho, Wo, O), cols
+    wz = wk.transpose(2, 0, 1, 3).reshape(C, kh * kw * O)  # (C, kh kw O)
+    z = (xpad.reshape(N * Hp * Wp, C) @ wz).reshape(N, Hp, Wp, kh, kw, O)
+    y = xp.zeros((N, Ho, Wo, O), dtype=z.dtype)  # (N, Ho, Wo, O)
+    for u in range(kh):
+        for v in range(kw):
+            y += z[:, u : u + Ho, v : v + Wo, u, v, :]
+    return y, None
+
+
 def conv2d(
     x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: int = 1, padding: int = 0
 ) -> Tensor:
@@ -45,40 +81,61 @@ def conv2d(
     xp = backend.array_module(xd)
     N, C, H, W = xd.shape
     O, _, kh, kw = w.shape
-    p = padding
+    p, s = padding, stride
     if H + 2 * p < kh or W + 2 * p < kw:
         raise ValueError(
             f"conv2d: kernel {kh}x{kw} is larger than the padded input {(N, C, H + 2 * p, W + 2 * p)}"
         )
     dt = xp.result_type(xd, w)
-    xpad = xp.zeros((N, H + 2 * p, W + 2 * p, C), dtype=dt)  # (N, H + 2p, W + 2p, C)
-    xpad[:, p : p + H, p : p + W, :] = xd.transpose(0, 2, 3, 1)
-    win = _windows(xpad, kh, kw, stride)  # (N, Ho, Wo, kh, kw, C)
-    Ho, Wo = win.shape[1], win.shape[2]
-    cols = win.reshape(N * Ho * Wo, kh * kw * C)  # a copy: one row per output pixel
-    wm = w.transpose(2, 3, 1, 0).reshape(kh * kw * C, O)  # (kh kw C, O)
-    y = cols @ wm  # (N Ho Wo, O)
+    xpad = _pad_nhwc(xd.astype(dt, copy=False), p, p)  # (N, H + 2p, W + 2p, C)
+    wk = w.transpose(2, 3, 1, 0)  # (kh, kw, C, O)
+    if s == 1:
+        y, cols = _correlate(xpad, wk)  # (N, Ho, Wo, O)
+    else:  # strided: the windows of every s-th pixel
+        win = _windows(xpad, kh, kw, s)  # (N, Ho, Wo, kh, kw, C)
+        cols = win.reshape(-1, kh * kw * C)  # a copy: one row per output pixel
+        y = (cols @ wk.reshape(kh * kw * C, O)).reshape(*win.shape[:3], O)
+    Ho, Wo = y.shape[1], y.shape[2]
     if bias is not None:
         y += bias.data
-    y = xp.ascontiguousarray(y.reshape(N, Ho, Wo, O).transpose(0, 3, 1, 2))  # (N, O, Ho, Wo)
+    y = xp.ascontiguousarray(y.transpose(0, 3, 1, 2))  # (N, O, Ho, Wo)
 
     def backward(g):  # g: (N, O, Ho, Wo)
         dx = dw = db = None
-        g2 = g.transpose(0, 2, 3, 1).reshape(N * Ho * Wo, O)  # (N Ho Wo, O)
+        g4 = g.transpose(0, 2, 3, 1)  # (N, Ho, Wo, O), a view
         if weight.requires_grad:
-            # dL/dw = cols^T g, back to (O, C, kh, kw)
-            dw = (cols.T @ g2).reshape(kh, kw, C, O).transpose(3, 2, 0, 1)
+            # dL/dw[u, v] = sum over output pixels of xpad[i s + u, j s + v]^T g[i, j]
+            if cols is not None:  # = cols^T g
+                dwk = (cols.T @ g4.reshape(-1, O)).reshape(kh, kw, C, O)
+            else:  # stride 1, C > O: g shifted by (u, v) beside every padded pixel
+                gs = xp.zeros(
+                    (N, *xpad.shape[1:3], kh, kw, O), dtype=g.dtype
+                )  # (N, Hp, Wp, kh, kw, O)
+                for u in range(kh):
+                    for v in range(kw):
+                        gs[:, u : u + Ho, v : v + Wo, u, v, :] = g4
+                dwk = (xpad.reshape(-1, C).T @ gs.reshape(-1, kh * kw * O)).reshape(C, kh, kw, O)
+                dwk = dwk.transpose(1, 2, 0, 3)
+            dw = dwk.transpose(3, 2, 0, 1)  # (O, C, kh, kw)
         if x.requires_grad:
-            dcols = (g2 @ wm.T).reshape(N, Ho, Wo, kh, kw, C)  # dL/dcols = g w^T
-            dpad = xp.zeros(xpad.shape, dtype=g.dtype)  # (N, H + 2p, W + 2p, C)
-            for u in range(kh):  # each kernel offset adds its windows back ("col2im")
-                for v in range(kw):
-                    dpad[:, u : u + stride * Ho : stride, v : v + stride * Wo : stride, :] += dcols[
-                        :, :, :, u, v, :
-                    ]
-            dx = xp.ascontiguousarray(dpad[:, p : p + H, p : p + W, :].transpose(0, 3, 1, 2))
+            if s == 1 and p <= min(kh, kw) - 1:
+                # dL/dx: g (padded by k - 1 - p) correlated with the kernel flipped, C <-> O
+                gpad = _pad_nhwc(g, kh - 1 - p, kw - 1 - p)  # (N, H + kh - 1, W + kw - 1, O)
+                dxn, _ = _correlate(gpad, wk[::-1, ::-1].transpose(0, 1, 3, 2))  # (N, H, W, C)
+                dx = xp.ascontiguousarray(dxn.transpose(0, 3, 1, 2))
+            else:  # each kernel offset adds its windows back ("col2im")
+                dcols = (g4.reshape(-1, O) @ wk.reshape(kh * kw * C, O).T).reshape(
+                    N, Ho, Wo, kh, kw, C
+                )
+                dpad = xp.zeros(xpad.shape, dtype=g.dtype)  # (N, H + 2p, W + 2p, C)
+                for u in range(kh):
+                    for v in range(kw):
+                        dpad[:, u : u + s * Ho : s, v : v + s * Wo : s, :] += dcols[
+                            :, :, :, u, v, :
+                        ]
+                dx = xp.ascontiguousarray(dpad[:, p : p + H, p : p + W, :].transpose(0, 3, 1, 2))
         if bias is not None and bias.requires_grad:
-            db = g2.sum(axis=0)
+            db = g4.sum(axis=(0, 1, 2))
         return (dx, dw, db) if bias is not None else (dx, dw)
 
     return node(y, (x, weight, bias) if bias is not None else (x, weight), backward)
