@@ -191,7 +191,14 @@ def relu(a: Tensor) -> Tensor:
 
 def silu(a: Tensor) -> Tensor:
     ad = a.data
-    s = _sigmoid(ad)
+    xp = backend.array_module(ad)
+    # s(x) = (1 + tanh(x / 2)) / 2: one transcendental pass, in place, no overflow (for
+    # x << 0 it rounds s to 0 sooner than _sigmoid does, which x s(x) cannot tell apart)
+    s = xp.array(ad, copy=True)  # an array even for a 0-d input
+    s *= 0.5
+    xp.tanh(s, out=s)
+    s *= 0.5
+    s += 0.5
     # silu(x) = x s(x);  silu'(x) = s(x) (1 + x (1 - s(x)))
     return node(ad * s, (a,), lambda g: (g * s * (1 + ad * (1 - s)),))
 
