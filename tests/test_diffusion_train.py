@@ -40,6 +40,30 @@ def test_diffusion_loss_is_the_mse_between_the_noise_and_its_estimate():
     assert loss == pytest.approx(float(expected), rel=1e-5)
 
 
+def test_min_snr_loss_weights_each_example_by_min_snr_gamma_over_snr():
+    minigen.manual_seed(0)
+    model = MLPDenoiser(dim=2, **TINY_MLP)
+    sched = NoiseSchedule.make("linear", 100)
+    x0 = np.random.default_rng(1).standard_normal((16, 2)).astype(np.float32)
+    loss = diffusion_loss(model, sched, x0, np.random.default_rng(5), snr_gamma=5.0).item()
+    g = np.random.default_rng(5)  # the same draws, by hand
+    t = g.integers(0, 100, 16)
+    eps = g.standard_normal(x0.shape, dtype=np.float32)
+    abar = sched.alphas_cumprod[t]
+    x_t = np.sqrt(abar)[:, None] * x0 + np.sqrt(1 - abar)[:, None] * eps
+    per = ((model(Tensor(x_t.astype(np.float32)), t).data - eps) ** 2).mean(axis=1)
+    snr = abar / (1 - abar)
+    assert (snr > 5).any() and (snr < 5).any()  # both sides of the clip are drawn
+    expected = (np.minimum(snr, 5.0) / snr * per).mean()
+    assert loss == pytest.approx(float(expected), rel=1e-5)
+    # a gamma above every SNR weighs nothing down: L_simple again
+    plain = diffusion_loss(model, sched, x0, np.random.default_rng(5)).item()
+    big = diffusion_loss(model, sched, x0, np.random.default_rng(5), snr_gamma=1e9).item()
+    assert big == pytest.approx(plain, rel=1e-5)
+    with pytest.raises(ValueError, match="snr_gamma must be positive, got 0"):
+        diffusion_loss(model, sched, x0, np.random.default_rng(5), snr_gamma=0)
+
+
 def test_ema_follows_its_recurrence():
     minigen.manual_seed(0)
     model = MLPDenoiser(dim=2, **TINY_MLP)

@@ -280,10 +280,11 @@ def test_bad_input_exits_one_with_one_line(argv, message, tmp_path, capsys):
 def test_train_text2im_writes_a_checkpoint_and_its_loss_curve(tmp_path, capsys):
     out, png = tmp_path / "cond.safetensors", tmp_path / "loss.png"
     args = ["train-text2im", "--model", "cond", "--steps", "2", "--n-train", "32", "--batch-size",
-            "2", "--channels", "8", "--mults", "1,2", "--out", str(out), "--loss-plot", str(png),
-            "--quiet"]  # fmt: skip
+            "2", "--channels", "8", "--mults", "1,2", "--snr-gamma", "5", "--out", str(out),
+            "--loss-plot", str(png), "--quiet"]  # fmt: skip
     assert main(args) == 0 and png.read_bytes()[:8] == PNG
     assert load_cond(out).config["train"]["steps"] == 2
+    assert load_cond(out).config["train"]["snr_gamma"] == 5
     assert "s of CPU" in capsys.readouterr().out
     before = out.read_bytes()
     assert main(args) == 1 and out.read_bytes() == before
@@ -291,6 +292,8 @@ def test_train_text2im_writes_a_checkpoint_and_its_loss_curve(tmp_path, capsys):
     assert len(err) == 1 and "pass --force" in err[0]
     assert main([*args[:-1], "--model", "clip", "--force"]) == 1
     assert "unknown model kind 'clip'" in capsys.readouterr().err
+    assert main([*args[:-1], "--snr-gamma", "0", "--force"]) == 1
+    assert "snr_gamma must be positive, got 0" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- shipped models

@@ -6,7 +6,14 @@ denoiser learns to tell the noise back (Ho et al., Eq. 14, "L_simple"):
 
     L(w) = E_{x_0, t ~ U{1..T}, eps} || eps - eps_theta(sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, t) ||^2.
 
-(The variational bound of the chain, with the weight of each t's term dropped.) Training
+(The variational bound of the chain, with the weight of each t's term dropped.)
+*Min-SNR weighting* (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting
+Strategy") gives each t's term a weight instead, so that the many nearly clean timesteps, whose
+noise is easy to tell and says little about the image's layout, stop dominating the gradient:
+
+    w(t) = min(SNR(t), gamma) / SNR(t),      SNR(t) = abar_t / (1 - abar_t)
+
+(1 for the noisy timesteps where SNR(t) <= gamma; gamma = 5 in the paper). Training
 is AdamW with warm-up and cosine decay and gradient clipping; sampling uses an
 *exponential moving average* of the weights, which is much smoother than the last
 iterate (Ho et al. use a decay of 0.9999):
@@ -109,17 +116,33 @@ def load_data(name: str, n_points: int = 10000, seed: int = 0) -> DiffusionData:
 
 
 def diffusion_loss(
-    model: nn.Module, schedule: NoiseSchedule, x0: np.ndarray, generator: np.random.Generator
+    model: nn.Module,
+    schedule: NoiseSchedule,
+    x0: np.ndarray,
+    generator: np.random.Generator,
+    snr_gamma: float | None = None,
 ) -> Tensor:
-    """L_simple on a batch x0 (B, ...): MSE between the noise and the denoiser's guess."""
+    """L_simple on a batch x0 (B, ...): MSE between the noise and the denoiser's guess;
+    with `snr_gamma`, each example's term weighted by min(SNR(t), gamma) / SNR(t)."""
     B = x0.shape[0]
     # t ~ U{0 .. T-1} (the book's 1 .. T), one per example
     t = generator.integers(0, len(schedule), B)  # (B,)
     eps = generator.standard_normal(x0.shape, dtype=x0.dtype)  # (B, ...)
     # x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps
     x_t = schedule.add_noise(x0, eps, t)  # (B, ...)
-    # || eps - eps_theta(x_t, t) ||^2, averaged
-    return F.mse_loss(model(Tensor(x_t), t), eps)
+    if snr_gamma is None:
+        # || eps - eps_theta(x_t, t) ||^2, averaged
+        return F.mse_loss(model(Tensor(x_t), t), eps)
+    if snr_gamma <= 0:
+        raise ValueError(f"snr_gamma must be positive, got {snr_gamma}")
+    abar = schedule.alphas_cumprod[t]  # (B,)
+    snr = abar / (1 - abar)  # (B,)
+    # w(t) = min(SNR(t), gamma) / SNR(t)
+    w = (np.minimum(snr, snr_gamma) / snr).astype(x0.dtype)  # (B,)
+    d = model(Tensor(x_t), t) - Tensor(eps)  # (B, ...)
+    per_example = (d * d).mean(axis=tuple(range(1, x0.ndim)))  # (B,)
+    # E[w(t) || eps - eps_theta(x_t, t) ||^2]
+    return (per_example * Tensor(w)).mean()
 
 
 class EMA:

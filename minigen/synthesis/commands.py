@@ -64,7 +64,7 @@ def train_cmd(args: argparse.Namespace) -> int:
         base_channels=args.channels, channel_mults=tuple(int(c) for c in args.mults.split(",")),
         schedule=args.schedule, seed=args.seed, n_train=args.n_train,
         ema_decay=args.ema_decay, p_uncond=args.p_uncond, text_init=args.text_init,
-        init=args.init, heads=args.heads,
+        init=args.init, heads=args.heads, snr_gamma=args.snr_gamma,
         attn_levels=tuple(int(a) for a in args.attn_levels.split(",") if a.strip()),
     )  # fmt: skip
     try:
@@ -129,6 +129,9 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--mults", default="1,2,2", help="U-Net width per level (default: 1,2,2)")
     p.add_argument("--schedule", default="linear", help="noise schedule (must be CLIP's)")
     p.add_argument("--ema-decay", type=float, default=0.999, help="default: %(default)s")
+    p.add_argument(
+        "--snr-gamma", type=float, help="weigh the loss by min(SNR, gamma) / SNR (default: none)"
+    )
     p.add_argument("--p-uncond", type=float, default=0.1, help="cond: caption dropout (0.1)")
     p.add_argument("--heads", type=int, default=4, help="cond: cross-attention heads (4)")
     p.add_argument(

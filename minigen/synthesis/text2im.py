@@ -181,6 +181,7 @@ class Text2ImConfig:
     attn_levels: tuple[int, ...] = (1, 2)  # cond only: levels (0 = 16x16) with cross-attention
     text_init: str | None = None  # cond only: start the caption encoder from this CLIP's text tower
     init: str | None = None  # cond only: start every weight from this conditional checkpoint
+    snr_gamma: float | None = None  # min-SNR-gamma loss weighting (None: L_simple)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -188,6 +189,8 @@ class Text2ImConfig:
         for name in ("steps", "batch_size", "n_train", "base_channels"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.snr_gamma is not None and not self.snr_gamma > 0:
+            raise ValueError(f"snr_gamma must be positive, got {self.snr_gamma}")
         self.channel_mults = tuple(int(m) for m in self.channel_mults)
         self.attn_levels = tuple(int(a) for a in self.attn_levels)
 
@@ -296,7 +299,7 @@ def _train(cfg: Text2ImConfig, data: CaptionedScenes | None, progress: bool) -> 
             drop = caption_dropout(len(idx), cfg.p_uncond, gen)  # (B,)
             e = model.embed(data.tokens[idx], drop)  # (B, E)
             fn = lambda x, t, e=e: model(x, t, e)  # noqa: E731
-        loss = diffusion_loss(fn, schedule, x0, gen)
+        loss = diffusion_loss(fn, schedule, x0, gen, cfg.snr_gamma)
         opt.zero_grad()
         loss.backward()
         optim.clip_grad_norm_(model.parameters(), cfg.grad_clip)
