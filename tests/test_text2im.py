@@ -16,7 +16,7 @@ from minigen.diffusion import DiffusionModel, Normalizer, UNet, make_scheduler
 from minigen.gradcheck import gradcheck
 from minigen.synthesis import captions as C
 from minigen.synthesis.clip import CLIP, CLIPConfig
-from minigen.synthesis.clip_train import save_clip
+from minigen.synthesis.clip_train import load_clip, save_clip
 from minigen.synthesis.guidance import cfg_eps, clip_grad, guided_loop, guided_step
 from minigen.synthesis.sampling import METHODS, Text2Im
 from minigen.synthesis.text2im import (
@@ -290,10 +290,22 @@ def test_train_text2im_writes_a_checkpoint_and_its_loss_curve(tmp_path, capsys):
     assert main(args) == 1 and out.read_bytes() == before
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pass --force" in err[0]
-    assert main([*args[:-1], "--model", "clip", "--force"]) == 1
-    assert "unknown model kind 'clip'" in capsys.readouterr().err
+    assert main([*args[:-1], "--model", "dalle", "--force"]) == 1
+    assert "unknown model kind 'dalle'; choose one of clip, scenes, cond" in capsys.readouterr().err
     assert main([*args[:-1], "--snr-gamma", "0", "--force"]) == 1
     assert "snr_gamma must be positive, got 0" in capsys.readouterr().err
+
+
+def test_train_text2im_trains_a_clip_that_text2im_reads(tmp_path, capsys):
+    out, png = tmp_path / "clip.safetensors", tmp_path / "clip_loss.png"
+    args = ["train-text2im", "--model", "clip", "--steps", "2", "--n-train", "32", "--batch-size",
+            "8", "--out", str(out), "--quiet"]  # fmt: skip
+    assert main(args) == 0 and png.read_bytes()[:8] == PNG
+    assert "in-batch accuracy" in capsys.readouterr().out
+    model = load_clip(out)
+    assert model.num_parameters() > 0
+    before = out.read_bytes()
+    assert main(args) == 1 and out.read_bytes() == before  # nothing overwritten without --force
 
 
 # ----------------------------------------------------------------------------- shipped models

@@ -16,11 +16,19 @@ from typing import Any
 
 import numpy as np
 
+from minigen.backend import blas_threads
 from minigen.diffusion import plot_losses
 from minigen.plotting import save_figure
 from minigen.synthesis.checker import score_batch
+from minigen.synthesis.clip_train import save_clip, train_clip
 from minigen.synthesis.sampling import DEFAULT_SCALE, Text2Im, check_request, plot_samples
-from minigen.synthesis.text2im import SCENE_RANGE, Text2ImConfig, save_text2im, train_text2im
+from minigen.synthesis.text2im import (
+    KINDS,
+    SCENE_RANGE,
+    Text2ImConfig,
+    save_text2im,
+    train_text2im,
+)
 
 __all__ = ["add_commands", "text2im_cmd", "train_cmd"]
 
@@ -55,10 +63,21 @@ def text2im_cmd(args: argparse.Namespace) -> int:
 
 
 def train_cmd(args: argparse.Namespace) -> int:
+    if args.model not in ("clip", *KINDS):
+        raise ValueError(
+            f"unknown model kind {args.model!r}; choose one of clip, {', '.join(KINDS)}"
+        )
     out = args.out or f"text2im_{args.model}.safetensors"
     loss_png = args.loss_plot or os.path.splitext(out)[0] + "_loss.png"
     for path in (out, loss_png):
         _refuse_overwrite(path, args.force)
+    clip = args.model == "clip"
+    if args.steps is None:
+        args.steps = 1000 if clip else 2000
+    if args.batch_size is None:
+        args.batch_size = 128 if clip else 64
+    if clip:
+        return _train_clip(args, out, loss_png)
     cfg = Text2ImConfig(
         kind=args.model, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         base_channels=args.channels, channel_mults=tuple(int(c) for c in args.mults.split(",")),
@@ -77,6 +96,26 @@ def train_cmd(args: argparse.Namespace) -> int:
     print(
         f"trained {cfg.steps} steps in {result.seconds:.0f}s ({result.cpu_seconds:.0f}s of CPU),"
         f" final loss {final:.4f} -> {path}\nloss curve -> {loss_png}"
+    )
+    return 0
+
+
+def _train_clip(args: argparse.Namespace, out: str, loss_png: str) -> int:
+    """`train-text2im --model clip`: the noise-aware CLIP of `minigen.synthesis.clip_train`
+    (--steps, --batch-size, --lr, --n-train and --seed apply; BLAS on one thread)."""
+    import time
+
+    start, cpu = time.perf_counter(), time.process_time()
+    with blas_threads(1):
+        result = train_clip(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                            n_train=args.n_train, seed=args.seed, progress=not args.quiet)  # fmt: skip
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    path = save_clip(result.model, out, {**result.settings, "seconds": round(seconds, 1)})
+    save_figure(plot_losses(result.losses, "contrastive loss, CLIP"), loss_png)
+    print(
+        f"trained {args.steps} steps in {seconds:.0f}s ({cpu:.0f}s of CPU), last 50 steps: loss "
+        f"{np.mean(result.losses[-50:]):.3f}, in-batch accuracy "
+        f"{np.mean(result.accuracies[-50:]):.2f} -> {path}\nloss curve -> {loss_png}"
     )
     return 0
 
@@ -115,15 +154,17 @@ def add_commands(sub: Any) -> None:
         "train-text2im",
         help="train a scene denoiser for text2im: unconditional or caption-conditioned",
         description=(
-            "Train the unconditional scene model (--model scenes, for CLIP guidance) or the "
+            "Train the noise-aware CLIP (--model clip, the guide of CLIP guidance), the "
+            "unconditional scene model (--model scenes, the denoiser it guides) or the "
             "caption-conditioned one (--model cond, for classifier-free guidance: the caption read "
-            "by cross-attention and FiLM, dropped 10%% of the time) on the training scenes; writes a checkpoint and a loss "
-            "curve. CLIP itself is trained by benchmarks/bench_clip.py --save."
+            "by cross-attention and FiLM, dropped 10%% of the time) on the training scenes; "
+            "writes a checkpoint and a loss curve. benchmarks/train_text2im.sh trains all three "
+            "on two cores."
         ),
     )
-    p.add_argument("--model", default="scenes", help="scenes or cond (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=2000, help="default: %(default)s")
-    p.add_argument("--batch-size", type=int, default=64, help="default: %(default)s")
+    p.add_argument("--model", default="scenes", help="clip, scenes or cond (default: %(default)s)")
+    p.add_argument("--steps", type=int, help="default: 2000 (clip: 1000)")
+    p.add_argument("--batch-size", type=int, help="default: 64 (clip: 128)")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default: 2e-3)")
     p.add_argument("--channels", type=int, default=16, help="U-Net base width (default: 16)")
     p.add_argument("--mults", default="1,2,2", help="U-Net width per level (default: 1,2,2)")
