@@ -7,6 +7,12 @@ channels-last: the padded input is laid out (N, H, W, C), a strided view of it o
 shape (N, Ho, Wo, kh, kw, C) is copied into the (N Ho Wo, kh kw C) matrix of
 windows (each copy moves C contiguous values, which is several times faster than
 gathering windows out of (N, C, H, W)), and multiplied by w laid out (kh kw C, O).
+At stride 1, when the output has fewer channels than the input (O < C), the same sum is
+taken the other way round, which copies kh kw O values per pixel instead of kh kw C:
+one product z = x w[u, v] for every kernel offset at once, then y[i, j] = sum_{u, v}
+z[i + u, j + v, u, v] (`_correlate`). The gradient with respect to the input is itself
+such a correlation: of the gradient, padded by k - 1 - p, with the kernel flipped and
+its two channel axes swapped.
 """
 
 from __future__ import annotations
