@@ -199,17 +199,8 @@ def silu(a: Tensor) -> Tensor:
     xp.tanh(s, out=s)
     s *= 0.5
     s += 0.5
-
     # silu(x) = x s(x);  silu'(x) = s(x) (1 + x (1 - s(x)))
-    def backward(g):
-        d = 1 - s  # one temporary, then in place
-        d *= ad
-        d += 1
-        d *= s
-        d *= g
-        return (d,)
-
-    return node(ad * s, (a,), backward)
+    return node(ad * s, (a,), lambda g: (g * s * (1 + ad * (1 - s)),))
 
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
