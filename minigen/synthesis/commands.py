@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -103,8 +104,6 @@ def train_cmd(args: argparse.Namespace) -> int:
 def _train_clip(args: argparse.Namespace, out: str, loss_png: str) -> int:
     """`train-text2im --model clip`: the noise-aware CLIP of `minigen.synthesis.clip_train`
     (--steps, --batch-size, --lr, --n-train and --seed apply; BLAS on one thread)."""
-    import time
-
     start, cpu = time.perf_counter(), time.process_time()
     with blas_threads(1):
         result = train_clip(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
