@@ -139,8 +139,8 @@ def diffusion_loss(
     snr = abar / (1 - abar)  # (B,)
     # w(t) = min(SNR(t), gamma) / SNR(t)
     w = (np.minimum(snr, snr_gamma) / snr).astype(x0.dtype)  # (B,)
-    d = model(Tensor(x_t), t) - Tensor(eps)  # (B, ...)
-    per_example = (d * d).mean(axis=tuple(range(1, x0.ndim)))  # (B,)
+    sq = F.mse_loss(model(Tensor(x_t), t), eps, reduction="none")  # (B, ...)
+    per_example = sq.mean(axis=tuple(range(1, x0.ndim)))  # (B,)
     # E[w(t) || eps - eps_theta(x_t, t) ||^2]
     return (per_example * Tensor(w)).mean()
 
