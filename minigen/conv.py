@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from minigen import backend
 from minigen.tensor import Tensor, node
 
@@ -31,9 +33,10 @@ def _windows(xpad: Any, kh: int, kw: int, stride: int) -> Any:
     N, H, W, C = xpad.shape
     Ho, Wo = (H - kh) // stride + 1, (W - kw) // stride + 1
     sN, sH, sW, sC = xpad.strides
-    return xp.lib.stride_tricks.as_strided(
-        xpad, (N, Ho, Wo, kh, kw, C), (sN, sH * stride, sW * stride, sH, sW, sC), writeable=False
-    )
+    shape, strides = (N, Ho, Wo, kh, kw, C), (sN, sH * stride, sW * stride, sH, sW, sC)
+    if xp is np:  # read-only, so a write through the overlapping view cannot happen
+        return np.lib.stride_tricks.as_strided(xpad, shape, strides, writeable=False)
+    return xp.lib.stride_tricks.as_strided(xpad, shape, strides)  # cupy has no writeable=
 
 
 def _pad_nhwc(a: Any, ph: int, pw: int) -> Any:
