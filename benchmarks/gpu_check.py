@@ -24,6 +24,7 @@ atomically; a phase that fails is recorded with its error and the others still r
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -48,6 +49,7 @@ SUITES = [
     "tests/test_kernels_compile.py",
     "tests/test_backend.py",
     "tests/test_backend_parity.py",
+    "tests/test_backend_parity_images.py",
 ]
 
 
@@ -94,20 +96,29 @@ def _backend_of(test_name: str) -> str:
 def parity_suites(out: Path) -> dict:
     """Run the suites on the GPU; counts of passed / failed / skipped tests per backend."""
     xml = out.with_suffix(".junit.xml")
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0", PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *SUITES,
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0", PYTHONPATH=path)
+    # addopts="": the project's pytest options name plugins (nbmake) this machine may lack
+    cmd = [sys.executable, "-m", "pytest", "-o", "addopts=", "-p", "no:cacheprovider", "-q", *SUITES,
            f"--junitxml={xml}"]  # fmt: skip
+    if importlib.util.find_spec("pytest_timeout") is not None:
+        cmd.append("--timeout=120")  # a hung kernel fails its test, not the whole check
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if not xml.exists():  # pytest stopped before it ran a test (a collection error, say)
+        return {"returncode": proc.returncode, "stdout": proc.stdout[-6000:],
+                "stderr": proc.stderr[-6000:]}  # fmt: skip
     counts: dict[str, dict[str, int]] = {}
     failures = []
     for case in ET.parse(xml).getroot().iter("testcase"):
         name, suite = case.get("name", ""), case.get("classname", "")
         which = f"{'switch' if 'test_backend' in suite else 'kernels'}: {_backend_of(name)}"
         status = "passed"
-        if case.find("failure") is not None or case.find("error") is not None:
+        bad = case.find("failure") if case.find("failure") is not None else case.find("error")
+        if bad is not None:
             status = "failed"
-            failures.append(f"{case.get('classname')}::{name}")
+            why = (bad.get("message") or "").splitlines()[:1]
+            failures.append(f"{case.get('classname')}::{name}: {' '.join(why)[:300]}")
         elif case.find("skipped") is not None:
             status = "skipped"
         counts.setdefault(which, {"passed": 0, "failed": 0, "skipped": 0})[status] += 1
@@ -128,16 +139,20 @@ def kernel_bench(repeats: int) -> str:
 
 
 def _alternate(
-    ours: Callable[[], None], theirs: Callable[[], None], rounds: int, per_block: int
+    ours: Callable[[], None],
+    theirs: Callable[[], None],
+    rounds: int,
+    per_block: int,
+    names: tuple[str, str] = ("minigen cupy", "pytorch cuda"),
 ) -> dict[str, float]:
     """Median ms of each step, timed in alternating blocks (after 5 warm-up calls each;
     a pause and one untimed call before each block; the order flips every round)."""
-    times: dict[str, list[float]] = {"minigen cupy": [], "pytorch cuda": []}
+    times: dict[str, list[float]] = {names[0]: [], names[1]: []}
     for f in (ours, theirs):
         for _ in range(5):
             f()
     for r in range(rounds):
-        pair = [("minigen cupy", ours), ("pytorch cuda", theirs)]
+        pair = [(names[0], ours), (names[1], theirs)]
         for name, f in pair if r % 2 == 0 else pair[::-1]:
             time.sleep(0.1)
             f()
@@ -257,6 +272,49 @@ def unet_gpu(rounds: int, batch: int = 256, per_block: int = 5) -> dict:
             "ratio minigen / pytorch": med["minigen cupy"] / med["pytorch cuda"]}  # fmt: skip
 
 
+def xunet_gpu(rounds: int, batch: int = 32, per_block: int = 3) -> dict:
+    """The text-to-image denoiser's training step (the shipped configuration: 16x16 RGB,
+    base width 32, cross-attention at levels 1 and 2), minigen on cupy against minigen on
+    this machine's CPU (NumPy): what a GPU buys a user of `train-text2im --model cond`."""
+    import cupy
+
+    import minigen
+    from minigen import Tensor, backend, optim
+    from minigen import functional as F
+    from minigen.synthesis.xunet import Caption, CrossAttnUNet
+
+    g = np.random.default_rng(0)
+    x0, eps = g.standard_normal((2, batch, 3, 16, 16)).astype(np.float32)
+    pooled, states = g.standard_normal((batch, 64)), g.standard_normal((batch, 12, 64))
+    mask = np.arange(12)[None, :] < g.integers(2, 13, (batch, 1))  # (B, L)
+    t = g.integers(0, 1000, batch)
+
+    def step_on(name: str) -> Callable[[], None]:
+        backend.use(name)
+        minigen.manual_seed(0)
+        model = CrossAttnUNet(image_size=16, base_channels=32, channel_mults=(1, 2, 2))
+        opt = optim.AdamW(model.parameters(), lr=1e-3)
+        cond = Caption(Tensor(pooled.astype(np.float32)), Tensor(states.astype(np.float32)), mask)
+        x, e = backend.xp.asarray(x0), backend.xp.asarray(eps)
+
+        def step() -> None:
+            backend.use(name)  # the two steps alternate: each sets its own backend
+            loss = F.mse_loss(model(Tensor(x), t, cond), e)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if name == "cupy":
+                cupy.cuda.Device().synchronize()
+
+        return step
+
+    gpu, cpu = step_on("cupy"), step_on("numpy")
+    med = _alternate(gpu, cpu, rounds, per_block, ("minigen cupy", "minigen numpy cpu"))
+    backend.use("numpy")
+    return {"batch": batch, "median ms": med,
+            "speed-up cupy / numpy": med["minigen numpy cpu"] / med["minigen cupy"]}  # fmt: skip
+
+
 def write_results(out: Path, results: dict) -> None:
     from minigen.checkpoint import atomic_write
 
@@ -294,6 +352,8 @@ def main() -> None:
         ("GPT iteration, nanoGPT shakespeare-char GPU config, batch 64",
          lambda: gpt_gpu("shakespeare-char", 64, rounds)),
         ("U-Net training step, 8x8 digits, batch 256", lambda: unet_gpu(rounds)),
+        ("text-to-image U-Net training step, cupy against the CPU, batch 32",
+         lambda: xunet_gpu(rounds // 2)),
     ]  # fmt: skip
     for phase, run in phases:
         print(f"--- {phase}", flush=True)
