@@ -1,21 +1,23 @@
 """The checks that need an NVIDIA GPU, in one run: parity suites, kernel and model benchmarks.
 
     pip install -e .[gpu,dev,oracle]        # nothing else is needed
-    python benchmarks/gpu_check.py          # about 5 minutes; --quick for about 2
+    python benchmarks/gpu_check.py          # about 2.5 minutes on an H200
 
 1. The device: GPU name, driver, CUDA runtime, and the versions of numpy, numba, cupy, torch.
 2. The parity suites on the real GPU (numba's CUDA simulator off): the kernels'
    (tests/test_kernels_*.py: numba-cuda and cupy against the NumPy references, the CUDA
    sources compiled by nvcc and NVVM) and the backend switch's (tests/test_backend*.py:
-   minigen's ops and a tiny GPT under `backend.use("cupy")` against the NumPy backend),
-   with pass / fail / skip counts per backend.
+   minigen's ops, a tiny GPT and both diffusion U-Nets under `backend.use("cupy")` against
+   the NumPy backend), with pass / fail / skip counts per backend.
 3. benchmarks/bench_kernels.py: each kernel on device-resident arrays (numba-cuda, cupy)
    beside NumPy on the CPU.
 4. The GPT training iteration (forward, backward, clipping, AdamW; float32) with
    `backend.use("cupy")` against the same model in PyTorch on CUDA (eager, fused
    attention), for nanoGPT's small CPU config and its GPU shakespeare-char config (6
    blocks, 6 heads, 384-dim, context 256, batch 64; dropout 0 here), timed in alternating
-   blocks, synchronised; and, in a checkout that has it, the diffusion U-Net's step.
+   blocks, synchronised; and the digits U-Net's step, against PyTorch too.
+5. The text-to-image denoiser's training step (the shipped configuration) with "cupy"
+   against the same step with "numpy" on that machine's CPU.
 
 Everything lands in benchmarks/results/gpu_check-<date>.md (and a .json beside it), written
 atomically; a phase that fails is recorded with its error and the others still run.
