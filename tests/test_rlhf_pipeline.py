@@ -31,6 +31,23 @@ def test_every_stage_writes_its_checkpoint(run):
         assert io.load_policy(io.stage_path(run, s)).config == RLHFConfig.fast()
 
 
+def test_two_lanes_give_the_checkpoints_of_one(run, tmp_path):
+    """`rlhf all` trains DPO in a second process by default (--jobs 2); every stage seeds
+    itself, so one lane, stage after stage, writes the same weights and the same table."""
+    one = tmp_path / "one"
+    assert main(["rlhf", "all", "--fast", "--quiet", "--jobs", "1", "--out", str(one)]) == 0
+    for stage in io.STAGES:
+        a = io.load_policy if stage != "reward" else io.load_reward
+        got, want = a(io.stage_path(one, stage)).model, a(io.stage_path(run, stage)).model
+        for (name, x), (_, y) in zip(
+            sorted(got.state_dict().items()), sorted(want.state_dict().items()), strict=True
+        ):
+            np.testing.assert_array_equal(x, y, err_msg=f"{stage}: {name}")
+    assert json.loads((one / "results.json").read_text()) == json.loads(
+        (run / "results.json").read_text()
+    )
+
+
 def test_ppo_logs_rater_rm_and_kl_every_iteration(run):
     for name, beta in (("ppo", RLHFConfig.fast().beta), ("ppo_beta0", 0.0)):
         h = io.load_policy(io.stage_path(run, name)).history

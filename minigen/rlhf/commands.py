@@ -53,6 +53,10 @@ def add_commands(sub: Any) -> None:
         if name in ("pretrain", "all"):
             s.add_argument("--fast", action="store_true", help="tiny model, few steps (< 1 min)")
             s.add_argument("--seed", type=int, default=0, help="the run's seed (default: 0)")
+        if name == "all":
+            s.add_argument("--jobs", type=int, choices=(1, 2), default=2,
+                           help="lanes: 2 trains DPO in a second process beside the reward model "
+                                "and PPO (the same checkpoints as 1; default: %(default)s)")  # fmt: skip
         if name == "ppo":
             s.add_argument("--beta", type=float, default=None,
                            help="KL penalty weight (default: the run's, 0.1); 0 shows reward hacking")  # fmt: skip
@@ -74,8 +78,10 @@ def run_stage(args: argparse.Namespace) -> int:
     with pipeline.blas_threads(1):
         if args.stage in ("pretrain", "all"):
             cfg = (RLHFConfig.fast if args.fast else RLHFConfig)(seed=args.seed)
-            run = pipeline.run_pretrain if args.stage == "pretrain" else pipeline.run_all
-            run(args.out, cfg, force, progress=progress)
+            if args.stage == "pretrain":
+                pipeline.run_pretrain(args.out, cfg, force, progress=progress)
+            else:
+                pipeline.run_all(args.out, cfg, force, progress=progress, jobs=args.jobs)
         elif args.stage == "sft":
             pipeline.run_sft(args.out, force, progress=progress)
         elif args.stage == "reward":

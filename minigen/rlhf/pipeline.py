@@ -15,8 +15,10 @@ threads only contend, the more so on a shared machine).
 from __future__ import annotations
 
 import json
+import multiprocessing
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +41,7 @@ from minigen.rlhf.train import (
 )  # fmt: skip
 
 __all__ = [
-    "blas_threads", "rater_pairs", "save_pairs", "load_pairs", "run_pretrain", "run_sft", "run_reward", "run_ppo", "run_dpo",
+    "blas_threads", "rater_pairs", "save_pairs", "load_pairs", "run_pretrain", "run_sft", "run_pairs", "run_reward", "run_ppo", "run_dpo",
     "run_eval", "run_all", "plot_ppo",
 ]  # fmt: skip
 
@@ -115,18 +117,36 @@ def run_sft(
     return {"loss": losses}
 
 
-def run_reward(
-    run: str | Path, force: bool = False, verbose: bool = True, progress: bool = True
-) -> dict:
+def run_pairs(run: str | Path, verbose: bool = True) -> dict[str, dict[str, list[Pair]]]:
+    """The rater's comparisons (training and held-out) -> pairs.json, which the reward model
+    and DPO both read."""
     base = io.load_policy(io.stage_path(run, "sft"))
-    path, pairs_path = io.stage_path(run, "reward"), Path(run) / "pairs.json"
-    io.refuse_overwrite(path, force)
     cfg, tok, t0 = base.config, base.tokenizer, time.perf_counter()
     pairs = {
         "train": rater_pairs(cfg, base.model, tok),
         "held_out": rater_pairs(cfg, base.model, tok, True),
     }
-    save_pairs(pairs_path, pairs)
+    save_pairs(Path(run) / "pairs.json", pairs)
+    n = {split: sum(len(v) for v in d.values()) for split, d in pairs.items()}
+    _say(verbose, f"{n['train']:,} training and {n['held_out']:,} held-out comparisons in "
+         f"{time.perf_counter() - t0:.0f}s -> {Path(run) / 'pairs.json'}")  # fmt: skip
+    return pairs
+
+
+def run_reward(
+    run: str | Path,
+    force: bool = False,
+    verbose: bool = True,
+    progress: bool = True,
+    reuse_pairs: bool = False,
+) -> dict:
+    """The reward model; the comparisons are made first (or, with `reuse_pairs`, read from
+    the run's pairs.json)."""
+    base = io.load_policy(io.stage_path(run, "sft"))
+    path = io.stage_path(run, "reward")
+    io.refuse_overwrite(path, force)
+    cfg, tok, t0 = base.config, base.tokenizer, time.perf_counter()
+    pairs = load_pairs(Path(run) / "pairs.json") if reuse_pairs else run_pairs(run, verbose)
     train_pairs = [p for v in pairs["train"].values() for p in v]
     rm, losses = train_reward_model(cfg, base.model, tok, train_pairs, progress=progress)
     acc = {f"{split} {kind}": reward_accuracy(rm, tok, v[:1000])
@@ -176,6 +196,12 @@ def run_dpo(
     _say(verbose, f"DPO on {len(train_pairs):,} comparisons in {time.perf_counter() - t0:.0f}s, "
          f"final loss {sum(losses[-50:]) / len(losses[-50:]):.3f} -> {path}")  # fmt: skip
     return {"loss": losses}
+
+
+def _dpo_lane(run: str, force: bool, verbose: bool) -> None:
+    """DPO in the second lane of `run_all` (its own process: BLAS on one thread, no bar)."""
+    with blas_threads(1):
+        run_dpo(run, force, verbose, progress=False)
 
 
 def run_eval(run: str | Path, models: Sequence[str] = ("pretrained", "sft", "ppo", "dpo", "ppo_beta0"),
@@ -247,15 +273,33 @@ def run_all(
     force: bool = False,
     verbose: bool = True,
     progress: bool = True,
+    jobs: int = 2,
 ) -> dict:
-    """Every stage in order, both PPO runs (beta and 0), then the evaluation."""
+    """Every stage, both PPO runs (beta and 0), then the evaluation.
+
+    With `jobs=2` the stages after the comparisons run in two lanes, one per core: the
+    reward model then both PPO runs here, and DPO (which needs the comparisons, not the
+    reward model) in a second process. Every stage seeds itself, so the checkpoints are the
+    same as with `jobs=1`, one stage after another."""
+    if jobs not in (1, 2):
+        raise ValueError(f"run_all: jobs must be 1 or 2, got {jobs}")
     t0 = time.perf_counter()
     run_pretrain(run, cfg, force, verbose, progress)
     run_sft(run, force, verbose, progress)
-    run_reward(run, force, verbose, progress)
-    run_ppo(run, force=force, verbose=verbose, progress=progress)
-    run_ppo(run, beta=0.0, force=force, verbose=verbose, progress=progress)
-    run_dpo(run, force, verbose, progress)
+    if jobs == 1:
+        run_reward(run, force, verbose, progress)
+        run_ppo(run, force=force, verbose=verbose, progress=progress)
+        run_ppo(run, beta=0.0, force=force, verbose=verbose, progress=progress)
+        run_dpo(run, force, verbose, progress)
+    else:
+        run_pairs(run, verbose)
+        spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked BLAS state
+        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as lane:
+            dpo_lane = lane.submit(_dpo_lane, str(run), force, verbose)
+            run_reward(run, force, verbose, progress, reuse_pairs=True)
+            run_ppo(run, force=force, verbose=verbose, progress=progress)
+            run_ppo(run, beta=0.0, force=force, verbose=verbose, progress=progress)
+            dpo_lane.result()  # re-raises an error of the DPO lane here
     rows = run_eval(run, verbose=verbose, progress=progress)
     _say(verbose, f"the whole pipeline took {time.perf_counter() - t0:.0f}s")
     return rows
