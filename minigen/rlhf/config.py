@@ -1,9 +1,10 @@
 """Every setting of the RLHF pipeline in one place: the full run and the fast one.
 
-The full run (`minigen rlhf all`) takes about 13 minutes of one CPU core (BLAS on one
-thread; 14 minutes of wall time on one of two cores, the other busy with another job); the fast one
-(`RLHFConfig.fast()`, for tests and CI) about 10 seconds, with a tiny model that learns little. A config travels with every checkpoint, so stages refuse checkpoints made
-with a different model shape or task (`minigen.rlhf.io`).
+The full run (`minigen rlhf all`) takes about 17 minutes on two CPU cores (BLAS on one thread
+per process; DPO in a second lane beside the reward model and PPO); the fast one
+(`RLHFConfig.fast()`, for tests and CI) about 10 seconds, with a tiny model that learns little.
+A config travels with every checkpoint, so stages refuse checkpoints made with a different
+model shape or task (`minigen.rlhf.io`).
 """
 
 from __future__ import annotations
@@ -33,10 +34,11 @@ class RLHFConfig:
     sft_batch: int = 32
     sft_lr: float = 1e-3
     # 3. the reward model, from the rater's comparisons (Bradley-Terry)
-    pair_prompts: int = 3_000  # training prompts the rater ranks rm_group forum replies to
-    sampled_pair_prompts: int = 3_000  # ... and rm_group samples of the SFT model to
+    pair_prompts: int = 12_000  # training prompts the rater ranks rm_group forum replies to
+    sampled_pair_prompts: int = 12_000  # ... and rm_group samples of the SFT model to
+    held_out_pair_prompts: int = 600  # held-out prompts of each kind, two responses each
     rm_group: int = 4  # responses the rater ranks per training prompt (K of InstructGPT)
-    rm_steps: int = 1_000
+    rm_steps: int = 3_000
     rm_batch: int = 16  # prompts per step, with all the comparisons of their K responses
     rm_lr: float = 1e-3
     # 4. PPO against the reward model, with a KL penalty to the SFT model
@@ -76,7 +78,7 @@ class RLHFConfig:
         small = dict(
             n_layer=1, n_head=2, n_embd=32, corpus_size=600, pretrain_steps=60,
             pretrain_batch=16, sft_size=200, sft_steps=20, sft_batch=16, pair_prompts=200,
-            sampled_pair_prompts=100, rm_steps=20, rm_batch=16, ppo_iters=3, ppo_batch=16, ppo_minibatch=16,
+            sampled_pair_prompts=100, held_out_pair_prompts=50, rm_steps=20, rm_batch=16, ppo_iters=3, ppo_batch=16, ppo_minibatch=16,
             ppo_epochs=1, max_new_tokens=24, dpo_steps=10, dpo_batch=16, eval_prompts=16,
             eval_samples=1,
         )  # fmt: skip

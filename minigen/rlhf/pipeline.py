@@ -53,10 +53,15 @@ def rater_pairs(
     of forum replies in different styles ("forum"), and of samples of the SFT model
     ("sampled"). For training the rater ranks `cfg.rm_group` responses per prompt (every two
     of them compared); the held-out comparisons are of two responses, one per prompt."""
-    k, group = (5, 2) if held_out else (1, cfg.rm_group)
+    group = 2 if held_out else cfg.rm_group
     seed = cfg.seed + (200 if held_out else 2)
-    forum = sample_requests(max(50, cfg.pair_prompts // k), seed, held_out)
-    sampled = sample_requests(max(50, cfg.sampled_pair_prompts // k), seed + 1, held_out)
+    n_forum, n_sampled = (
+        (cfg.held_out_pair_prompts,) * 2
+        if held_out
+        else (cfg.pair_prompts, cfg.sampled_pair_prompts)
+    )
+    forum = sample_requests(n_forum, seed, held_out)
+    sampled = sample_requests(n_sampled, seed + 1, held_out)
     return {
         "forum": preference_pairs(forum, seed, k=group),
         "sampled": sampled_pairs(sft_model, tokenizer, sampled, cfg.max_new_tokens, seed, group),
