@@ -291,19 +291,21 @@ def run_all(
     t0 = time.perf_counter()
     run_pretrain(run, cfg, force, verbose, progress)
     run_sft(run, force, verbose, progress)
-    if jobs == 1:
-        run_reward(run, force, verbose, progress)
+    run_pairs(run, verbose)  # the comparisons, which the reward model and DPO both read
+
+    def reward_lane() -> None:
+        run_reward(run, force, verbose, progress, reuse_pairs=True)
         run_ppo(run, force=force, verbose=verbose, progress=progress)
         run_ppo(run, beta=0.0, force=force, verbose=verbose, progress=progress)
+
+    if jobs == 1:
+        reward_lane()
         run_dpo(run, force, verbose, progress)
     else:
-        run_pairs(run, verbose)
         spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked BLAS state
         with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as lane:
             dpo_lane = lane.submit(_dpo_lane, str(run), force, verbose)
-            run_reward(run, force, verbose, progress, reuse_pairs=True)
-            run_ppo(run, force=force, verbose=verbose, progress=progress)
-            run_ppo(run, beta=0.0, force=force, verbose=verbose, progress=progress)
+            reward_lane()
             dpo_lane.result()  # re-raises an error of the DPO lane here
     rows = run_eval(run, verbose=verbose, progress=progress)
     _say(verbose, f"the whole pipeline took {time.perf_counter() - t0:.0f}s")
