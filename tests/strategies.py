@@ -365,3 +365,13 @@ def icl_demos(inputs: str, labels: str, max_demos: int = 8) -> st.SearchStrategy
     return mapping.flatmap(
         lambda m: st.lists(st.sampled_from(sorted(m.items())), min_size=1, max_size=max_demos)
     )
+
+
+# ----------------------------------------------------------------------------- data parallelism
+
+
+@st.composite
+def shard_splits(draw: st.DrawFn, max_batch: int = 9) -> tuple[int, int, int]:
+    """(batch B, shards S <= B, seed) of a step whose gradient is summed over shards."""
+    batch = draw(st.integers(1, max_batch))
+    return batch, draw(st.integers(1, batch)), draw(st.integers(0, 2**16))

@@ -1,0 +1,272 @@
+"""Data parallelism over CPU cores: a batch's gradient as the sum of its shards' gradients.
+
+A training step's loss is a mean over the batch. Cut the batch into shards k = 1 .. S of B_k
+examples each; the batch mean is the sum of the shards' means weighted by their share,
+
+    L = (1 / B) sum_i l_i = sum_k (B_k / B) L_k,        so     grad L = sum_k grad((B_k / B) L_k),
+
+and each term can be computed on its own core. `ShardedBackward` computes shard 1 in this
+process, on the model itself, and sends the others to worker processes ("spawn": fresh
+interpreters), each with a replica of the model built by the caller's `build()`. Every step
+the workers copy the current parameters out of shared memory, run forward and backward on
+their shards, and write the gradients back into shared memory, where this process adds them
+to its own, shard by shard, in order.
+
+The result does not depend on how many processes computed it: each shard's gradient is
+computed by the same code on a fresh, zeroed replica, and the sum is always taken in the same
+order (shard 1, then 2, ...), so one process (`workers=1`, the shards computed one after the
+other here) and S processes give bit-identical gradients. The number of shards is part of a
+training recipe (it changes the rounding of the sum); the number of workers is not.
+
+The two callables must be picklable (top-level functions, or `functools.partial` of one):
+    build() -> Module               a model with the same parameters, in the same order;
+    loss(model, shard) -> Tensor    the shard's share of the batch loss, a scalar.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from minigen import nn
+from minigen import rng as _rng
+from minigen.backend import blas_threads
+from minigen.tensor import Tensor
+
+__all__ = ["ShardedBackward"]
+
+
+def _layout(params: Sequence[nn.Parameter]) -> list[tuple[int, int, tuple[int, ...]]]:
+    """(offset, size, shape) of each parameter in one flat vector."""
+    out, offset = [], 0
+    for p in params:
+        out.append((offset, p.size, tuple(p.shape)))
+        offset += p.size
+    return out
+
+
+def _signature(model: nn.Module) -> list[tuple[str, tuple[int, ...], str]]:
+    return [(n, tuple(p.shape), str(p.dtype)) for n, p in model.named_parameters()]
+
+
+def _shard_grad(
+    model: nn.Module, loss: Callable[[nn.Module, Any], Tensor], shard: Any, out: np.ndarray
+) -> tuple[float, list[bool]]:
+    """Write grad (loss(model, shard)) into the flat vector `out`; return the loss, and which
+    parameters it depends on (the others have no gradient: zeros in `out`)."""
+    params = model.parameters()
+    for p in params:
+        p.grad = None  # a fresh gradient: backward() stores it rather than adding to it
+    value = loss(model, shard)
+    value.backward()
+    for (o, n, _shape), p in zip(_layout(params), params, strict=True):
+        if p.grad is None:
+            out[o : o + n] = 0
+        else:
+            out[o : o + n] = np.asarray(p.grad).reshape(-1)
+    return float(value.item()), [p.grad is not None for p in params]
+
+
+def _load_params(model: nn.Module, flat: np.ndarray) -> None:
+    params = model.parameters()
+    for (o, n, shape), p in zip(_layout(params), params, strict=True):
+        p.data[...] = flat[o : o + n].reshape(shape)
+
+
+def _worker(
+    build: Callable[[], nn.Module],
+    loss: Callable[[nn.Module, Any], Tensor],
+    shared_params: Any,
+    shared_grads: Any,
+    dtype: str,
+    conn: Any,
+    threads: int | None,
+) -> None:
+    """A worker process: build a replica, then answer (shard index, shard) jobs until None."""
+    try:
+        model = build()
+        conn.send(("ready", _signature(model)))
+    except BaseException:  # noqa: BLE001 - everything goes back to the parent as text
+        conn.send(("error", traceback.format_exc()))
+        return
+    params_flat = np.frombuffer(shared_params, dtype=dtype)
+    grads_flat = np.frombuffer(shared_grads, dtype=dtype).reshape(-1, params_flat.size)
+    with blas_threads(threads), np.errstate(over="ignore", invalid="ignore"):
+        while True:
+            try:
+                jobs = conn.recv()
+            except (EOFError, KeyboardInterrupt):
+                return
+            if jobs is None:
+                return
+            try:
+                _load_params(model, params_flat)
+                conn.send(("ok", [_shard_grad(model, loss, s, grads_flat[k - 1]) for k, s in jobs]))
+            except KeyboardInterrupt:
+                return
+            except BaseException:  # noqa: BLE001
+                conn.send(("error", traceback.format_exc()))
+
+
+class ShardedBackward:
+    """Accumulate into `model`'s gradients grad sum_k loss(model, shard_k), over `workers`
+    processes (this one included).
+
+        with ShardedBackward(model, build, loss, shards=2, workers=2) as sharded:
+            for step in ...:
+                opt.zero_grad()
+                value = sharded(split(batch))       # the summed loss; gradients in p.grad
+                opt.step()
+
+    Args:
+        model: the model being trained (its gradients receive the sum).
+        build: makes a replica of `model` (any weights: they are overwritten every step).
+        loss: the loss of one shard, already weighted by its share of the batch.
+        shards: how many shards each call gets.
+        workers: processes computing them, 1 .. shards (1: all here, one after the other).
+        threads: BLAS threads in each worker (see `minigen.backend.blas_threads`).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        build: Callable[[], nn.Module],
+        loss: Callable[[nn.Module, Any], Tensor],
+        shards: int,
+        workers: int = 1,
+        threads: int | None = 1,
+    ) -> None:
+        if shards < 1:
+            raise ValueError(f"ShardedBackward: shards must be >= 1, got {shards}")
+        if not 1 <= workers <= shards:
+            raise ValueError(
+                f"ShardedBackward: workers must lie in 1 .. shards ({shards}), got {workers}"
+            )
+        params = model.parameters()
+        dtypes = {str(p.dtype) for p in params}
+        if len(dtypes) != 1 or not all(isinstance(p.data, np.ndarray) for p in params):
+            raise ValueError(
+                "ShardedBackward: the model's parameters must be NumPy arrays of one dtype, "
+                f"got dtypes {sorted(dtypes)}"
+            )
+        self.model, self.loss, self.shards, self.workers = model, loss, shards, workers
+        self.dtype = dtypes.pop()
+        self.size = sum(p.size for p in params)
+        itemsize = np.dtype(self.dtype).itemsize
+        self._conns: list[Any] = []
+        self._procs: list[Any] = []
+        self._local: nn.Module | None = None
+        if workers == 1:
+            self._grads = np.empty((max(shards - 1, 0), self.size), dtype=self.dtype)
+            self._params = np.empty(self.size, dtype=self.dtype)
+            if shards > 1:
+                state = _rng.get_state()  # build() may draw weights: leave the caller's draws be
+                self._local = build()
+                _rng.set_state(state)
+                self._check(_signature(self._local), "build()")
+            return
+        ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked BLAS state
+        shared_params = ctx.RawArray("b", self.size * itemsize)
+        shared_grads = ctx.RawArray("b", (shards - 1) * self.size * itemsize)
+        self._params = np.frombuffer(shared_params, dtype=self.dtype)
+        self._grads = np.frombuffer(shared_grads, dtype=self.dtype).reshape(-1, self.size)
+        try:
+            for _ in range(workers - 1):
+                parent, child = ctx.Pipe()
+                proc = ctx.Process(
+                    target=_worker,
+                    args=(build, loss, shared_params, shared_grads, self.dtype, child, threads),
+                    daemon=True,
+                )
+                proc.start()
+                child.close()
+                self._conns.append(parent)
+                self._procs.append(proc)
+            for conn in self._conns:
+                status, payload = self._receive(conn)
+                self._check(payload, "a worker's build()")
+        except BaseException:
+            self.close()
+            raise
+
+    def _check(self, signature: list[Any], who: str) -> None:
+        mine = _signature(self.model)
+        if signature != mine:
+            diff = next(
+                (f"{a} != {b}" for a, b in zip(signature, mine, strict=False) if a != b),
+                f"{len(signature)} parameters, the model has {len(mine)}",
+            )
+            raise ValueError(f"ShardedBackward: {who} does not build the same model: {diff}")
+
+    def _receive(self, conn: Any) -> tuple[str, Any]:
+        try:
+            status, payload = conn.recv()
+        except EOFError:
+            raise RuntimeError("ShardedBackward: a worker process died") from None
+        if status == "error":
+            raise RuntimeError(f"ShardedBackward: a worker failed:\n{payload}")
+        return status, payload
+
+    def __call__(self, shards: Sequence[Any]) -> float:
+        """Add grad sum_k loss(model, shards[k]) to the model's gradients; the summed loss."""
+        if len(shards) != self.shards:
+            raise ValueError(f"ShardedBackward: expected {self.shards} shards, got {len(shards)}")
+        params = self.model.parameters()
+        if self.shards > 1:  # the replicas start from the current weights
+            for (o, n, _), p in zip(_layout(params), params, strict=True):
+                self._params[o : o + n] = np.asarray(p.data).reshape(-1)
+        # shard k > 0 goes to worker (k - 1) mod (workers - 1), or is computed here
+        jobs: list[list[tuple[int, Any]]] = [[] for _ in self._conns]
+        for k in range(1, self.shards):
+            if self._conns:
+                jobs[(k - 1) % len(self._conns)].append((k, shards[k]))
+        for conn, mine in zip(self._conns, jobs, strict=True):
+            conn.send(mine)
+        first = self.loss(self.model, shards[0])
+        first.backward()
+        if self._local is not None:
+            _load_params(self._local, self._params)
+            rest = [
+                _shard_grad(self._local, self.loss, shards[k], self._grads[k - 1])
+                for k in range(1, self.shards)
+            ]
+        else:
+            answers = [self._receive(conn)[1] for conn in self._conns]
+            by_shard = {k: v for mine, vals in zip(jobs, answers, strict=True)
+                        for (k, _), v in zip(mine, vals, strict=True)}  # fmt: skip
+            rest = [by_shard[k] for k in range(1, self.shards)]
+        # grad = g_1 + g_2 + ... + g_S, always in this order
+        for k, (_, used) in enumerate(rest, start=1):
+            for (o, n, shape), p, has in zip(_layout(params), params, used, strict=True):
+                if not has:  # this shard's loss does not depend on p
+                    continue
+                g = self._grads[k - 1, o : o + n].reshape(shape)
+                if p.grad is None:
+                    p.grad = g.copy()
+                else:
+                    p.grad += g
+        return float(first.item()) + sum(value for value, _ in rest)
+
+    def close(self) -> None:
+        """Stop the workers (also on `with` exit, and at interpreter exit: they are daemons)."""
+        for conn in self._conns:
+            try:
+                conn.send(None)
+            except (OSError, BrokenPipeError):
+                pass
+        for proc in self._procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join()
+        self._conns, self._procs = [], []
+
+    def __enter__(self) -> ShardedBackward:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
