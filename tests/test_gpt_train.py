@@ -67,6 +67,31 @@ def test_resumed_run_computes_the_losses_of_an_uninterrupted_one(tmp_path):
     assert history == full  # every batch loss and every estimate, bit for bit
 
 
+def test_sharded_training_does_not_depend_on_the_workers_and_resumes(tmp_path):
+    """Two shards per step (minigen.parallel): the same losses from one process or two, the
+    first loss that of the whole batch, and a resumed sharded run equal to an unbroken one."""
+    whole = trainer().run(False)
+    one = trainer(shards=2).run(False)
+    two = Trainer(CONFIG, TrainConfig(**{**TRAIN.__dict__, "shards": 2}), TOK, *splits(),
+                  workers=2).run(False)  # fmt: skip
+    assert one == two
+    np.testing.assert_allclose(one["loss"][0], whole["loss"][0], rtol=1e-5)
+    t = trainer(out=tmp_path / "ck", shards=2)
+    t.run(False, until=4)
+    resumed = Trainer.resume(tmp_path / "ck", *splits(), workers=2)
+    assert resumed.tc.shards == 2 and resumed.run(False) == one
+
+
+def test_bad_shard_settings_are_refused():
+    with pytest.raises(ValueError, match="5 shards of a batch of 4"):
+        trainer(shards=5)
+    with pytest.raises(ValueError, match="workers must lie in 1 .. shards"):
+        Trainer(CONFIG, TRAIN, TOK, *splits(), workers=2)
+    with pytest.raises(ValueError, match="needs dropout 0"):
+        Trainer(CONFIG.replace(dropout=0.1), TrainConfig(**{**TRAIN.__dict__, "shards": 2}), TOK,
+                *splits())  # fmt: skip
+
+
 def test_checkpoint_directory_holds_everything(tmp_path):
     out = tmp_path / "ck"
     t = trainer(out=out)

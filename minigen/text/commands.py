@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import sys
 from typing import Any
 
@@ -64,9 +65,15 @@ def add_commands(sub: Any) -> None:
         "eval_iters": (int, "batches per loss estimate (20)"),
         "checkpoint_interval": (int, "steps between checkpoints, 0 for the end only (500)"),
         "seed": (int, "the one seed: weights, batches, dropout (1337)"),
+        "shards": (int, "each step's gradient summed over this many shards of the batch (1)"),
     }
     for name, (kind, text) in train.items():
         p.add_argument("--" + name.replace("_", "-"), type=kind, help=text)
+    p.add_argument(
+        "--workers", type=int,
+        help="processes computing the shards, 1 .. shards; the losses do not depend on it "
+        "(default: shards, at most the number of CPUs)",
+    )  # fmt: skip
     p.add_argument("--sample", type=int, default=300, help="tokens to sample at the end (0: none)")
     p.set_defaults(func=train_gpt, train_args=tuple(train))
 
@@ -108,6 +115,11 @@ def train_gpt(args: argparse.Namespace) -> int:
 
     if args.resume and args.force:
         raise ValueError("--resume and --force contradict each other: choose one")
+
+    def workers(train_config: dict) -> int:
+        shards = int(train_config.get("shards", 1))
+        return min(shards, os.cpu_count() or 1) if args.workers is None else args.workers
+
     text = load_corpus(args.corpus)
     given = {n: getattr(args, n) for n in _MODEL_ARGS if getattr(args, n) is not None}
     train_given = {n: getattr(args, n) for n in args.train_args if getattr(args, n) is not None}
@@ -141,14 +153,19 @@ def train_gpt(args: argparse.Namespace) -> int:
     ids = np.asarray(tokenizer.encode(text), dtype=np.int64)
     train_ids, val_ids = train_val_split(ids)
     if args.resume:
-        trainer = Trainer.resume(args.out, train_ids, val_ids, train_given.get("max_iters"))
+        trainer = Trainer.resume(
+            args.out, train_ids, val_ids, train_given.get("max_iters"), workers(ck.train_config)
+        )
     else:
         config = preset(
             args.preset, vocab_size=tokenizer.vocab_size, bias=not args.no_bias, **given
         )
         meta = {"corpus": str(args.corpus), "corpus_md5": _md5(text), "tokenizer": args.tokenizer}
         tc = TrainConfig(**train_given)
-        trainer = Trainer(config, tc, tokenizer, train_ids, val_ids, args.out, args.force, meta)
+        trainer = Trainer(
+            config, tc, tokenizer, train_ids, val_ids, args.out, args.force, meta,
+            workers({"shards": tc.shards}),
+        )  # fmt: skip
     n = trainer.config.num_params()
     print(
         f"GPT of {n:,} parameters, {len(train_ids):,} training tokens, vocabulary {tokenizer.vocab_size}"

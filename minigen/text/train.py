@@ -19,13 +19,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from minigen import optim, rng
-from minigen.tensor import no_grad
+from minigen.parallel import ShardedBackward
+from minigen.tensor import Tensor, no_grad
 from minigen.text.corpus import check_corpus_length
 from minigen.text.gpt import GPT, GPTConfig
 from minigen.text.gpt_io import (
@@ -36,7 +38,14 @@ from minigen.text.gpt_io import (
     save_checkpoint,
 )
 
-__all__ = ["TrainConfig", "Trainer", "get_batch", "make_optimizer"]
+__all__ = ["TrainConfig", "Trainer", "get_batch", "make_optimizer", "shard_loss"]
+
+
+def shard_loss(model: GPT, shard: tuple[np.ndarray, np.ndarray, float]) -> Tensor:
+    """A shard's share of the batch loss: (B_k / B) L_k on its rows x, y (B_k, T)."""
+    x, y, share = shard
+    loss = model.loss(x, y)
+    return loss if share == 1 else loss * share
 
 
 @dataclass(frozen=True)
@@ -57,14 +66,19 @@ class TrainConfig:
     eval_iters: int = 20
     checkpoint_interval: int = 500  # 0: only at the end
     seed: int = 1337
+    shards: int = 1  # each batch's gradient summed over this many shards (minigen.parallel)
 
     def __post_init__(self) -> None:
-        for f in ("max_iters", "batch_size", "eval_iters"):
+        for f in ("max_iters", "batch_size", "eval_iters", "shards"):
             if getattr(self, f) < 1:
                 raise ValueError(f"TrainConfig: {f} must be >= 1, got {getattr(self, f)}")
         for f in ("warmup_iters", "eval_interval", "checkpoint_interval"):
             if getattr(self, f) < 0:
                 raise ValueError(f"TrainConfig: {f} must be >= 0, got {getattr(self, f)}")
+        if self.shards > self.batch_size:
+            raise ValueError(
+                f"TrainConfig: {self.shards} shards of a batch of {self.batch_size}: too many"
+            )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> TrainConfig:
@@ -104,6 +118,8 @@ class Trainer:
         out_dir: the checkpoint directory (None: no checkpoints). It must not hold a
             checkpoint already, unless `force` (to start over) or `Trainer.resume`.
         meta: anything JSON-able to keep in the checkpoint's config (e.g. the corpus).
+        workers: processes computing the `train_config.shards` shards of each step's gradient
+            (1 .. shards; `minigen.parallel`): the losses do not depend on it, the time does.
     """
 
     def __init__(
@@ -116,7 +132,16 @@ class Trainer:
         out_dir: str | Path | None = None,
         force: bool = False,
         meta: dict[str, Any] | None = None,
+        workers: int = 1,
     ) -> None:
+        if train_config.shards > 1 and model_config.dropout > 0:
+            raise ValueError(
+                "TrainConfig: shards > 1 needs dropout 0 (each process would draw its own masks)"
+            )
+        if not 1 <= workers <= train_config.shards:
+            raise ValueError(
+                f"workers must lie in 1 .. shards ({train_config.shards}), got {workers}"
+            )
         if model_config.vocab_size != tokenizer.vocab_size:
             raise ValueError(
                 f"the model's vocab_size {model_config.vocab_size} is not the tokenizer's "
@@ -136,17 +161,24 @@ class Trainer:
         self.opt = make_optimizer(self.model, train_config)
         self.step = 0
         self.history: dict[str, list] = {"loss": [], "eval": []}  # loss[i]: step i + 1
+        self.workers = workers
+        self._sharded: ShardedBackward | None = None
 
     @classmethod
     def resume(
-        cls, out_dir: str | Path, train_ids: Any, val_ids: Any, max_iters: int | None = None
+        cls,
+        out_dir: str | Path,
+        train_ids: Any,
+        val_ids: Any,
+        max_iters: int | None = None,
+        workers: int = 1,
     ) -> Trainer:
         """Continue from the checkpoint in `out_dir` (optionally to a new `max_iters`)."""
         ck = load_checkpoint(out_dir, with_state=True)
         tc = TrainConfig.from_dict(ck.train_config, str(out_dir))
         if max_iters is not None:
             tc = TrainConfig.from_dict({**asdict(tc), "max_iters": max_iters})
-        self = cls(ck.config, tc, ck.tokenizer, train_ids, val_ids, out_dir, True, ck.meta)
+        self = cls(ck.config, tc, ck.tokenizer, train_ids, val_ids, out_dir, True, ck.meta, workers)
         self.model.load_state_dict(ck.weights)
         self.opt.load_state_dict(ck.opt_arrays, ck.opt_meta)
         self.step, self.history = ck.state["step"], ck.state["history"]
@@ -167,16 +199,31 @@ class Trainer:
         """One AdamW step on a fresh batch; returns the batch's loss."""
         x, y = self.batch(self.train_ids, rng.generator())
         self.opt.set_lr(self.lr_at(self.step))
-        loss = self.model.loss(x, y)
         self.opt.zero_grad()
-        loss.backward()
+        if self.tc.shards == 1:
+            loss = self.model.loss(x, y)
+            loss.backward()
+            value = loss.item()
+        else:  # grad L = sum_k grad((B_k / B) L_k), the shards in `workers` processes
+            if self._sharded is None:
+                self._sharded = ShardedBackward(
+                    self.model, partial(GPT, self.config), shard_loss, self.tc.shards,
+                    self.workers,
+                )  # fmt: skip
+            rows = np.array_split(np.arange(len(x)), self.tc.shards)
+            value = self._sharded([(x[r], y[r], len(r) / len(x)) for r in rows])
         if self.tc.grad_clip:
             optim.clip_grad_norm_(self.model.parameters(), self.tc.grad_clip)
         self.opt.step()
         self.step += 1
-        value = loss.item()
         self.history["loss"].append(value)
         return value
+
+    def close(self) -> None:
+        """Stop the worker processes of a sharded run (`run` does at its end)."""
+        if self._sharded is not None:
+            self._sharded.close()
+            self._sharded = None
 
     def estimate_loss(self) -> dict[str, float]:
         """Mean loss over `eval_iters` random batches of each split, in eval mode."""
@@ -211,8 +258,16 @@ class Trainer:
         tc = self.tc
         tokens = tc.batch_size * self.config.block_size
         bar = tqdm(total=tc.max_iters, initial=self.step, disable=not progress, desc="train-gpt")
-        rate = None
         stop = tc.max_iters if until is None else min(until, tc.max_iters)
+        try:
+            self._loop(bar, stop, tokens, callback)
+        finally:
+            self.close()
+            bar.close()
+        return self.history
+
+    def _loop(self, bar: Any, stop: int, tokens: int, callback: Callable | None) -> None:
+        tc, rate = self.tc, None
         while self.step < stop:
             t0 = time.perf_counter()
             loss = self.train_step()
@@ -235,8 +290,6 @@ class Trainer:
             bar.update(1)
             if callback is not None:
                 callback(self, ev)
-        bar.close()
-        return self.history
 
     def save(self, out_dir: str | Path | None = None) -> Path:
         """Write the checkpoint (and the loss curve) into `out_dir` or the trainer's folder."""
