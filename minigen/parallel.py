@@ -18,7 +18,8 @@ order (shard 1, then 2, ...), so one process (`workers=1`, the shards computed o
 other here) and S processes give bit-identical gradients. The number of shards is part of a
 training recipe (it changes the rounding of the sum); the number of workers is not.
 
-The two callables must be picklable (top-level functions, or `functools.partial` of one):
+The workers run on the caller's backend ("numpy" or "numba": the parameters must be NumPy
+arrays) with its default dtype. The two callables must be picklable (top-level functions, or `functools.partial` of one):
     build() -> Module               a model with the same parameters, in the same order;
     loss(model, shard) -> Tensor    the shard's share of the batch loss, a scalar.
 """
@@ -32,10 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from minigen import nn
+from minigen import backend, nn
 from minigen import rng as _rng
 from minigen.backend import blas_threads
-from minigen.tensor import Tensor
+from minigen.tensor import Tensor, get_default_dtype, set_default_dtype
 
 __all__ = ["ShardedBackward"]
 
@@ -85,9 +86,12 @@ def _worker(
     dtype: str,
     conn: Any,
     threads: int | None,
+    settings: tuple[str, str],
 ) -> None:
     """A worker process: build a replica, then answer (shard index, shard) jobs until None."""
     try:
+        backend.use(settings[0])  # the parent's backend and default dtype
+        set_default_dtype(settings[1])
         model = build()
         conn.send(("ready", _signature(model)))
     except BaseException:  # noqa: BLE001 - everything goes back to the parent as text
@@ -179,7 +183,16 @@ class ShardedBackward:
                 parent, child = ctx.Pipe()
                 proc = ctx.Process(
                     target=_worker,
-                    args=(build, loss, shared_params, shared_grads, self.dtype, child, threads),
+                    args=(
+                        build,
+                        loss,
+                        shared_params,
+                        shared_grads,
+                        self.dtype,
+                        child,
+                        threads,
+                        (backend.current(), str(get_default_dtype())),
+                    ),  # fmt: skip
                     daemon=True,
                 )
                 proc.start()
