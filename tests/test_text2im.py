@@ -217,6 +217,25 @@ def test_training_is_deterministic_and_checkpoints_round_trip(kind, tmp_path):
     assert m.config["train"]["steps"] == 3 and m.schedule == SCHEDULE
 
 
+@pytest.mark.parametrize("kind", ["scenes", "cond"])
+def test_sharded_training_does_not_depend_on_the_number_of_workers(kind):
+    """Two shards per batch (minigen.parallel): the same weights from one process or two, and
+    the same first loss as without shards (the sum of the shards' shares is the batch mean)."""
+    kw = {"kind": kind, "steps": 3, "batch_size": 5, "base_channels": 4, "channel_mults": (1, 2),
+          "text_width": 8, "text_layers": 1, "text_heads": 2, "embed_dim": 8, "n_train": 64,
+          "num_train_timesteps": T}  # fmt: skip
+    whole = train_text2im(Text2ImConfig(**kw), progress=False)
+    one, two = (
+        train_text2im(Text2ImConfig(**kw, shards=2), progress=False, workers=w) for w in (1, 2)
+    )
+    assert one.losses == two.losses
+    for name, value in one.model.state_dict().items():
+        np.testing.assert_array_equal(two.model.state_dict()[name], value)
+    np.testing.assert_allclose(one.losses[0], whole.losses[0], rtol=1e-5)
+    with pytest.raises(ValueError, match="6 shards of a batch of 5"):
+        Text2ImConfig(**{**kw, "shards": 6})
+
+
 def test_the_caption_encoder_can_start_from_clips_text_tower(tmp_path):
     clip = CLIP(CLIPConfig(embed_dim=8, width=8, heads=2, layers=1, num_train_timesteps=T))
     path = save_clip(clip, tmp_path / "clip.safetensors")

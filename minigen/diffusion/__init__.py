@@ -23,7 +23,15 @@ from minigen.diffusion.schedulers import (
     ddpm_noise_step,
     sample_loop,
 )
-from minigen.diffusion.training import EMA, TrainConfig, blas_threads, diffusion_loss, train
+from minigen.diffusion.training import (
+    EMA,
+    TrainConfig,
+    blas_threads,
+    denoising_loss,
+    diffusion_loss,
+    draw_noise,
+    train,
+)
 from minigen.diffusion.unet import UNet
 
 __all__ = [
@@ -45,6 +53,8 @@ __all__ = [
     "TrainConfig",
     "EMA",
     "diffusion_loss",
+    "draw_noise",
+    "denoising_loss",
     "train",
     "DiffusionModel",
     "Samples",

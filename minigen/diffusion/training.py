@@ -48,7 +48,7 @@ from minigen.tensor import Tensor
 
 __all__ = [
     "DATASETS", "TrainConfig", "TrainResult", "EMA", "make_denoiser", "load_data",
-    "diffusion_loss", "train", "blas_threads",
+    "diffusion_loss", "draw_noise", "denoising_loss", "train", "blas_threads",
 ]  # fmt: skip
 
 TOY_DATASETS = ("moons", "spirals", "swissroll", "gmm")
@@ -124,10 +124,29 @@ def diffusion_loss(
 ) -> Tensor:
     """L_simple on a batch x0 (B, ...): MSE between the noise and the denoiser's guess;
     with `snr_gamma`, each example's term weighted by min(SNR(t), gamma) / SNR(t)."""
-    B = x0.shape[0]
+    t, eps = draw_noise(schedule, x0, generator)
+    return denoising_loss(model, schedule, x0, t, eps, snr_gamma)
+
+
+def draw_noise(
+    schedule: NoiseSchedule, x0: np.ndarray, generator: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """The random part of a training step of L_simple: a timestep and a noise per example."""
     # t ~ U{0 .. T-1} (the book's 1 .. T), one per example
-    t = generator.integers(0, len(schedule), B)  # (B,)
+    t = generator.integers(0, len(schedule), x0.shape[0])  # (B,)
     eps = generator.standard_normal(x0.shape, dtype=x0.dtype)  # (B, ...)
+    return t, eps
+
+
+def denoising_loss(
+    model: nn.Module,
+    schedule: NoiseSchedule,
+    x0: np.ndarray,
+    t: np.ndarray,
+    eps: np.ndarray,
+    snr_gamma: float | None = None,
+) -> Tensor:
+    """`diffusion_loss` for given timesteps t (B,) and noises eps (shaped as x0)."""
     # x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps
     x_t = schedule.add_noise(x0, eps, t)  # (B, ...)
     if snr_gamma is None:

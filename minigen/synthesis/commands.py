@@ -84,11 +84,12 @@ def train_cmd(args: argparse.Namespace) -> int:
         base_channels=args.channels, channel_mults=tuple(int(c) for c in args.mults.split(",")),
         schedule=args.schedule, seed=args.seed, n_train=args.n_train,
         ema_decay=args.ema_decay, p_uncond=args.p_uncond, text_init=args.text_init,
-        init=args.init, heads=args.heads, snr_gamma=args.snr_gamma,
+        init=args.init, heads=args.heads, snr_gamma=args.snr_gamma, shards=args.shards,
         attn_levels=tuple(int(a) for a in args.attn_levels.split(",") if a.strip()),
     )  # fmt: skip
     try:
-        result = train_text2im(cfg, progress=not args.quiet)
+        workers = min(cfg.shards, os.cpu_count() or 1) if args.workers is None else args.workers
+        result = train_text2im(cfg, progress=not args.quiet, workers=workers)
     except FloatingPointError as e:
         raise RuntimeError(str(e)) from None
     path = save_text2im(result, out, half=args.half)
@@ -180,6 +181,15 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--text-init", help="cond: start the caption encoder from this CLIP (or clip)")
     p.add_argument("--init", help="cond: continue from this conditional checkpoint (or cond)")
     p.add_argument("--half", action="store_true", help="cond: store the weights as float16")
+    p.add_argument(
+        "--shards", type=int, default=1,
+        help="scenes, cond: each batch's gradient summed over this many shards (default: 1)",
+    )  # fmt: skip
+    p.add_argument(
+        "--workers", type=int,
+        help="processes computing the shards, 1 .. shards; the weights do not depend on it "
+        "(default: shards, at most the number of CPUs)",
+    )  # fmt: skip
     p.add_argument("--n-train", type=int, default=20000, help="training scenes (default: 20000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--out", help="checkpoint path (default: text2im_MODEL.safetensors)")

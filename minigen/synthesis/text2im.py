@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +43,11 @@ from minigen.diffusion import (
     Normalizer,
     UNet,
     blas_threads,
-    diffusion_loss,
+    denoising_loss,
+    draw_noise,
     load_model,
 )
+from minigen.parallel import ShardedBackward
 from minigen.shape_ops import concatenate
 from minigen.synthesis.captions import CaptionedScenes, make_split
 from minigen.synthesis.clip import CLIPConfig, TextEncoder
@@ -182,15 +185,18 @@ class Text2ImConfig:
     text_init: str | None = None  # cond only: start the caption encoder from this CLIP's text tower
     init: str | None = None  # cond only: start every weight from this conditional checkpoint
     snr_gamma: float | None = None  # min-SNR-gamma loss weighting (None: L_simple)
+    shards: int = 1  # each batch's gradient as the sum of this many shards' (minigen.parallel)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown model kind {self.kind!r}; choose one of {list(KINDS)}")
-        for name in ("steps", "batch_size", "n_train", "base_channels"):
+        for name in ("steps", "batch_size", "n_train", "base_channels", "shards"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.snr_gamma is not None and not self.snr_gamma > 0:
             raise ValueError(f"snr_gamma must be positive, got {self.snr_gamma}")
+        if self.shards > self.batch_size:
+            raise ValueError(f"{self.shards} shards of a batch of {self.batch_size}: too many")
         self.channel_mults = tuple(int(m) for m in self.channel_mults)
         self.attn_levels = tuple(int(a) for a in self.attn_levels)
 
@@ -262,16 +268,38 @@ def train_text2im(
     data: CaptionedScenes | None = None,
     progress: bool = True,
     threads: int | None = 1,
+    workers: int = 1,
 ) -> Text2ImResult:
     """Train a scene denoiser by L_simple (captions dropped with p_uncond for "cond").
 
     Deterministic for a seed; BLAS on `threads` threads (see `minigen.diffusion.blas_threads`).
+    `workers` processes (1 .. config.shards) compute the shards of each batch's gradient: the
+    weights do not depend on it, only the wall time does.
     """
     with blas_threads(threads), np.errstate(over="ignore", invalid="ignore"):
-        return _train(config, data, progress)
+        return _train(config, data, progress, workers, threads)
 
 
-def _train(cfg: Text2ImConfig, data: CaptionedScenes | None, progress: bool) -> Text2ImResult:
+def _shard_loss(
+    schedule: NoiseSchedule, snr_gamma: float | None, model: nn.Module, shard: dict[str, Any]
+) -> Tensor:
+    """One shard's share of a step's loss (`minigen.parallel`): L_simple on its examples, times
+    their share of the batch."""
+    fn = model
+    if "tokens" in shard:  # the conditional model: e(c), the null caption where dropped
+        e = model.embed(shard["tokens"], shard["drop"])  # (b, E)
+        fn = lambda x, t: model(x, t, e)  # noqa: E731
+    loss = denoising_loss(fn, schedule, shard["x0"], shard["t"], shard["eps"], snr_gamma)
+    return loss if shard["share"] == 1 else loss * shard["share"]
+
+
+def _train(
+    cfg: Text2ImConfig,
+    data: CaptionedScenes | None,
+    progress: bool,
+    workers: int = 1,
+    threads: int | None = 1,
+) -> Text2ImResult:
     from tqdm.auto import tqdm
 
     data = data if data is not None else scene_data(cfg.n_train, cfg.data_seed)
@@ -288,29 +316,36 @@ def _train(cfg: Text2ImConfig, data: CaptionedScenes | None, progress: bool) -> 
     opt = optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     ema = EMA(model, cfg.ema_decay)
     losses: list[float] = []
+    loss_fn = partial(_shard_loss, schedule, cfg.snr_gamma)
+    parts = np.array_split(np.arange(cfg.batch_size), cfg.shards)  # each shard's rows
+    sharded = ShardedBackward(model, partial(Text2ImConfig.make_model, cfg), loss_fn, cfg.shards,
+                              workers, threads)  # fmt: skip
     start, cpu_start = time.perf_counter(), time.process_time()
     bar = tqdm(range(cfg.steps), desc=f"text2im {cfg.kind}", disable=not progress)
-    for step in bar:
-        opt.set_lr(optim.warmup_cosine(step, cfg.lr, cfg.warmup, cfg.steps, cfg.lr / 10))
-        idx = gen.integers(0, len(data), cfg.batch_size)  # (B,)
-        x0 = data.images[idx]  # (B, 3, 16, 16)
-        fn = model
-        if cfg.kind == "cond":
-            drop = caption_dropout(len(idx), cfg.p_uncond, gen)  # (B,)
-            e = model.embed(data.tokens[idx], drop)  # (B, E)
-            fn = lambda x, t, e=e: model(x, t, e)  # noqa: E731
-        loss = diffusion_loss(fn, schedule, x0, gen, cfg.snr_gamma)
-        opt.zero_grad()
-        loss.backward()
-        optim.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        ema.update(model)
-        value = loss.item()
-        if not np.isfinite(value):
-            raise FloatingPointError(f"training diverged: the loss is {value} at step {step}")
-        losses.append(value)
-        if step % 25 == 0 or step == cfg.steps - 1:
-            bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
+    with sharded:
+        for step in bar:
+            opt.set_lr(optim.warmup_cosine(step, cfg.lr, cfg.warmup, cfg.steps, cfg.lr / 10))
+            idx = gen.integers(0, len(data), cfg.batch_size)  # (B,)
+            batch = {"x0": data.images[idx]}  # (B, 3, 16, 16)
+            if cfg.kind == "cond":
+                batch["tokens"] = data.tokens[idx]  # (B, L)
+                batch["drop"] = caption_dropout(len(idx), cfg.p_uncond, gen)  # (B,)
+            batch["t"], batch["eps"] = draw_noise(
+                schedule, batch["x0"], gen
+            )  # (B,), (B, 3, 16, 16)
+            opt.zero_grad()
+            value = sharded(
+                [{**{k: v[rows] for k, v in batch.items()}, "share": len(rows) / cfg.batch_size}
+                 for rows in parts]
+            )  # fmt: skip
+            optim.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            ema.update(model)
+            if not np.isfinite(value):
+                raise FloatingPointError(f"training diverged: the loss is {value} at step {step}")
+            losses.append(value)
+            if step % 25 == 0 or step == cfg.steps - 1:
+                bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     return Text2ImResult(ema.copy_to(cfg.make_model()).eval(), losses, cfg, seconds, cpu)
 
