@@ -8,7 +8,10 @@
    layers, same weights, F.scaled_dot_product_attention), both limited to the same number
    of threads, timed alternately (A, B, A, B, ...) so that both see the same machine
    noise (in blocks, with pauses, so that one library's idle threads do not slow the other);
-   medians and their ratio (target: minigen <= 1.0x PyTorch's time).
+   medians and their ratio (target: minigen <= 1.0x PyTorch's time). With `--shards N`,
+   minigen spends its threads another way: each iteration's gradient is the sum of N shards'
+   (minigen.parallel), computed by N processes with one BLAS thread each, while PyTorch
+   keeps `--threads` threads in one process (the same cores: N = --threads).
 2. The model's FLOP/s (`flops_per_token` x tokens per iteration / time) as a fraction of
    the machine's float32 matmul peak, measured here on a large square matmul.
 3. Generation throughput, tokens/s with and without the KV cache, when the context holds
@@ -24,6 +27,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +37,9 @@ sys.path.insert(0, str(ROOT))
 
 import minigen  # noqa: E402
 from minigen import no_grad, optim  # noqa: E402
+from minigen.parallel import ShardedBackward  # noqa: E402
 from minigen.text import GPT, GPTConfig, TrainConfig, flops_per_token, preset  # noqa: E402
-from minigen.text.train import make_optimizer  # noqa: E402
+from minigen.text.train import make_optimizer, shard_loss  # noqa: E402
 
 B = 12
 
@@ -45,21 +50,30 @@ def batch(config: GPTConfig, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return g.integers(0, config.vocab_size, shape), g.integers(0, config.vocab_size, shape)
 
 
-def minigen_step(config: GPTConfig, tc: TrainConfig) -> tuple[Callable[[], None], GPT]:
+def minigen_step(
+    config: GPTConfig, tc: TrainConfig, shards: int = 1
+) -> tuple[Callable[[], None], GPT, ShardedBackward | None]:
     minigen.manual_seed(0)
     model = GPT(config)
     opt = make_optimizer(model, tc)
     params = model.parameters()
     x, y = batch(config)
+    sharded = None
+    if shards > 1:  # the gradient as the sum of the shards', one process per shard
+        sharded = ShardedBackward(model, partial(GPT, config), shard_loss, shards, shards)
+        rows = np.array_split(np.arange(B), shards)
+        parts = [(x[r], y[r], len(r) / B) for r in rows]
 
     def run() -> None:
-        loss = model.loss(x, y)
         opt.zero_grad()
-        loss.backward()
+        if sharded is None:
+            model.loss(x, y).backward()
+        else:
+            sharded(parts)
         optim.clip_grad_norm_(params, tc.grad_clip)
         opt.step()
 
-    return run, model
+    return run, model, sharded
 
 
 def torch_step(torch, config: GPTConfig, tc: TrainConfig, state: dict) -> Callable[[], None]:
@@ -136,21 +150,33 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="threads for both (default 2)")
     parser.add_argument("--rounds", type=int, default=10, help="blocks of 5 timed iterations")
     parser.add_argument("--backend", default="numpy", help="minigen backend (default: numpy)")
+    parser.add_argument(
+        "--shards", type=int, default=1,
+        help="minigen: the gradient in this many shards, one process (one BLAS thread) each",
+    )  # fmt: skip
     args = parser.parse_args()
     minigen.backend.use(args.backend)
     import torch
     from threadpoolctl import threadpool_limits
 
-    threadpool_limits(args.threads)
     torch.set_num_threads(args.threads)
-    print(f"numpy {np.__version__}, torch {torch.__version__}, {args.threads} thread(s) each, "
+    if args.shards > 1:  # NumPy's BLAS on one thread here and in each worker; torch's own
+        threadpool_limits(1, user_api="blas")
+        torch.set_num_threads(args.threads)
+        how = f"minigen: {args.shards} processes of 1 thread; torch: {args.threads} thread(s)"
+    else:
+        threadpool_limits(args.threads)
+        how = f"{args.threads} thread(s) each"
+    print(f"numpy {np.__version__}, torch {torch.__version__}, {how}, "
           f"minigen backend {args.backend}")  # fmt: skip
 
     config = preset("small")
     tc = TrainConfig()
-    ours, model = minigen_step(config, tc)
+    ours, model, sharded = minigen_step(config, tc, args.shards)
     theirs = torch_step(torch, config, tc, model.state_dict())
     ta, tb = alternate(ours, theirs, args.rounds)
+    if sharded is not None:
+        sharded.close()
     m, t = statistics.median(ta), statistics.median(tb)
     print(
         f"\ntraining iteration, {config.num_params():,} parameters, batch {B} x {config.block_size}"

@@ -1,13 +1,15 @@
 """The quality benchmark of §7.1: nanoGPT's CPU recipe on tiny Shakespeare, by characters.
 
     python benchmarks/gpt_shakespeare_char.py [--corpus PATH] [--out DIR] [--threads N]
+        [--shards S] [--backend numba]
 
 n_layer 4, n_head 4, n_embd 128, block_size 64, batch 12, dropout 0, 2000 iterations,
 learning rate 1e-3 with 100 warm-up steps and cosine decay to 1e-4, AdamW beta2 0.99,
 weight decay 0.1, gradient clip 1.0 (TrainConfig's defaults). nanoGPT (PyTorch) reaches a
 validation loss of about 1.886 with it; the target is <= 1.89. Prints the validation loss
 the trainer estimates at the end (20 batches, as nanoGPT) and a tighter one over 400
-batches, the wall time, and a sample.
+batches, the wall time, and a sample. `--shards 2` sums each step's gradient over two halves
+of the batch computed by two processes (minigen.parallel; BLAS on one thread in each).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import minigen  # noqa: E402
 from minigen import no_grad  # noqa: E402
 from minigen.text import (  # noqa: E402
     CharTokenizer,
@@ -76,9 +79,14 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="checkpoint folder (default: none)")
     parser.add_argument("--threads", type=int, default=None, help="BLAS threads")
     parser.add_argument("--max-iters", type=int, default=2000)
+    parser.add_argument("--shards", type=int, default=1, help="gradient shards, one process each")
+    parser.add_argument("--backend", default="numpy", help="minigen backend (default: numpy)")
     parser.add_argument("--torch", action="store_true",
                         help="also train the equal PyTorch model (same weights, same batches)")  # fmt: skip
     args = parser.parse_args()
+    minigen.backend.use(args.backend)
+    if args.shards > 1:  # one BLAS thread per process
+        args.threads = 1
     if args.threads:
         from threadpoolctl import threadpool_limits
 
@@ -87,8 +95,9 @@ def main() -> None:
     tok = CharTokenizer.from_text(text)
     train_ids, val_ids = train_val_split(np.array(tok.encode(text)))
     config = preset("small", vocab_size=tok.vocab_size)
-    tc = TrainConfig(max_iters=args.max_iters)
-    trainer = Trainer(config, tc, tok, train_ids, val_ids, args.out, force=True)
+    tc = TrainConfig(max_iters=args.max_iters, shards=args.shards)
+    trainer = Trainer(config, tc, tok, train_ids, val_ids, args.out, force=True,
+                      workers=args.shards)  # fmt: skip
     print(f"{config}\n{tc}\n{config.num_params():,} parameters")
     t0 = time.perf_counter()
     history = trainer.run()
