@@ -204,6 +204,25 @@ def test_bad_inputs_give_one_line_and_change_nothing(trained, tmp_path, capsys):
         (["train-gpt", "--corpus", "nothing.txt", "--out", "o4"], "neither a name"),
         (["train-gpt", "--corpus", "corpus.txt", "--resume", "--n-embd", "32"], "n_embd=16"),
         (["train-gpt", "--corpus", "short.txt", "--resume"], "not the one the checkpoint"),
+        (
+            ["train-gpt", "--corpus", "corpus.txt", "--out", "o5", "--shards", "13"],
+            "13 shards of a batch of 12",
+        ),
+        (
+            [
+                "train-gpt",
+                "--corpus",
+                "corpus.txt",
+                "--out",
+                "o6",
+                "--shards",
+                "2",
+                "--workers",
+                "3",
+            ],
+            "workers must lie in 1 .. shards (2)",
+        ),
+        (["train-gpt", "--corpus", "corpus.txt", "--resume", "--shards", "2"], "only --max-iters"),
         (["generate", "--prompt", "Zebra"], "character 'Z' at position 0"),
         (["generate", "--ckpt", "missing"], "checkpoint directory not found: missing"),
     ]
@@ -211,7 +230,7 @@ def test_bad_inputs_give_one_line_and_change_nothing(trained, tmp_path, capsys):
         assert main(argv) == 1, argv
         assert message in one_line_error(capsys), argv
     assert before == {p.name: p.read_bytes() for p in trained.iterdir()}
-    assert not any((tmp_path / d).exists() for d in ("o2", "o3", "o4"))
+    assert not any((tmp_path / d).exists() for d in ("o2", "o3", "o4", "o5", "o6"))
 
 
 def test_the_demo_trains_a_gpt_and_samples_from_it(tmp_path):
