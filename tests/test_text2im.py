@@ -313,6 +313,11 @@ def test_train_text2im_writes_a_checkpoint_and_its_loss_curve(tmp_path, capsys):
     assert "unknown model kind 'dalle'; choose one of clip, scenes, cond" in capsys.readouterr().err
     assert main([*args[:-1], "--snr-gamma", "0", "--force"]) == 1
     assert "snr_gamma must be positive, got 0" in capsys.readouterr().err
+    assert main([*args[:-1], "--shards", "3", "--force"]) == 1
+    assert "3 shards of a batch of 2: too many" in capsys.readouterr().err
+    assert main([*args[:-1], "--shards", "2", "--workers", "3", "--force"]) == 1
+    assert "workers must lie in 1 .. shards (2)" in capsys.readouterr().err
+    assert out.read_bytes() == before
 
 
 def test_train_text2im_trains_a_clip_that_text2im_reads(tmp_path, capsys):
