@@ -192,7 +192,7 @@ class ShardedBackward:
                         child,
                         threads,
                         (backend.current(), str(get_default_dtype())),
-                    ),  # fmt: skip
+                    ),
                     daemon=True,
                 )
                 proc.start()
@@ -228,6 +228,8 @@ class ShardedBackward:
         """Add grad sum_k loss(model, shards[k]) to the model's gradients; the summed loss."""
         if len(shards) != self.shards:
             raise ValueError(f"ShardedBackward: expected {self.shards} shards, got {len(shards)}")
+        if self.workers > 1 and not self._conns:
+            raise RuntimeError("ShardedBackward: called after close(); its workers are gone")
         params = self.model.parameters()
         if self.shards > 1:  # the replicas start from the current weights
             for (o, n, _), p in zip(_layout(params), params, strict=True):

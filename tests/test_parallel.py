@@ -133,6 +133,8 @@ def test_a_worker_error_reaches_the_caller():
         shards[1]["fail"] = True
         with pytest.raises(RuntimeError, match="a worker failed(.|\n)*told to fail"):
             step(shards)
+    with pytest.raises(RuntimeError, match="called after close"):
+        step(split(x, y, 2))
 
 
 def test_workers_take_the_callers_backend_and_default_dtype():
