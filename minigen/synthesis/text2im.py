@@ -330,9 +330,8 @@ def _train(
             if cfg.kind == "cond":
                 batch["tokens"] = data.tokens[idx]  # (B, L)
                 batch["drop"] = caption_dropout(len(idx), cfg.p_uncond, gen)  # (B,)
-            batch["t"], batch["eps"] = draw_noise(
-                schedule, batch["x0"], gen
-            )  # (B,), (B, 3, 16, 16)
+            t, eps = draw_noise(schedule, batch["x0"], gen)  # (B,), (B, 3, 16, 16)
+            batch["t"], batch["eps"] = t, eps
             opt.zero_grad()
             value = sharded(
                 [{**{k: v[rows] for k, v in batch.items()}, "share": len(rows) / cfg.batch_size}
