@@ -27,6 +27,7 @@ arrays) with its default dtype. The two callables must be picklable (top-level f
 from __future__ import annotations
 
 import multiprocessing
+import os
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -38,14 +39,30 @@ from minigen import rng as _rng
 from minigen.backend import blas_threads
 from minigen.tensor import Tensor, get_default_dtype, set_default_dtype
 
-__all__ = ["ShardedBackward"]
+__all__ = ["ShardedBackward", "check_workers", "default_workers"]
 
 
-def _layout(params: Sequence[nn.Parameter]) -> list[tuple[int, int, tuple[int, ...]]]:
-    """(offset, size, shape) of each parameter in one flat vector."""
+def default_workers(shards: int) -> int:
+    """The processes a run of `shards` shards gets unless told: one per shard, at most one per
+    CPU."""
+    return min(shards, os.cpu_count() or 1)
+
+
+def check_workers(shards: int, workers: int) -> None:
+    """Refuse a number of workers outside 1 .. shards."""
+    if not 1 <= workers <= shards:
+        raise ValueError(f"workers must lie in 1 .. shards ({shards}), got {workers}")
+
+
+# (parameter, offset, size, shape): where each parameter lives in one flat vector
+Slots = list[tuple[nn.Parameter, int, int, tuple[int, ...]]]
+
+
+def _slots(model: nn.Module) -> Slots:
+    """The model's parameters and their places in one flat vector (computed once per model)."""
     out, offset = [], 0
-    for p in params:
-        out.append((offset, p.size, tuple(p.shape)))
+    for p in model.parameters():
+        out.append((p, offset, p.size, tuple(p.shape)))
         offset += p.size
     return out
 
@@ -55,26 +72,28 @@ def _signature(model: nn.Module) -> list[tuple[str, tuple[int, ...], str]]:
 
 
 def _shard_grad(
-    model: nn.Module, loss: Callable[[nn.Module, Any], Tensor], shard: Any, out: np.ndarray
+    model: nn.Module,
+    slots: Slots,
+    loss: Callable[[nn.Module, Any], Tensor],
+    shard: Any,
+    out: np.ndarray,
 ) -> tuple[float, list[bool]]:
     """Write grad (loss(model, shard)) into the flat vector `out`; return the loss, and which
     parameters it depends on (the others have no gradient: zeros in `out`)."""
-    params = model.parameters()
-    for p in params:
+    for p, *_ in slots:
         p.grad = None  # a fresh gradient: backward() stores it rather than adding to it
     value = loss(model, shard)
     value.backward()
-    for (o, n, _shape), p in zip(_layout(params), params, strict=True):
+    for p, o, n, _shape in slots:
         if p.grad is None:
             out[o : o + n] = 0
         else:
             out[o : o + n] = np.asarray(p.grad).reshape(-1)
-    return float(value.item()), [p.grad is not None for p in params]
+    return float(value.item()), [p.grad is not None for p, *_ in slots]
 
 
-def _load_params(model: nn.Module, flat: np.ndarray) -> None:
-    params = model.parameters()
-    for (o, n, shape), p in zip(_layout(params), params, strict=True):
+def _load_params(slots: Slots, flat: np.ndarray) -> None:
+    for p, o, n, shape in slots:
         p.data[...] = flat[o : o + n].reshape(shape)
 
 
@@ -93,6 +112,7 @@ def _worker(
         backend.use(settings[0])  # the parent's backend and default dtype
         set_default_dtype(settings[1])
         model = build()
+        slots = _slots(model)
         conn.send(("ready", _signature(model)))
     except BaseException:  # noqa: BLE001 - everything goes back to the parent as text
         conn.send(("error", traceback.format_exc()))
@@ -108,8 +128,10 @@ def _worker(
             if jobs is None:
                 return
             try:
-                _load_params(model, params_flat)
-                conn.send(("ok", [_shard_grad(model, loss, s, grads_flat[k - 1]) for k, s in jobs]))
+                _load_params(slots, params_flat)
+                conn.send(
+                    ("ok", [_shard_grad(model, slots, loss, s, grads_flat[k - 1]) for k, s in jobs])
+                )
             except KeyboardInterrupt:
                 return
             except BaseException:  # noqa: BLE001
@@ -146,10 +168,7 @@ class ShardedBackward:
     ) -> None:
         if shards < 1:
             raise ValueError(f"ShardedBackward: shards must be >= 1, got {shards}")
-        if not 1 <= workers <= shards:
-            raise ValueError(
-                f"ShardedBackward: workers must lie in 1 .. shards ({shards}), got {workers}"
-            )
+        check_workers(shards, workers)
         params = model.parameters()
         dtypes = {str(p.dtype) for p in params}
         if len(dtypes) != 1 or not all(isinstance(p.data, np.ndarray) for p in params):
@@ -160,16 +179,19 @@ class ShardedBackward:
         self.model, self.loss, self.shards, self.workers = model, loss, shards, workers
         self.dtype = dtypes.pop()
         self.size = sum(p.size for p in params)
+        self._slots = _slots(model)
         itemsize = np.dtype(self.dtype).itemsize
         self._conns: list[Any] = []
         self._procs: list[Any] = []
         self._local: nn.Module | None = None
+        self._local_slots: Slots = []
         if workers == 1:
             self._grads = np.empty((max(shards - 1, 0), self.size), dtype=self.dtype)
             self._params = np.empty(self.size, dtype=self.dtype)
             if shards > 1:
                 state = _rng.get_state()  # build() may draw weights: leave the caller's draws be
                 self._local = build()
+                self._local_slots = _slots(self._local)
                 _rng.set_state(state)
                 self._check(_signature(self._local), "build()")
             return
@@ -230,9 +252,8 @@ class ShardedBackward:
             raise ValueError(f"ShardedBackward: expected {self.shards} shards, got {len(shards)}")
         if self.workers > 1 and not self._conns:
             raise RuntimeError("ShardedBackward: called after close(); its workers are gone")
-        params = self.model.parameters()
         if self.shards > 1:  # the replicas start from the current weights
-            for (o, n, _), p in zip(_layout(params), params, strict=True):
+            for p, o, n, _shape in self._slots:
                 self._params[o : o + n] = np.asarray(p.data).reshape(-1)
         # shard k > 0 goes to worker (k - 1) mod (workers - 1), or is computed here
         jobs: list[list[tuple[int, Any]]] = [[] for _ in self._conns]
@@ -244,9 +265,11 @@ class ShardedBackward:
         first = self.loss(self.model, shards[0])
         first.backward()
         if self._local is not None:
-            _load_params(self._local, self._params)
+            _load_params(self._local_slots, self._params)
             rest = [
-                _shard_grad(self._local, self.loss, shards[k], self._grads[k - 1])
+                _shard_grad(
+                    self._local, self._local_slots, self.loss, shards[k], self._grads[k - 1]
+                )
                 for k in range(1, self.shards)
             ]
         else:
@@ -256,7 +279,7 @@ class ShardedBackward:
             rest = [by_shard[k] for k in range(1, self.shards)]
         # grad = g_1 + g_2 + ... + g_S, always in this order
         for k, (_, used) in enumerate(rest, start=1):
-            for (o, n, shape), p, has in zip(_layout(params), params, used, strict=True):
+            for (p, o, n, shape), has in zip(self._slots, used, strict=True):
                 if not has:  # this shard's loss does not depend on p
                     continue
                 g = self._grads[k - 1, o : o + n].reshape(shape)

@@ -19,6 +19,7 @@ import numpy as np
 
 from minigen.backend import blas_threads
 from minigen.diffusion import plot_losses
+from minigen.parallel import default_workers
 from minigen.plotting import save_figure
 from minigen.synthesis.checker import score_batch
 from minigen.synthesis.clip_train import save_clip, train_clip
@@ -88,7 +89,7 @@ def train_cmd(args: argparse.Namespace) -> int:
         attn_levels=tuple(int(a) for a in args.attn_levels.split(",") if a.strip()),
     )  # fmt: skip
     try:
-        workers = min(cfg.shards, os.cpu_count() or 1) if args.workers is None else args.workers
+        workers = default_workers(cfg.shards) if args.workers is None else args.workers
         result = train_text2im(cfg, progress=not args.quiet, workers=workers)
     except FloatingPointError as e:
         raise RuntimeError(str(e)) from None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import sys
 from typing import Any
 
@@ -106,6 +105,7 @@ def _md5(text: str) -> str:
 def train_gpt(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from minigen.parallel import default_workers
     from minigen.text.corpus import load_corpus, train_val_split
     from minigen.text.gpt import preset
     from minigen.text.gpt_io import check_writable, load_checkpoint, load_gpt
@@ -118,7 +118,7 @@ def train_gpt(args: argparse.Namespace) -> int:
 
     def workers(train_config: dict) -> int:
         shards = int(train_config.get("shards", 1))
-        return min(shards, os.cpu_count() or 1) if args.workers is None else args.workers
+        return default_workers(shards) if args.workers is None else args.workers
 
     text = load_corpus(args.corpus)
     given = {n: getattr(args, n) for n in _MODEL_ARGS if getattr(args, n) is not None}

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from minigen import optim, rng
-from minigen.parallel import ShardedBackward
+from minigen.parallel import ShardedBackward, check_workers
 from minigen.tensor import Tensor, no_grad
 from minigen.text.corpus import check_corpus_length
 from minigen.text.gpt import GPT, GPTConfig
@@ -138,10 +138,7 @@ class Trainer:
             raise ValueError(
                 "TrainConfig: shards > 1 needs dropout 0 (each process would draw its own masks)"
             )
-        if not 1 <= workers <= train_config.shards:
-            raise ValueError(
-                f"workers must lie in 1 .. shards ({train_config.shards}), got {workers}"
-            )
+        check_workers(train_config.shards, workers)  # here: the workers start at the first step
         if model_config.vocab_size != tokenizer.vocab_size:
             raise ValueError(
                 f"the model's vocab_size {model_config.vocab_size} is not the tokenizer's "
