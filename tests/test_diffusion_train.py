@@ -11,7 +11,14 @@ from minigen.diffusion import NoiseSchedule, Normalizer
 from minigen.diffusion import pipeline as pl
 from minigen.diffusion.denoisers import MLPDenoiser
 from minigen.diffusion.metrics import frechet_distance, mmd, sliced_wasserstein
-from minigen.diffusion.training import EMA, TrainConfig, diffusion_loss, make_denoiser, train
+from minigen.diffusion.training import (
+    EMA,
+    TrainConfig,
+    denoising_loss,
+    diffusion_loss,
+    make_denoiser,
+    train,
+)
 
 TINY_MLP = {"hidden": 16, "depth": 1, "temb_dim": 8}
 
@@ -62,6 +69,37 @@ def test_min_snr_loss_weights_each_example_by_min_snr_gamma_over_snr():
     assert big == pytest.approx(plain, rel=1e-5)
     with pytest.raises(ValueError, match="snr_gamma must be positive, got 0"):
         diffusion_loss(model, sched, x0, np.random.default_rng(5), snr_gamma=0)
+
+
+@pytest.mark.parametrize("gamma", [None, 5.0])
+def test_v_loss_weighs_the_x0_error_by_one_plus_snr(gamma):
+    """v = sqrt(abar) eps - sqrt(1 - abar) x_0: a guess v_hat means x0_hat = sqrt(abar) x_t -
+    sqrt(1 - abar) v_hat, and ||v - v_hat||^2 = (1 + SNR) ||x_0 - x0_hat||^2 (with gamma:
+    1 + min(SNR, gamma)); a model that outputs the true v has loss 0."""
+    sched = NoiseSchedule.make("linear", 100)
+    g = np.random.default_rng(2)
+    x0 = g.standard_normal((12, 2))
+    t = np.concatenate([[0, 99], g.integers(0, 100, 10)])
+    eps = g.standard_normal(x0.shape)
+    abar = sched.alphas_cumprod[t][:, None]  # (B, 1)
+    x_t = np.sqrt(abar) * x0 + np.sqrt(1 - abar) * eps
+    x0_hat = x0 + 0.3 * g.standard_normal(x0.shape)  # a wrong guess of x_0, as a v
+    v_hat = (np.sqrt(abar) * x_t - x0_hat) / np.sqrt(1 - abar)
+
+    def model(x, tt):
+        np.testing.assert_allclose(x.data, x_t, rtol=1e-6)
+        return Tensor(v_hat)
+
+    loss = denoising_loss(model, sched, x0, t, eps, gamma, prediction="v").item()
+    snr = (abar / (1 - abar))[:, 0]
+    weight = 1 + (snr if gamma is None else np.minimum(snr, gamma))
+    expected = (weight * ((x0 - x0_hat) ** 2).mean(axis=1)).mean()
+    assert loss == pytest.approx(float(expected), rel=1e-5)
+    v = np.sqrt(abar) * eps - np.sqrt(1 - abar) * x0
+    exact = denoising_loss(lambda x, tt: Tensor(v), sched, x0, t, eps, gamma, prediction="v")
+    assert exact.item() == pytest.approx(0.0, abs=1e-20)
+    with pytest.raises(ValueError, match="unknown prediction 'x0'"):
+        denoising_loss(model, sched, x0, t, eps, prediction="x0")
 
 
 def test_ema_follows_its_recurrence():

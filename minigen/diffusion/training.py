@@ -145,10 +145,21 @@ def denoising_loss(
     t: np.ndarray,
     eps: np.ndarray,
     snr_gamma: float | None = None,
+    prediction: str = "eps",
 ) -> Tensor:
-    """`diffusion_loss` for given timesteps t (B,) and noises eps (shaped as x0)."""
+    """`diffusion_loss` for given timesteps t (B,) and noises eps (shaped as x0).
+
+    With prediction "v" the model predicts v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0
+    (Salimans & Ho 2022) and the loss is ||v - v_theta||^2, which weighs the error on x_0 by
+    1 + SNR(t) where the eps loss weighs it by SNR(t): the noisiest steps, where the layout of
+    an image is decided, count as much as the others. With `snr_gamma` the weight on x_0 is
+    1 + min(SNR(t), gamma)."""
     # x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps
     x_t = schedule.add_noise(x0, eps, t)  # (B, ...)
+    if prediction == "v":
+        return _v_loss(model, schedule, x0, x_t, t, eps, snr_gamma)
+    if prediction != "eps":
+        raise ValueError(f"unknown prediction {prediction!r}; choose 'eps' or 'v'")
     if snr_gamma is None:
         # || eps - eps_theta(x_t, t) ||^2, averaged
         return F.mse_loss(model(Tensor(x_t), t), eps)
@@ -161,6 +172,34 @@ def denoising_loss(
     sq = F.mse_loss(model(Tensor(x_t), t), eps, reduction="none")  # (B, ...)
     per_example = sq.mean(axis=tuple(range(1, x0.ndim)))  # (B,)
     # E[w(t) || eps - eps_theta(x_t, t) ||^2]
+    return (per_example * Tensor(w)).mean()
+
+
+def _v_loss(
+    model: nn.Module,
+    schedule: NoiseSchedule,
+    x0: np.ndarray,
+    x_t: np.ndarray,
+    t: np.ndarray,
+    eps: np.ndarray,
+    snr_gamma: float | None,
+) -> Tensor:
+    """The v-prediction loss of `denoising_loss`."""
+    shape = (-1,) + (1,) * (x0.ndim - 1)
+    abar = schedule.alphas_cumprod[t].reshape(shape)  # (B, 1, ...)
+    # v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0
+    v = (np.sqrt(abar) * eps - np.sqrt(1 - abar) * x0).astype(x0.dtype)  # (B, ...)
+    if snr_gamma is None:
+        # || v - v_theta(x_t, t) ||^2, averaged
+        return F.mse_loss(model(Tensor(x_t), t), v)
+    if snr_gamma <= 0:
+        raise ValueError(f"snr_gamma must be positive, got {snr_gamma}")
+    snr = abar.reshape(-1) / (1 - abar.reshape(-1))  # (B,)
+    # w(t) = (1 + min(SNR(t), gamma)) / (1 + SNR(t)): x_0's error weighs 1 + min(SNR, gamma)
+    w = ((1 + np.minimum(snr, snr_gamma)) / (1 + snr)).astype(x0.dtype)  # (B,)
+    sq = F.mse_loss(model(Tensor(x_t), t), v, reduction="none")  # (B, ...)
+    per_example = sq.mean(axis=tuple(range(1, x0.ndim)))  # (B,)
+    # E[w(t) || v - v_theta(x_t, t) ||^2]
     return (per_example * Tensor(w)).mean()
 
 
