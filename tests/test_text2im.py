@@ -12,7 +12,7 @@ import pytest
 import minigen
 from minigen import default_dtype
 from minigen.cli import main
-from minigen.diffusion import DiffusionModel, Normalizer, UNet, make_scheduler
+from minigen.diffusion import DiffusionModel, NoiseSchedule, Normalizer, UNet, make_scheduler
 from minigen.gradcheck import gradcheck
 from minigen.synthesis import captions as C
 from minigen.synthesis.clip import CLIP, CLIPConfig
@@ -215,6 +215,30 @@ def test_training_is_deterministic_and_checkpoints_round_trip(kind, tmp_path):
             e = a.model.embed(C.encode_batch(["a red circle", "a blue cross"]))
             np.testing.assert_array_equal(m.denoiser(x, 7, e).data, a.model(x, 7, e).data)
     assert m.config["train"]["steps"] == 3 and m.schedule == SCHEDULE
+
+
+def test_a_v_prediction_model_gives_eps_to_the_samplers(tmp_path):
+    """The U-Net predicts v; the model hands the samplers eps = sqrt(abar) v + sqrt(1 - abar)
+    x_t, and its checkpoint comes back predicting v."""
+    cfg = Text2ImConfig(
+        kind="cond", steps=2, batch_size=4, base_channels=4, channel_mults=(1, 2), text_width=8,
+        text_layers=1, text_heads=2, embed_dim=8, n_train=64, num_train_timesteps=T,
+        prediction="v",
+    )  # fmt: skip
+    result = train_text2im(cfg, progress=False)
+    model = result.model
+    x = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    t = np.array([0, T - 1])
+    with no_grad():
+        e = model.embed(C.encode_batch(["a red circle", "a blue cross"]))
+        v, eps = model.raw(x, t, e).data, model(x, t, e).data
+        abar = NoiseSchedule.make("linear", T).alphas_cumprod[t].reshape(-1, 1, 1, 1)
+        np.testing.assert_allclose(eps, np.sqrt(abar) * v + np.sqrt(1 - abar) * x, atol=1e-5)
+        back = load_cond(save_text2im(result, tmp_path / "v.safetensors")).denoiser
+        assert back.prediction == "v" and back.config == model.config
+        np.testing.assert_array_equal(back(x, t, e).data, eps)
+    with pytest.raises(ValueError, match="unknown prediction 'x0'"):
+        Text2ImConfig(kind="cond", prediction="x0")
 
 
 @pytest.mark.parametrize("kind", ["scenes", "cond"])

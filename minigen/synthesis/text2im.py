@@ -18,6 +18,10 @@ loss of Ho et al. (2020) with an EMA of the weights:
              g(c)            otherwise,
       L = || eps - eps_theta(sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, t, e(c)) ||^2.
 
+  (The shipped conditional model predicts v instead, trained by ||v - v_theta||^2 with
+  v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0, and hands the samplers the eps it implies: see
+  `CaptionUNet` and `minigen.diffusion.denoising_loss`.)
+
 The training scenes are those of `make_split` (seed 0), the same as CLIP's: held-out
 combinations never appear, so scores on held-out captions measure composition.
 """
@@ -99,11 +103,32 @@ class CaptionUNet(nn.Module):
     `embed(tokens, drop)` gives the `Caption` the U-Net reads: g(c) and the token states of
     each caption, or the null caption where `drop` is True (or for every row when tokens is
     None): the pooled null vector, and the null token alone visible to the cross-attention.
+
+    With `prediction` "v" the U-Net predicts v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0
+    (Salimans & Ho 2022; `raw` gives it, trained by the v loss of
+    `minigen.diffusion.denoising_loss`) and `forward` turns it into the eps the samplers and
+    classifier-free guidance read; `schedule` gives abar_t.
     """
 
     kind = "caption_unet"
 
-    def __init__(self, unet: dict[str, Any], text: dict[str, Any], p_uncond: float = 0.1):
+    def __init__(
+        self,
+        unet: dict[str, Any],
+        text: dict[str, Any],
+        p_uncond: float = 0.1,
+        prediction: str = "eps",
+        schedule: dict[str, Any] | None = None,
+    ):
+        if prediction not in ("eps", "v"):
+            raise ValueError(f"CaptionUNet: unknown prediction {prediction!r}; 'eps' or 'v'")
+        if prediction == "v" and schedule is None:
+            raise ValueError("CaptionUNet: a v-prediction model needs its noise schedule")
+        self.prediction = prediction
+        self._abar = None
+        if prediction == "v":
+            sched = NoiseSchedule.make(schedule["name"], int(schedule["num_train_timesteps"]))
+            self._abar = np.asarray(sched.alphas_cumprod)  # (T,)
         self.text_config = CLIPConfig.from_dict(text)
         E, D = self.text_config.embed_dim, self.text_config.width
         unet = {k: v for k, v in unet.items() if k not in ("cond_dim", "text_dim")}
@@ -120,7 +145,11 @@ class CaptionUNet(nn.Module):
         self.null_token = nn.Parameter(0.02 * gen.standard_normal(D).astype(dt))  # (D,)
         self.unet = CrossAttnUNet(**unet, cond_dim=E, text_dim=D)
         self.config = {"kind": self.kind, "unet": dict(self.unet.config),
-                       "text": self.text_config.to_dict(), "p_uncond": float(p_uncond)}  # fmt: skip
+                       "text": self.text_config.to_dict(), "p_uncond": float(p_uncond),
+                       "prediction": prediction}  # fmt: skip
+        if schedule is not None:
+            self.config["schedule"] = {"name": schedule["name"],
+                                       "num_train_timesteps": int(schedule["num_train_timesteps"])}  # fmt: skip
 
     def embed(self, tokens: Any, drop: Any = None) -> Caption:
         """The Caption of token ids (B, L), the null caption where drop (B,) is True; with
@@ -146,8 +175,21 @@ class CaptionUNet(nn.Module):
         mask = np.concatenate([np.ones((B, 1), dtype=bool), visible], axis=1)  # (B, 1 + L')
         return Caption(g, states, mask)
 
-    def forward(self, x: Any, t: Any, e: Caption) -> Tensor:
+    def raw(self, x: Any, t: Any, e: Caption) -> Tensor:
+        """The U-Net's own output: eps_theta, or v_theta for a v-prediction model."""
         return self.unet(x, t, e)  # (B, 3, H, W)
+
+    def forward(self, x: Any, t: Any, e: Caption) -> Tensor:
+        """eps_theta(x_t, t, e), whatever the U-Net predicts (the samplers read eps)."""
+        out = self.unet(x, t, e)  # (B, 3, H, W)
+        if self.prediction == "eps":
+            return out
+        x = x if isinstance(x, Tensor) else Tensor(x)
+        t = np.asarray(t)
+        abar = np.broadcast_to(self._abar[t], (x.shape[0],)).astype(x.dtype)  # (B,)
+        abar = abar.reshape(-1, 1, 1, 1)  # (B, 1, 1, 1)
+        # eps = sqrt(abar_t) v + sqrt(1 - abar_t) x_t
+        return out * np.sqrt(abar) + x * np.sqrt(1 - abar)  # (B, 3, H, W)
 
 
 def caption_dropout(batch: int, p: float, generator: np.random.Generator) -> np.ndarray:
@@ -185,6 +227,7 @@ class Text2ImConfig:
     text_init: str | None = None  # cond only: start the caption encoder from this CLIP's text tower
     init: str | None = None  # cond only: start every weight from this conditional checkpoint
     snr_gamma: float | None = None  # min-SNR-gamma loss weighting (None: L_simple)
+    prediction: str = "eps"  # cond only: the U-Net predicts eps, or v (Salimans & Ho 2022)
     shards: int = 1  # each batch's gradient as the sum of this many shards' (minigen.parallel)
 
     def __post_init__(self) -> None:
@@ -195,6 +238,8 @@ class Text2ImConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.snr_gamma is not None and not self.snr_gamma > 0:
             raise ValueError(f"snr_gamma must be positive, got {self.snr_gamma}")
+        if self.prediction not in ("eps", "v"):
+            raise ValueError(f"unknown prediction {self.prediction!r}; choose 'eps' or 'v'")
         if self.shards > self.batch_size:
             raise ValueError(f"{self.shards} shards of a batch of {self.batch_size}: too many")
         self.channel_mults = tuple(int(m) for m in self.channel_mults)
@@ -211,7 +256,8 @@ class Text2ImConfig:
         text = _text_config(self.text_width, self.text_layers, self.text_heads, self.embed_dim)
         unet = {**unet, "kind": CrossAttnUNet.kind, "heads": self.heads,
                 "attn_levels": list(self.attn_levels)}  # fmt: skip
-        return CaptionUNet(unet, text.to_dict(), self.p_uncond)
+        schedule = {"name": self.schedule, "num_train_timesteps": self.num_train_timesteps}
+        return CaptionUNet(unet, text.to_dict(), self.p_uncond, self.prediction, schedule)
 
 
 @dataclass
@@ -281,15 +327,20 @@ def train_text2im(
 
 
 def _shard_loss(
-    schedule: NoiseSchedule, snr_gamma: float | None, model: nn.Module, shard: dict[str, Any]
+    schedule: NoiseSchedule,
+    snr_gamma: float | None,
+    prediction: str,
+    model: nn.Module,
+    shard: dict[str, Any],
 ) -> Tensor:
     """One shard's share of a step's loss (`minigen.parallel`): L_simple on its examples, times
     their share of the batch."""
     fn = model
     if "tokens" in shard:  # the conditional model: e(c), the null caption where dropped
         e = model.embed(shard["tokens"], shard["drop"])  # (b, E)
-        fn = lambda x, t: model(x, t, e)  # noqa: E731
-    loss = denoising_loss(fn, schedule, shard["x0"], shard["t"], shard["eps"], snr_gamma)
+        fn = lambda x, t: model.raw(x, t, e)  # noqa: E731
+    x0, t, eps = shard["x0"], shard["t"], shard["eps"]
+    loss = denoising_loss(fn, schedule, x0, t, eps, snr_gamma, prediction)
     return loss if shard["share"] == 1 else loss * shard["share"]
 
 
@@ -316,7 +367,7 @@ def _train(
     opt = optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     ema = EMA(model, cfg.ema_decay)
     losses: list[float] = []
-    loss_fn = partial(_shard_loss, schedule, cfg.snr_gamma)
+    loss_fn = partial(_shard_loss, schedule, cfg.snr_gamma, cfg.prediction)
     parts = np.array_split(np.arange(cfg.batch_size), cfg.shards)  # each shard's rows
     sharded = ShardedBackward(model, partial(Text2ImConfig.make_model, cfg), loss_fn, cfg.shards,
                               workers, threads)  # fmt: skip
@@ -428,7 +479,8 @@ def load_cond(name_or_path: str | os.PathLike = "cond") -> CondModel:
         )
     try:
         cfg = meta["model"]
-        denoiser = CaptionUNet(cfg["unet"], cfg["text"], cfg.get("p_uncond", 0.1))
+        denoiser = CaptionUNet(cfg["unet"], cfg["text"], cfg.get("p_uncond", 0.1),
+                               cfg.get("prediction", "eps"), cfg.get("schedule", meta["schedule"]))  # fmt: skip
         schedule = dict(meta["schedule"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: its config lacks or garbles {e}") from None
