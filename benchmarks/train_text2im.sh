@@ -2,7 +2,9 @@
 # Train the three text-to-image models from scratch on two CPU cores, in two lanes at once
 # (BLAS on one thread each), and say how long it took:
 #   lane 1: CLIP (the guide of CLIP guidance), then the unconditional scene model it guides;
-#   lane 2: the caption-conditioned model of classifier-free guidance (it needs neither).
+#   lane 2: the caption-conditioned model of classifier-free guidance (it needs neither), its
+#     gradient in two half-batch shards computed by two processes (minigen.parallel), which
+#     take the core lane 1 leaves and both once lane 1 is done.
 #     bash benchmarks/train_text2im.sh [OUT_DIR]        (default: runs/text2im)
 # Then evaluate them, e.g.
 #     python benchmarks/bench_text2im.py --clip OUT/clip.safetensors \
@@ -23,7 +25,8 @@ start=$(date +%s)
         --out "$out/scenes.safetensors" --force
 ) >"$out/lane1.log" 2>&1 &
 lane1=$!
-$py -m minigen.cli train-text2im --model cond --channels 32 --steps 5000 --batch-size 32 --snr-gamma 5 \
+$py -m minigen.cli train-text2im --model cond --channels 32 --steps 6000 --batch-size 32 --snr-gamma 5 \
+    --prediction v --shards 2 --workers 2 \
     --seed 0 --half --out "$out/cond.safetensors" --force >"$out/lane2.log" 2>&1 &
 lane2=$!
 status=0
