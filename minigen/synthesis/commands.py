@@ -173,8 +173,10 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--schedule", default="linear", help="noise schedule (must be CLIP's)")
     p.add_argument("--ema-decay", type=float, default=0.999, help="default: %(default)s")
     p.add_argument(
-        "--snr-gamma", type=float, help="weigh the loss by min(SNR, gamma) / SNR (default: none)"
-    )
+        "--snr-gamma", type=float,
+        help="weigh the loss so that the error on x_0 counts min(SNR, gamma) (eps prediction) "
+        "or 1 + min(SNR, gamma) (v prediction) (default: none)",
+    )  # fmt: skip
     p.add_argument("--prediction", choices=("eps", "v"), default="eps",
                    help="cond: the U-Net predicts the noise eps or v (default: eps)")  # fmt: skip
     p.add_argument("--p-uncond", type=float, default=0.1, help="cond: caption dropout (0.1)")
