@@ -162,7 +162,6 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.shards > 1:  # NumPy's BLAS on one thread here and in each worker; torch's own
         threadpool_limits(1, user_api="blas")
-        torch.set_num_threads(args.threads)
         how = f"minigen: {args.shards} processes of 1 thread; torch: {args.threads} thread(s)"
     else:
         threadpool_limits(args.threads)

@@ -156,50 +156,31 @@ def denoising_loss(
     1 + min(SNR(t), gamma)."""
     # x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps
     x_t = schedule.add_noise(x0, eps, t)  # (B, ...)
-    if prediction == "v":
-        return _v_loss(model, schedule, x0, x_t, t, eps, snr_gamma)
-    if prediction != "eps":
+    if prediction not in ("eps", "v"):
         raise ValueError(f"unknown prediction {prediction!r}; choose 'eps' or 'v'")
-    if snr_gamma is None:
-        # || eps - eps_theta(x_t, t) ||^2, averaged
-        return F.mse_loss(model(Tensor(x_t), t), eps)
-    if snr_gamma <= 0:
+    if snr_gamma is not None and snr_gamma <= 0:
         raise ValueError(f"snr_gamma must be positive, got {snr_gamma}")
     abar = schedule.alphas_cumprod[t]  # (B,)
     snr = abar / (1 - abar)  # (B,)
-    # w(t) = min(SNR(t), gamma) / SNR(t)
-    w = (np.minimum(snr, snr_gamma) / snr).astype(x0.dtype)  # (B,)
-    sq = F.mse_loss(model(Tensor(x_t), t), eps, reduction="none")  # (B, ...)
+    w = None  # no weights: every example counts alike
+    if prediction == "eps":
+        target = eps  # (B, ...)
+        if snr_gamma is not None:
+            # w(t) = min(SNR(t), gamma) / SNR(t)
+            w = (np.minimum(snr, snr_gamma) / snr).astype(x0.dtype)  # (B,)
+    else:
+        a = abar.reshape((-1,) + (1,) * (x0.ndim - 1))  # (B, 1, ...)
+        # v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0
+        target = (np.sqrt(a) * eps - np.sqrt(1 - a) * x0).astype(x0.dtype)  # (B, ...)
+        if snr_gamma is not None:
+            # w(t) = (1 + min(SNR(t), gamma)) / (1 + SNR(t)): x_0's error weighs 1 + min(SNR, gamma)
+            w = ((1 + np.minimum(snr, snr_gamma)) / (1 + snr)).astype(x0.dtype)  # (B,)
+    if w is None:
+        # || target - model(x_t, t) ||^2, averaged (target: eps or v)
+        return F.mse_loss(model(Tensor(x_t), t), target)
+    sq = F.mse_loss(model(Tensor(x_t), t), target, reduction="none")  # (B, ...)
     per_example = sq.mean(axis=tuple(range(1, x0.ndim)))  # (B,)
-    # E[w(t) || eps - eps_theta(x_t, t) ||^2]
-    return (per_example * Tensor(w)).mean()
-
-
-def _v_loss(
-    model: nn.Module,
-    schedule: NoiseSchedule,
-    x0: np.ndarray,
-    x_t: np.ndarray,
-    t: np.ndarray,
-    eps: np.ndarray,
-    snr_gamma: float | None,
-) -> Tensor:
-    """The v-prediction loss of `denoising_loss`."""
-    shape = (-1,) + (1,) * (x0.ndim - 1)
-    abar = schedule.alphas_cumprod[t].reshape(shape)  # (B, 1, ...)
-    # v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0
-    v = (np.sqrt(abar) * eps - np.sqrt(1 - abar) * x0).astype(x0.dtype)  # (B, ...)
-    if snr_gamma is None:
-        # || v - v_theta(x_t, t) ||^2, averaged
-        return F.mse_loss(model(Tensor(x_t), t), v)
-    if snr_gamma <= 0:
-        raise ValueError(f"snr_gamma must be positive, got {snr_gamma}")
-    snr = abar.reshape(-1) / (1 - abar.reshape(-1))  # (B,)
-    # w(t) = (1 + min(SNR(t), gamma)) / (1 + SNR(t)): x_0's error weighs 1 + min(SNR, gamma)
-    w = ((1 + np.minimum(snr, snr_gamma)) / (1 + snr)).astype(x0.dtype)  # (B,)
-    sq = F.mse_loss(model(Tensor(x_t), t), v, reduction="none")  # (B, ...)
-    per_example = sq.mean(axis=tuple(range(1, x0.ndim)))  # (B,)
-    # E[w(t) || v - v_theta(x_t, t) ||^2]
+    # E[w(t) || target - model(x_t, t) ||^2]
     return (per_example * Tensor(w)).mean()
 
 
