@@ -147,9 +147,6 @@ class CaptionUNet(nn.Module):
         self.config = {"kind": self.kind, "unet": dict(self.unet.config),
                        "text": self.text_config.to_dict(), "p_uncond": float(p_uncond),
                        "prediction": prediction}  # fmt: skip
-        if schedule is not None:
-            self.config["schedule"] = {"name": schedule["name"],
-                                       "num_train_timesteps": int(schedule["num_train_timesteps"])}  # fmt: skip
 
     def embed(self, tokens: Any, drop: Any = None) -> Caption:
         """The Caption of token ids (B, L), the null caption where drop (B,) is True; with
@@ -479,9 +476,9 @@ def load_cond(name_or_path: str | os.PathLike = "cond") -> CondModel:
         )
     try:
         cfg = meta["model"]
-        denoiser = CaptionUNet(cfg["unet"], cfg["text"], cfg.get("p_uncond", 0.1),
-                               cfg.get("prediction", "eps"), cfg.get("schedule", meta["schedule"]))  # fmt: skip
         schedule = dict(meta["schedule"])
+        denoiser = CaptionUNet(cfg["unet"], cfg["text"], cfg.get("p_uncond", 0.1),
+                               cfg.get("prediction", "eps"), schedule)  # fmt: skip
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: its config lacks or garbles {e}") from None
     checkpoint.load_module(denoiser, path)
