@@ -76,6 +76,32 @@ def test_pairs_are_the_raters_and_dpo_uses_them(run):
     for d in pairs.values():
         for p in (p for v in d.values() for p in v):
             assert score(p.prompt, p.chosen) > score(p.prompt, p.rejected)
+    # the training comparisons of samples include near misses (same length, a slip apart);
+    # the held-out ones are the rater's comparisons of two samples only
+
+    def slips(split):
+        return sum(
+            len(q.chosen) == len(q.rejected)
+            and sum(a != b for a, b in zip(q.chosen, q.rejected, strict=True)) <= 2
+            for q in pairs[split]["sampled"]
+        )
+
+    assert slips("train") > 0  # (few in fast mode: an unfinished reply and its copy tie)
+    held = pairs["held_out"]["sampled"]
+    assert len(held) <= RLHFConfig.fast().held_out_pair_prompts  # at most one per prompt
+
+
+def test_the_reward_stage_runs_on_numba_and_puts_the_backend_back():
+    from minigen import backend
+    from minigen.rlhf.pipeline import fast_kernels
+
+    assert backend.current() == "numpy"
+    with fast_kernels():
+        assert backend.current() == ("numba" if "numba" in backend.available() else "numpy")
+    assert backend.current() == "numpy"
+    with pytest.raises(RuntimeError), fast_kernels():
+        raise RuntimeError("a failing stage")
+    assert backend.current() == "numpy"
 
 
 def _error(capsys, argv) -> str:

@@ -146,3 +146,55 @@ def test_bad_prompts_are_refused_with_the_prompt_named():
         rater.score("which is bigger, 2 or 4?", " 4.\n")
     with pytest.raises(ValueError, match="not a request"):
         rater.score("Q: tell me a joke\nA:", " no.\n")
+
+
+def _one_slip(a: str, b: str) -> bool:
+    """b is a with one character changed, or two neighbouring characters (maybe across a
+    space: "1 5" -> "5 1") swapped."""
+    if len(a) != len(b):
+        return False
+    diff = [i for i in range(len(a)) if a[i] != b[i]]
+    if len(diff) == 1:
+        return True
+    i, j = diff[0], diff[-1]
+    return len(diff) == 2 and j - i <= 2 and a[i] == b[j] and a[j] == b[i]
+
+
+@given(seeds, st.sampled_from(list(STYLES)))
+def test_a_near_miss_has_one_slip_in_its_answer(seed, style):
+    gen = np.random.default_rng(seed)
+    req = sample_request(gen)
+    reply = forum_reply(req, style, gen) + "\n"
+    edit = rater.near_miss(req.prompt, reply, np.random.default_rng(seed))
+    assert edit == rater.near_miss(req.prompt, reply, np.random.default_rng(seed))  # reproducible
+    if edit is None:  # nothing to edit: no digit (bigger, count, sort) or no two letters
+        return
+    assert edit.endswith("\n") and _one_slip(reply, edit)
+    if rater.rate(req.prompt, reply).correct and req.kind != "count":
+        # a right answer with a slip in it is wrong (a count may slip to the same number)
+        before = rater.rate(req.prompt, reply).answers
+        after = rater.rate(req.prompt, edit).answers
+        assert after != before or not set(before) & {req.answer}
+
+
+def test_near_misses_follow_each_prompts_comparisons():
+    reqs = list({r.prompt: r for r in sample_requests(40, 2)}.values())
+    pairs = rater.preference_pairs(reqs, seed=1, k=3)
+    more = rater.with_near_misses(pairs, seed=4)
+    assert more == rater.with_near_misses(pairs, seed=4)
+    # the rater's own comparisons, in order (a subsequence), and the near misses between them
+    it, added = iter(range(len(pairs))), []
+    nxt = next(it)
+    for q in more:
+        if nxt is not None and q == pairs[nxt]:
+            nxt = next(it, None)
+        else:
+            added.append(q)
+    assert nxt is None and len(added) > 0
+    # each prompt's comparisons stay together (a reward model reads them as one ranking)
+    prompts = [q.prompt for q in more]
+    starts = [p for i, p in enumerate(prompts) if i == 0 or p != prompts[i - 1]]
+    assert len(starts) == len(set(starts))
+    for q in more:
+        assert rater.score(q.prompt, q.chosen) > rater.score(q.prompt, q.rejected)
+    assert all(_one_slip(q.chosen, q.rejected) for q in added)  # a response and its near miss

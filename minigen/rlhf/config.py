@@ -1,7 +1,8 @@
 """Every setting of the RLHF pipeline in one place: the full run and the fast one.
 
-The full run (`minigen rlhf all`) takes about 17 minutes on two CPU cores (BLAS on one thread
-per process; DPO in a second lane beside the reward model and PPO); the fast one
+The full run (`minigen rlhf all`) takes about 18 minutes on two CPU cores (BLAS on one thread
+per process; DPO in a second lane beside the reward model and PPO; the reward model on the Numba
+kernels); the fast one
 (`RLHFConfig.fast()`, for tests and CI) about 10 seconds, with a tiny model that learns little.
 A config travels with every checkpoint, so stages refuse checkpoints made with a different
 model shape or task (`minigen.rlhf.io`).
@@ -38,7 +39,8 @@ class RLHFConfig:
     sampled_pair_prompts: int = 12_000  # ... and rm_group samples of the SFT model to
     held_out_pair_prompts: int = 600  # held-out prompts of each kind, two responses each
     rm_group: int = 4  # responses the rater ranks per training prompt (K of InstructGPT)
-    rm_steps: int = 3_000
+    rm_near_misses: bool = True  # also compare each sampled response with a near-miss copy
+    rm_steps: int = 6_000
     rm_batch: int = 16  # prompts per step, with all the comparisons of their K responses
     rm_lr: float = 1e-3
     # 4. PPO against the reward model, with a KL penalty to the SFT model

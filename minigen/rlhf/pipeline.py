@@ -17,18 +17,20 @@ from __future__ import annotations
 import json
 import multiprocessing
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from minigen import backend
 from minigen.backend import blas_threads
 from minigen.checkpoint import atomic_write
 from minigen.rlhf import io
 from minigen.rlhf.config import RLHFConfig
 from minigen.rlhf.evaluate import evaluate, results_table
 from minigen.rlhf.ppo import ppo
-from minigen.rlhf.rater import Pair, preference_pairs
+from minigen.rlhf.rater import Pair, preference_pairs, with_near_misses
 from minigen.rlhf.task import sample_requests
 from minigen.rlhf.train import (
     dpo,
@@ -41,7 +43,7 @@ from minigen.rlhf.train import (
 )  # fmt: skip
 
 __all__ = [
-    "blas_threads", "rater_pairs", "save_pairs", "load_pairs", "run_pretrain", "run_sft", "run_pairs", "run_reward", "run_ppo", "run_dpo",
+    "blas_threads", "fast_kernels", "rater_pairs", "save_pairs", "load_pairs", "run_pretrain", "run_sft", "run_pairs", "run_reward", "run_ppo", "run_dpo",
     "run_eval", "run_all", "plot_ppo",
 ]  # fmt: skip
 
@@ -52,7 +54,9 @@ def rater_pairs(
     """The rater's comparisons, on training prompts or on held-out ones (for the accuracy):
     of forum replies in different styles ("forum"), and of samples of the SFT model
     ("sampled"). For training the rater ranks `cfg.rm_group` responses per prompt (every two
-    of them compared); the held-out comparisons are of two responses, one per prompt."""
+    of them compared), and with `cfg.rm_near_misses` also compares each sampled response with a
+    copy that has one slip in its answer (`rater.with_near_misses`); the held-out comparisons
+    are of two responses, one per prompt."""
     group = 2 if held_out else cfg.rm_group
     seed = cfg.seed + (200 if held_out else 2)
     n_forum, n_sampled = (
@@ -62,10 +66,10 @@ def rater_pairs(
     )
     forum = sample_requests(n_forum, seed, held_out)
     sampled = sample_requests(n_sampled, seed + 1, held_out)
-    return {
-        "forum": preference_pairs(forum, seed, k=group),
-        "sampled": sampled_pairs(sft_model, tokenizer, sampled, cfg.max_new_tokens, seed, group),
-    }
+    samples = sampled_pairs(sft_model, tokenizer, sampled, cfg.max_new_tokens, seed, group)
+    if cfg.rm_near_misses and not held_out:
+        samples = with_near_misses(samples, seed)
+    return {"forum": preference_pairs(forum, seed, k=group), "sampled": samples}
 
 
 def save_pairs(path: Path, pairs: dict[str, dict[str, list[Pair]]]) -> None:
@@ -86,6 +90,22 @@ def load_pairs(path: Path) -> dict[str, dict[str, list[Pair]]]:
         }
     except (ValueError, TypeError) as e:
         raise ValueError(f"{path}: not a file of comparisons ({e})") from None
+
+
+@contextmanager
+def fast_kernels() -> Iterator[None]:
+    """The Numba kernels (`minigen.backend`) for the stage where they pay most, the reward model
+    (1.8x per step on one core), when Numba is there and the backend is NumPy's; the backend
+    as it was afterwards."""
+    before = backend.current()
+    switch = before == "numpy" and "numba" in backend.available()
+    if switch:
+        backend.use("numba")
+    try:
+        yield
+    finally:
+        if switch:
+            backend.use(before)
 
 
 def _say(verbose: bool, *lines: str) -> None:
@@ -153,7 +173,8 @@ def run_reward(
     cfg, tok, t0 = base.config, base.tokenizer, time.perf_counter()
     pairs = load_pairs(Path(run) / "pairs.json") if reuse_pairs else run_pairs(run, verbose)
     train_pairs = [p for v in pairs["train"].values() for p in v]
-    rm, losses = train_reward_model(cfg, base.model, tok, train_pairs, progress=progress)
+    with fast_kernels():
+        rm, losses = train_reward_model(cfg, base.model, tok, train_pairs, progress=progress)
     acc = {f"{split} {kind}": reward_accuracy(rm, tok, v[:1000])
            for split, d in pairs.items() for kind, v in d.items() if v}  # fmt: skip
     held = [p for v in pairs["held_out"].values() for p in v]

@@ -46,6 +46,7 @@ from minigen.rlhf.task import (
 
 __all__ = [
     "Rating", "Pair", "rate", "score", "compare", "demonstrate", "preference_pairs", "ordered_pairs",
+    "near_miss", "with_near_misses",
 ]  # fmt: skip
 
 W_CORRECT, W_POLITE, W_CONCISE = 0.5, 0.2, 0.3
@@ -158,3 +159,59 @@ def ordered_pairs(prompt: str, responses: Sequence[str]) -> list[Pair]:
             if c:
                 pairs.append(Pair(prompt, a, b) if c > 0 else Pair(prompt, b, a))
     return pairs
+
+
+def near_miss(prompt: str, response: str, gen: np.random.Generator) -> str | None:
+    """A copy of a response with one small slip in its answer, as a careless writer would
+    make it: a digit changed, two neighbouring numbers of a sorted list swapped, or two
+    neighbouring letters of the answer word swapped (of any word where the reply gives no
+    answer). None if the reply has nothing to edit. The rater then compares the copy with the
+    original like any two responses: the copy is sometimes right where the original was wrong.
+    """
+    req = parse_prompt(prompt)
+    body, newline, rest = response.partition("\n")
+    if req.kind in ("bigger", "count", "sort"):
+        digits = [i for i, c in enumerate(body) if c.isdigit()]
+        if not digits:
+            return None
+        swaps = [i for i in digits if body[i + 1 : i + 3] in {f" {d}" for d in "0123456789"}]
+        swaps = [i for i in swaps if body[i] != body[i + 2]]
+        if req.kind == "sort" and swaps and gen.random() < 0.5:  # 1 5 2 -> 1 2 5
+            i = swaps[gen.integers(len(swaps))]
+            return body[:i] + body[i + 2] + " " + body[i] + body[i + 3 :] + newline + rest
+        i = digits[gen.integers(len(digits))]
+        d = (int(body[i]) + int(gen.integers(1, 10))) % 10
+        return body[:i] + str(d) + body[i + 1 :] + newline + rest
+    # reverse, shout: two neighbouring letters of the answer word, else of any word
+    words = [m.span() for m in _PATTERNS[req.kind].finditer(body)]
+    words = [(a, b) for a, b in words if body[a:b] in answers_in(req, body)] or [
+        m.span() for m in re.finditer(r"[A-Za-z]{2,}", body)
+    ]
+    spots = [i for a, b in words for i in range(a, b - 1) if body[i] != body[i + 1]]
+    if not spots:
+        return None
+    i = spots[gen.integers(len(spots))]
+    return body[:i] + body[i + 1] + body[i] + body[i + 2 :] + newline + rest
+
+
+def with_near_misses(pairs: Sequence[Pair], seed: int) -> list[Pair]:
+    """The comparisons with, after each prompt's own, those of each of its responses against
+    a `near_miss` copy of it (ties dropped). Comparisons of one prompt stay consecutive, so a
+    reward model reads them as one ranking. Like a labeler asked "is this reply exactly
+    right?", these teach the answer's every character, which the comparisons of differently
+    worded replies seldom do."""
+    gen = np.random.default_rng([seed, 17])
+    out: list[Pair] = []
+    for i, pair in enumerate(pairs):
+        out.append(pair)
+        if i + 1 < len(pairs) and pairs[i + 1].prompt == pair.prompt:
+            continue  # the prompt's comparisons go on
+        start = len(out) - 1
+        while start > 0 and out[start - 1].prompt == pair.prompt:
+            start -= 1
+        responses = dict.fromkeys(r for p in out[start:] for r in (p.chosen, p.rejected))
+        for r in responses:
+            edited = near_miss(pair.prompt, r, gen)
+            if edited is not None and edited != r:
+                out += ordered_pairs(pair.prompt, [r, edited])
+    return out
