@@ -1,6 +1,6 @@
 """Every setting of the RLHF pipeline in one place: the full run and the fast one.
 
-The full run (`minigen rlhf all`) takes about 18 minutes on two CPU cores (BLAS on one thread
+The full run (`minigen rlhf all`) takes about 19 minutes on two CPU cores (BLAS on one thread
 per process; DPO in a second lane beside the reward model and PPO; the reward model on the Numba
 kernels); the fast one
 (`RLHFConfig.fast()`, for tests and CI) about 10 seconds, with a tiny model that learns little.
