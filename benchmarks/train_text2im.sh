@@ -26,7 +26,7 @@ start=$(date +%s)
 ) >"$out/lane1.log" 2>&1 &
 lane1=$!
 $py -m minigen.cli train-text2im --model cond --channels 32 --steps 6000 --batch-size 32 --snr-gamma 5 \
-    --prediction v --shards 2 --workers 2 \
+    --prediction v --mirror-pairs --shards 2 --workers 2 \
     --seed 0 --half --out "$out/cond.safetensors" --force >"$out/lane2.log" 2>&1 &
 lane2=$!
 status=0

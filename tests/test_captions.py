@@ -173,3 +173,18 @@ def test_split_rejects_impossible_requests():
         C.make_split(1, 1, n_things=len(COLOURS) + 1)
     with pytest.raises(ValueError, match="nothing is held out"):
         C.make_split(1, 1, n_things=0, n_relations=0)
+
+
+@given(objects=scene_objects(), seed=st.integers(0, 1000))
+def test_the_mirrored_caption_describes_the_mirrored_scene(objects, seed):
+    from minigen.synthesis.checker import check, parse_batch
+    from minigen.synthesis.scenes import mirror
+
+    cap = C.describe(objects, seed)
+    tokens = C.encode_batch([cap])
+    mirrored = C.mirror_tokens(tokens)
+    np.testing.assert_array_equal(C.mirror_tokens(mirrored), tokens)
+    swap = {"left": "right", "right": "left"}
+    assert C.decode(mirrored[0]) == " ".join(swap.get(w, w) for w in cap.split())
+    found = parse_batch(mirror(from_objects([objects]).images))
+    assert check(found[0], C.decode(mirrored[0]), 16).fraction == 1.0

@@ -147,3 +147,14 @@ def test_plot_grid_shows_every_image_with_its_caption():
     import matplotlib.pyplot as plt
 
     plt.close("all")
+
+
+@given(objects=scene_objects(), size=st.sampled_from([16, 17, 20]))
+def test_the_mirror_of_a_scene_is_the_scene_of_the_mirrored_objects(objects, size):
+    """Cell column k goes to column GRID - 1 - k and every template is left-right symmetric, so
+    mirroring the pixels gives exactly the scene rendered from the mirrored objects."""
+    mirrored = [S.SceneObject(o.colour, o.shape, o.row, S.GRID - 1 - o.col) for o in objects]
+    want = S.from_objects([mirrored], size=size).images
+    got = S.mirror(S.from_objects([objects], size=size).images)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(S.mirror(got), S.from_objects([objects], size=size).images)

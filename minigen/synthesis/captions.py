@@ -51,6 +51,7 @@ __all__ = [
     "encode",
     "encode_batch",
     "decode",
+    "mirror_tokens",
     "CaptionedScenes",
     "Split",
     "caption_scenes",
@@ -230,6 +231,14 @@ def encode_batch(captions: Sequence[str], max_len: int = MAX_LEN) -> np.ndarray:
     out = np.full((len(captions), max_len), PAD, dtype=np.int64)  # (N, L)
     for i, c in enumerate(captions):
         out[i] = encode(c, max_len)
+    return out
+
+
+def mirror_tokens(tokens: np.ndarray) -> np.ndarray:
+    """The caption of the mirrored scene (`scenes.mirror`): "left" and "right" swapped."""
+    left, right = _ID["left"], _ID["right"]
+    out = np.array(tokens, copy=True)
+    out[tokens == left], out[tokens == right] = right, left
     return out
 
 

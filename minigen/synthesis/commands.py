@@ -86,7 +86,7 @@ def train_cmd(args: argparse.Namespace) -> int:
         schedule=args.schedule, seed=args.seed, n_train=args.n_train,
         ema_decay=args.ema_decay, p_uncond=args.p_uncond, text_init=args.text_init,
         init=args.init, heads=args.heads, snr_gamma=args.snr_gamma, shards=args.shards,
-        prediction=args.prediction,
+        prediction=args.prediction, mirror_pairs=args.mirror_pairs,
         attn_levels=tuple(int(a) for a in args.attn_levels.split(",") if a.strip()),
     )  # fmt: skip
     try:
@@ -180,6 +180,9 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--prediction", choices=("eps", "v"), default="eps",
                    help="cond: the U-Net predicts the noise eps or v (default: eps)")  # fmt: skip
     p.add_argument("--p-uncond", type=float, default=0.1, help="cond: caption dropout (0.1)")
+    p.add_argument("--mirror-pairs", action="store_true",
+                   help="cond: half of each batch the left-right mirrors of the other half, "
+                   "'left' and 'right' swapped in their captions")  # fmt: skip
     p.add_argument("--heads", type=int, default=4, help="cond: cross-attention heads (4)")
     p.add_argument(
         "--attn-levels", default="1,2", help="cond: U-Net levels with cross-attention (1,2)"

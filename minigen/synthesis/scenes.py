@@ -37,6 +37,7 @@ __all__ = [
     "from_objects",
     "concat",
     "to_unit",
+    "mirror",
     "plot_grid",
 ]
 
@@ -149,6 +150,20 @@ def to_unit(images: np.ndarray, value_range: ValueRange = (0.0, 1.0)) -> np.ndar
     if not hi > lo:
         raise ValueError(f"value_range must have lo < hi, got {value_range}")
     return np.clip((np.asarray(images, dtype=np.float32) - lo) / (hi - lo), 0.0, 1.0)
+
+
+def mirror(images: np.ndarray) -> np.ndarray:
+    """The left-right mirror of images (..., H, W) on the grid: cell column k goes to column
+    GRID - 1 - k with its template flipped (every shape is left-right symmetric), so the mirror
+    of a scene is the scene of the mirrored objects. The grid's columns [a, b) are reversed, then
+    shifted left by d = cell - 2 pad - s, the margin a template leaves on its cell's right (0 at
+    16 px); the columns outside keep their values (background, for a scene)."""
+    lay = layout(images.shape[-1])
+    a, b = lay.origin, lay.origin + GRID * lay.cell  # the grid's columns [a, b)
+    d = lay.cell - 2 * lay.pad - lay.shape_size
+    out = np.array(images, copy=True)
+    out[..., a : b - d] = images[..., a:b][..., ::-1][..., d:]
+    return out
 
 
 def _render(

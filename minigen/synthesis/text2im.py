@@ -53,9 +53,17 @@ from minigen.diffusion import (
 )
 from minigen.parallel import ShardedBackward
 from minigen.shape_ops import concatenate
-from minigen.synthesis.captions import CaptionedScenes, make_split
+from minigen.synthesis.captions import (
+    CaptionedScenes,
+    decode,
+    is_held_out,
+    make_split,
+    mirror_tokens,
+    parse_caption,
+)
 from minigen.synthesis.clip import CLIPConfig, TextEncoder
 from minigen.synthesis.clip_train import load_clip
+from minigen.synthesis.scenes import mirror
 from minigen.synthesis.xunet import Caption, CrossAttnUNet
 from minigen.tensor import Tensor
 
@@ -226,6 +234,7 @@ class Text2ImConfig:
     snr_gamma: float | None = None  # min-SNR-gamma loss weighting (None: L_simple)
     prediction: str = "eps"  # cond only: the U-Net predicts eps, or v (Salimans & Ho 2022)
     shards: int = 1  # each batch's gradient as the sum of this many shards' (minigen.parallel)
+    mirror_pairs: bool = False  # cond only: half of each batch the mirrors of the other half
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -237,6 +246,8 @@ class Text2ImConfig:
             raise ValueError(f"snr_gamma must be positive, got {self.snr_gamma}")
         if self.prediction not in ("eps", "v"):
             raise ValueError(f"unknown prediction {self.prediction!r}; choose 'eps' or 'v'")
+        if self.mirror_pairs and (self.kind != "cond" or self.batch_size % 2):
+            raise ValueError("mirror_pairs: a conditional model and an even batch size only")
         if self.shards > self.batch_size:
             raise ValueError(f"{self.shards} shards of a batch of {self.batch_size}: too many")
         self.channel_mults = tuple(int(m) for m in self.channel_mults)
@@ -341,6 +352,36 @@ def _shard_loss(
     return loss if shard["share"] == 1 else loss * shard["share"]
 
 
+def mirror_safe(data: CaptionedScenes, data_seed: int) -> np.ndarray:
+    """The rows whose mirrored caption asserts no held-out relation of `make_split(..., data_seed)`
+    (the mirror of "yellow right of red" is "yellow left of red", which may be held out)."""
+    split = make_split(0, 0, data_seed)  # the held-out sets depend on the seed only
+    mirrored = [parse_caption(decode(t)) for t in mirror_tokens(data.tokens)]
+    held = [is_held_out(p, split.held_out_things, split.held_out_relations) for p in mirrored]
+    return np.flatnonzero(~np.array(held, dtype=bool))  # (n_safe,)
+
+
+def _mirror_batch(
+    data: CaptionedScenes, pool: np.ndarray, gen: np.random.Generator, n: int,
+    p_uncond: float, schedule: NoiseSchedule,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """n scenes of `pool` and their mirrors (`scenes.mirror`, "left" and "right" swapped in the
+    caption), with the same t, the mirrored noise and the same caption dropout: pairs that
+    differ only by where things are and by the relation word, so the word's gradient is not
+    lost among everything else that differs between two scenes."""
+    idx = pool[gen.integers(0, len(pool), n)]  # (n,)
+    x0, tokens = data.images[idx], data.tokens[idx]  # (n, 3, 16, 16), (n, L)
+    t, eps = draw_noise(schedule, x0, gen)  # (n,), (n, 3, 16, 16)
+    drop = caption_dropout(n, p_uncond, gen)  # (n,)
+    return {
+        "x0": np.concatenate([x0, mirror(x0)]),  # (2n, 3, 16, 16)
+        "tokens": np.concatenate([tokens, mirror_tokens(tokens)]),  # (2n, L)
+        "drop": np.concatenate([drop, drop]),  # (2n,)
+        "t": np.concatenate([t, t]),  # (2n,)
+        "eps": np.concatenate([eps, mirror(eps)]),  # (2n, 3, 16, 16)
+    }
+
+
 def _train(
     cfg: Text2ImConfig,
     data: CaptionedScenes | None,
@@ -368,18 +409,22 @@ def _train(
     parts = np.array_split(np.arange(cfg.batch_size), cfg.shards)  # each shard's rows
     sharded = ShardedBackward(model, partial(Text2ImConfig.make_model, cfg), loss_fn, cfg.shards,
                               workers, threads)  # fmt: skip
+    pool = mirror_safe(data, cfg.data_seed) if cfg.mirror_pairs else None
     start, cpu_start = time.perf_counter(), time.process_time()
     bar = tqdm(range(cfg.steps), desc=f"text2im {cfg.kind}", disable=not progress)
     with sharded:
         for step in bar:
             opt.set_lr(optim.warmup_cosine(step, cfg.lr, cfg.warmup, cfg.steps, cfg.lr / 10))
-            idx = gen.integers(0, len(data), cfg.batch_size)  # (B,)
-            batch = {"x0": data.images[idx]}  # (B, 3, 16, 16)
-            if cfg.kind == "cond":
-                batch["tokens"] = data.tokens[idx]  # (B, L)
-                batch["drop"] = caption_dropout(len(idx), cfg.p_uncond, gen)  # (B,)
-            t, eps = draw_noise(schedule, batch["x0"], gen)  # (B,), (B, 3, 16, 16)
-            batch["t"], batch["eps"] = t, eps
+            if cfg.mirror_pairs:
+                batch = _mirror_batch(data, pool, gen, cfg.batch_size // 2, cfg.p_uncond, schedule)
+            else:
+                idx = gen.integers(0, len(data), cfg.batch_size)  # (B,)
+                batch = {"x0": data.images[idx]}  # (B, 3, 16, 16)
+                if cfg.kind == "cond":
+                    batch["tokens"] = data.tokens[idx]  # (B, L)
+                    batch["drop"] = caption_dropout(len(idx), cfg.p_uncond, gen)  # (B,)
+                t, eps = draw_noise(schedule, batch["x0"], gen)  # (B,), (B, 3, 16, 16)
+                batch["t"], batch["eps"] = t, eps
             opt.zero_grad()
             value = sharded(
                 [{**{k: v[rows] for k, v in batch.items()}, "share": len(rows) / cfg.batch_size}
