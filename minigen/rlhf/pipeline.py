@@ -95,7 +95,7 @@ def load_pairs(path: Path) -> dict[str, dict[str, list[Pair]]]:
 @contextmanager
 def fast_kernels() -> Iterator[None]:
     """The Numba kernels (`minigen.backend`) for the stage where they pay most, the reward model
-    (1.8x per step on one core), when Numba is there and the backend is NumPy's; the backend
+    (about 1.7x per step on one core), when Numba is there and the backend is NumPy's; the backend
     as it was afterwards."""
     before = backend.current()
     switch = before == "numpy" and "numba" in backend.available()
