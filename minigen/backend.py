@@ -45,7 +45,7 @@ __all__ = [
     "BACKENDS", "KERNEL_NAMES", "BackendError", "BackendMismatchError", "use", "current",
     "available", "why_unavailable", "xp", "kernels", "numpy_kernels", "register_kernel",
     "array_module", "to_numpy", "scatter_add", "erf", "import_kernels", "keep_freed_memory",
-    "blas_threads",
+    "blas_threads", "using",
 ]  # fmt: skip
 
 BACKENDS = ("numpy", "numba", "cupy")
@@ -170,6 +170,18 @@ def use(name: str) -> None:
 def current() -> str:
     """The name of the backend in use."""
     return _name
+
+
+@contextlib.contextmanager
+def using(name: str) -> Iterator[None]:
+    """`use(name)` inside the block, and the backend that was in use back after it (also
+    when the block raises)."""
+    previous = current()
+    use(name)
+    try:
+        yield
+    finally:
+        use(previous)
 
 
 # ----------------------------------------------------------------------------- array modules

@@ -258,3 +258,18 @@ def test_minigen_imports_the_kernels_only_when_a_kernel_backend_is_chosen():
         for module, at_top in _imports(path):
             if module.split(".")[0] in ("minigen_kernels", "numba", "cupy", "cupyx"):
                 assert not at_top, f"{path.relative_to(ROOT)} imports {module} when imported"
+
+
+def test_using_puts_the_previous_backend_back_also_on_error(restore_backend):
+    if backend.why_unavailable("numba") is not None:
+        pytest.skip(backend.why_unavailable("numba"))
+    backend.use("numpy")
+    with backend.using("numba"):
+        assert backend.current() == "numba"
+    assert backend.current() == "numpy" and backend.kernels == backend.numpy_kernels
+    with pytest.raises(RuntimeError), backend.using("numba"):
+        raise RuntimeError("a failing block")
+    assert backend.current() == "numpy"
+    with pytest.raises(ValueError), backend.using("torch"):  # refused: nothing changes
+        pass
+    assert backend.current() == "numpy"

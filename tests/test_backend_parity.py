@@ -13,8 +13,7 @@ magnitudes up to 1e4 and -inf entries, in float32 and float64.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -40,23 +39,13 @@ TOL = {np.dtype(np.float32): (1e-4, 1e-5), np.dtype(np.float64): (1e-9, 1e-11)}
 EXAMPLES = settings(max_examples=12)
 
 
-@contextlib.contextmanager
-def using(name: str) -> Iterator[None]:
-    previous = backend.current()
-    backend.use(name)
-    try:
-        yield
-    finally:
-        backend.use(previous)
-
-
 def run(name: str, f: Callable, arrays: list, grad_seed: int = 0) -> tuple[np.ndarray, list]:
     """(f's output, the gradients of its float inputs) under backend `name`, as NumPy arrays.
 
     Float arrays become tensors that require grad; the output is back-propagated with a
     fixed random upstream gradient.
     """
-    with using(name):
+    with backend.using(name):
         ts = [Tensor(a, dtype=a.dtype, requires_grad=a.dtype.kind == "f") for a in arrays]
         y = f(*ts)
         dy = np.random.default_rng(grad_seed).standard_normal(y.shape).astype(y.dtype)
@@ -199,7 +188,7 @@ def test_ddpm_scheduler_step(backend_name, dtype):
         eps, z = np.random.default_rng(seed).standard_normal((2, *x.shape)).astype(dtype)
 
         def step(name):
-            with using(name):
+            with backend.using(name):
                 xp = backend.xp
                 out = scheduler.step(
                     xp.asarray(eps), t, xp.asarray(x), variance_noise=xp.asarray(z)
@@ -223,7 +212,7 @@ CONFIGS = {
 
 
 def gpt_loss_and_grads(name: str, config: GPTConfig, idx, targets) -> tuple[float, dict]:
-    with using(name):
+    with backend.using(name):
         minigen.manual_seed(0)  # the same weights, and the same dropout masks
         model = GPT(config)
         loss = model.loss(idx, targets)
@@ -260,7 +249,7 @@ def test_gpt_decoding_with_the_kv_cache(backend_name):
     prompt = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 5))
 
     def logits(name):
-        with using(name), no_grad():
+        with backend.using(name), no_grad():
             minigen.manual_seed(0)
             model = GPT(cfg).eval()
             cache = model.new_cache(batch_size=2)
@@ -282,7 +271,7 @@ def test_adamw_updates_like_numpy(backend_name, dtype):
     NumPy backend does: the fused "adamw_step" entry against optim.adamw_step."""
 
     def train(name: str) -> list[np.ndarray]:
-        with using(name):
+        with backend.using(name):
             rng = np.random.default_rng(0)
             shapes = [(17, 5), (5,), (3, 3, 2)]
             params = [

@@ -142,19 +142,14 @@ def test_workers_take_the_callers_backend_and_default_dtype():
     shard as this process would: the same gradient bit for bit from one process or two."""
     from minigen import backend
 
-    previous = backend.current()
-    backend.use("numba")
-    try:
-        with default_dtype(np.float64):
-            x, y = batch(6, 2)
-            here, there = Net(), Net()
-            there.load_state_dict(here.state_dict())
-            with (
-                ShardedBackward(here, Net, shard_loss, shards=2, workers=1) as a,
-                ShardedBackward(there, Net, shard_loss, shards=2, workers=2) as b,
-            ):
-                assert a(split(x, y, 2)) == b(split(x, y, 2))
-    finally:
-        backend.use(previous)
+    with backend.using("numba"), default_dtype(np.float64):
+        x, y = batch(6, 2)
+        here, there = Net(), Net()
+        there.load_state_dict(here.state_dict())
+        with (
+            ShardedBackward(here, Net, shard_loss, shards=2, workers=1) as a,
+            ShardedBackward(there, Net, shard_loss, shards=2, workers=2) as b,
+        ):
+            assert a(split(x, y, 2)) == b(split(x, y, 2))
     for ga, gb in zip(grads(here), grads(there), strict=True):
         assert (ga is None and gb is None) or np.array_equal(ga, gb)

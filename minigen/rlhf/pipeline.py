@@ -17,9 +17,9 @@ from __future__ import annotations
 import json
 import multiprocessing
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -92,20 +92,13 @@ def load_pairs(path: Path) -> dict[str, dict[str, list[Pair]]]:
         raise ValueError(f"{path}: not a file of comparisons ({e})") from None
 
 
-@contextmanager
-def fast_kernels() -> Iterator[None]:
+def fast_kernels() -> AbstractContextManager[None]:
     """The Numba kernels (`minigen.backend`) for the stage where they pay most, the reward model
-    (about 1.7x per step on one core), when Numba is there and the backend is NumPy's; the backend
-    as it was afterwards."""
-    before = backend.current()
-    switch = before == "numpy" and "numba" in backend.available()
-    if switch:
-        backend.use("numba")
-    try:
-        yield
-    finally:
-        if switch:
-            backend.use(before)
+    (about 1.7x per step on one core), when Numba is there and the backend is NumPy's; the
+    backend as it was afterwards."""
+    if backend.current() == "numpy" and "numba" in backend.available():
+        return backend.using("numba")
+    return nullcontext()
 
 
 def _say(verbose: bool, *lines: str) -> None:
