@@ -25,6 +25,7 @@ from minigen.diffusion.schedulers import (
 )
 from minigen.diffusion.training import (
     EMA,
+    PREDICTIONS,
     TrainConfig,
     blas_threads,
     denoising_loss,
@@ -55,6 +56,7 @@ __all__ = [
     "diffusion_loss",
     "draw_noise",
     "denoising_loss",
+    "PREDICTIONS",
     "train",
     "DiffusionModel",
     "Samples",

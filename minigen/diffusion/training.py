@@ -48,8 +48,10 @@ from minigen.tensor import Tensor
 
 __all__ = [
     "DATASETS", "TrainConfig", "TrainResult", "EMA", "make_denoiser", "load_data",
-    "diffusion_loss", "draw_noise", "denoising_loss", "train", "blas_threads",
+    "diffusion_loss", "draw_noise", "denoising_loss", "PREDICTIONS", "train", "blas_threads",
 ]  # fmt: skip
+
+PREDICTIONS = ("eps", "v")  # what a denoiser may predict: the noise, or v (Salimans & Ho 2022)
 
 TOY_DATASETS = ("moons", "spirals", "swissroll", "gmm")
 DATASETS = (*TOY_DATASETS, "digits")
@@ -156,8 +158,8 @@ def denoising_loss(
     1 + min(SNR(t), gamma)."""
     # x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps
     x_t = schedule.add_noise(x0, eps, t)  # (B, ...)
-    if prediction not in ("eps", "v"):
-        raise ValueError(f"unknown prediction {prediction!r}; choose 'eps' or 'v'")
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"unknown prediction {prediction!r}; choose one of {PREDICTIONS}")
     if snr_gamma is not None and snr_gamma <= 0:
         raise ValueError(f"snr_gamma must be positive, got {snr_gamma}")
     abar = schedule.alphas_cumprod[t]  # (B,)

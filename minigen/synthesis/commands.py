@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from minigen.backend import blas_threads
-from minigen.diffusion import plot_losses
+from minigen.diffusion import PREDICTIONS, plot_losses
 from minigen.parallel import default_workers
 from minigen.plotting import save_figure
 from minigen.synthesis.checker import score_batch
@@ -177,7 +177,7 @@ def add_commands(sub: Any) -> None:
         help="weigh the loss so that the error on x_0 counts min(SNR, gamma) (eps prediction) "
         "or 1 + min(SNR, gamma) (v prediction) (default: none)",
     )  # fmt: skip
-    p.add_argument("--prediction", choices=("eps", "v"), default="eps",
+    p.add_argument("--prediction", choices=PREDICTIONS, default="eps",
                    help="cond: the U-Net predicts the noise eps or v (default: eps)")  # fmt: skip
     p.add_argument("--p-uncond", type=float, default=0.1, help="cond: caption dropout (0.1)")
     p.add_argument("--mirror-pairs", action="store_true",

@@ -42,6 +42,7 @@ from minigen import rng as _rng
 from minigen.checkpoint import CheckpointError
 from minigen.diffusion import (
     EMA,
+    PREDICTIONS,
     DiffusionModel,
     NoiseSchedule,
     Normalizer,
@@ -128,8 +129,10 @@ class CaptionUNet(nn.Module):
         prediction: str = "eps",
         schedule: dict[str, Any] | None = None,
     ):
-        if prediction not in ("eps", "v"):
-            raise ValueError(f"CaptionUNet: unknown prediction {prediction!r}; 'eps' or 'v'")
+        if prediction not in PREDICTIONS:
+            raise ValueError(
+                f"CaptionUNet: unknown prediction {prediction!r}; one of {PREDICTIONS}"
+            )
         if prediction == "v" and schedule is None:
             raise ValueError("CaptionUNet: a v-prediction model needs its noise schedule")
         self.prediction = prediction
@@ -186,7 +189,7 @@ class CaptionUNet(nn.Module):
 
     def forward(self, x: Any, t: Any, e: Caption) -> Tensor:
         """eps_theta(x_t, t, e), whatever the U-Net predicts (the samplers read eps)."""
-        out = self.unet(x, t, e)  # (B, 3, H, W)
+        out = self.raw(x, t, e)  # (B, 3, H, W)
         if self.prediction == "eps":
             return out
         x = x if isinstance(x, Tensor) else Tensor(x)
@@ -244,8 +247,8 @@ class Text2ImConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.snr_gamma is not None and not self.snr_gamma > 0:
             raise ValueError(f"snr_gamma must be positive, got {self.snr_gamma}")
-        if self.prediction not in ("eps", "v"):
-            raise ValueError(f"unknown prediction {self.prediction!r}; choose 'eps' or 'v'")
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {self.prediction!r}; choose one of {PREDICTIONS}")
         if self.mirror_pairs and (self.kind != "cond" or self.batch_size % 2):
             raise ValueError("mirror_pairs: a conditional model and an even batch size only")
         if self.shards > self.batch_size:
