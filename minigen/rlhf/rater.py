@@ -29,6 +29,7 @@ are a tie). The models never see this program: the policy learns from the demons
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -202,16 +203,11 @@ def with_near_misses(pairs: Sequence[Pair], seed: int) -> list[Pair]:
     worded replies seldom do."""
     gen = np.random.default_rng([seed, 17])
     out: list[Pair] = []
-    for i, pair in enumerate(pairs):
-        out.append(pair)
-        if i + 1 < len(pairs) and pairs[i + 1].prompt == pair.prompt:
-            continue  # the prompt's comparisons go on
-        start = len(out) - 1
-        while start > 0 and out[start - 1].prompt == pair.prompt:
-            start -= 1
-        responses = dict.fromkeys(r for p in out[start:] for r in (p.chosen, p.rejected))
-        for r in responses:
-            edited = near_miss(pair.prompt, r, gen)
+    for prompt, group in itertools.groupby(pairs, key=lambda p: p.prompt):
+        group = list(group)
+        out += group
+        for r in dict.fromkeys(r for p in group for r in (p.chosen, p.rejected)):
+            edited = near_miss(prompt, r, gen)
             if edited is not None and edited != r:
-                out += ordered_pairs(pair.prompt, [r, edited])
+                out += ordered_pairs(prompt, [r, edited])
     return out
