@@ -21,7 +21,7 @@ from minigen import functional as F
 from minigen.diffusion import UNet
 from minigen.synthesis.xunet import Caption, CrossAttnUNet
 from tests import strategies as S
-from tests.test_backend_parity import BACKENDS, DTYPES, TOL, assert_close, assert_same_run, using
+from tests.test_backend_parity import BACKENDS, DTYPES, TOL, assert_close, assert_same_run
 
 
 @pytest.mark.parametrize("backend_name", BACKENDS)
@@ -65,7 +65,7 @@ def test_image_ops(backend_name, op, dtype):
 
 def denoiser_loss_and_grads(name: str, make, inputs) -> tuple[float, dict]:
     """eps-prediction loss and every gradient of a freshly seeded denoiser under `name`."""
-    with using(name):
+    with backend.using(name):
         minigen.manual_seed(0)
         model = make()
         x, eps, t, cond = inputs()
