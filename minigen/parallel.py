@@ -171,10 +171,14 @@ class ShardedBackward:
         check_workers(shards, workers)
         params = model.parameters()
         dtypes = {str(p.dtype) for p in params}
-        if len(dtypes) != 1 or not all(isinstance(p.data, np.ndarray) for p in params):
+        on_cpu = all(isinstance(p.data, np.ndarray) for p in params)
+        # one shard is the plain backward pass, on any backend (CuPy too); several shards
+        # travel through shared memory as NumPy arrays of one dtype
+        if len(dtypes) != 1 or (shards > 1 and not on_cpu):
+            where = "NumPy" if on_cpu else "GPU (CuPy)"
             raise ValueError(
-                "ShardedBackward: the model's parameters must be NumPy arrays of one dtype, "
-                f"got dtypes {sorted(dtypes)}"
+                f"ShardedBackward: {shards} shards need the model's parameters as NumPy arrays "
+                f"of one dtype; got {where} arrays of dtypes {sorted(dtypes)}"
             )
         self.model, self.loss, self.shards, self.workers = model, loss, shards, workers
         self.dtype = dtypes.pop()
