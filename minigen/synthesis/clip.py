@@ -69,6 +69,7 @@ class CLIPConfig:
     width: int = 64
     heads: int = 4
     layers: int = 2
+    causal: bool = True  # False: every token reads the whole caption (its padding masked)
     # image encoder: one 3x3 conv per stage (stride 1, then 2), then a 2-layer head
     image_size: int = 16
     channels: tuple[int, ...] = (16, 32, 64, 64)
@@ -134,21 +135,24 @@ def _l2_normalize(z: Tensor, eps: float = 1e-12) -> Tensor:
 
 class Block(nn.Module):
     """A pre-LayerNorm transformer block with causal self-attention (as in CLIP's text tower):
-    h <- h + Att(LN(h)),  h <- h + MLP(LN(h)).  (A GPT block of minigen.text may replace it.)"""
+    h <- h + Att(LN(h)),  h <- h + MLP(LN(h)).  (A GPT block of minigen.text may replace it.)
+    With `causal` False every token attends to every token that `mask` (B, L) shows."""
 
-    def __init__(self, width: int, heads: int) -> None:
-        self.heads = heads
+    def __init__(self, width: int, heads: int, causal: bool = True) -> None:
+        self.heads, self.causal = heads, causal
         self.ln1, self.ln2 = nn.LayerNorm(width), nn.LayerNorm(width)
         self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
         self.fc, self.out = nn.Linear(width, 4 * width), nn.Linear(4 * width, width)
 
-    def forward(self, h: Tensor) -> Tensor:
+    def forward(self, h: Tensor, mask: np.ndarray | None = None) -> Tensor:
         B, L, D = h.shape
         nh = self.heads
         qkv = self.qkv(self.ln1(h)).reshape(B, L, 3, nh, D // nh).transpose(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # (B, nh, L, D/nh) each
-        # Att(Q, K, V) = softmax(Q K^T / sqrt(d) + M) V, M masks the later tokens
-        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, L, D/nh)
+        # Att(Q, K, V) = softmax(Q K^T / sqrt(d) + M) V, M masks the later tokens (causal)
+        # or the padding (not causal)
+        m = None if self.causal or mask is None else mask[:, None, None, :]  # (B, 1, 1, L)
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, attn_mask=m)
         h = h + self.proj(a.transpose(0, 2, 1, 3).reshape(B, L, D))  # (B, L, D)
         return h + self.out(F.gelu(self.fc(self.ln2(h))))  # (B, L, D)
 
@@ -162,7 +166,9 @@ class TextEncoder(nn.Module):
         self.pos = nn.Embedding(cfg.max_len, cfg.width)
         for emb in (self.tok, self.pos):  # CLIP's init: N(0, 0.02^2) and N(0, 0.01^2)
             emb.weight.data *= 0.02 if emb is self.tok else 0.01
-        self.blocks = nn.ModuleList(Block(cfg.width, cfg.heads) for _ in range(cfg.layers))
+        self.blocks = nn.ModuleList(
+            Block(cfg.width, cfg.heads, cfg.causal) for _ in range(cfg.layers)
+        )
         self.ln_f = nn.LayerNorm(cfg.width)
         self.proj = nn.Linear(cfg.width, cfg.embed_dim, bias=False)
 
@@ -170,11 +176,12 @@ class TextEncoder(nn.Module):
         """Every token's final state (B, L', D), L' up to the batch's last <eos>, and the
         position of each row's <eos> (B,)."""
         ids, eos = check_tokens(tokens, self.cfg)  # (B, L), (B,)
-        # the mask is causal, so tokens after the last <eos> never reach a pooled state: drop them
+        # tokens after the last <eos> reach no state of a real token (causal, or masked): drop them
         ids = ids[:, : int(eos.max()) + 1]
+        visible = np.arange(ids.shape[1])[None, :] <= eos[:, None]  # (B, L'): <bos> .. <eos>
         h = self.tok(ids) + self.pos(np.arange(ids.shape[1]))  # (B, L', D)
         for block in self.blocks:
-            h = block(h)
+            h = block(h, visible)
         return self.ln_f(h), eos  # (B, L', D), (B,)
 
     def embed(self, h: Tensor, eos: np.ndarray) -> Tensor:
