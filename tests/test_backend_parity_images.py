@@ -115,3 +115,42 @@ def test_text_conditioned_unet_loss_and_every_gradient(backend_name, dtype):
         )  # fmt: skip
 
     assert_same_denoiser(backend_name, make, inputs, dtype)
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+@DTYPES
+def test_caption_unet_with_a_cell_map_loss_and_every_gradient(backend_name, dtype):
+    """The whole conditional denoiser of the shipped kind: bidirectional caption encoder, cell
+    map painted on the pixels, cross-attention, and the map's cross-entropy added to the loss."""
+    from minigen.synthesis import captions as C
+    from minigen.synthesis import scenes as SC
+    from minigen.synthesis.clip import CLIPConfig
+    from minigen.synthesis.text2im import CaptionUNet
+
+    def run(name):
+        with backend.using(name):
+            minigen.manual_seed(0)
+            unet = {"kind": "xattn_unet", "image_size": 16, "in_channels": 3,
+                    "base_channels": 8, "channel_mults": [1, 2], "heads": 2, "attn_levels": [1]}  # fmt: skip
+            text = CLIPConfig(embed_dim=8, width=8, heads=2, layers=1, causal=False).to_dict()
+            model = CaptionUNet(unet, text, cells=True)
+            g = np.random.default_rng(3)
+            x, eps = g.standard_normal((2, 2, 3, 16, 16)).astype(dtype)  # (B, 3, 16, 16) each
+            tokens = C.encode_batch(["a red circle left of a blue square", "a cyan cross"])
+            objects = [[SC.SceneObject("red", "circle", 1, 0), SC.SceneObject("blue", "square", 1, 2)],
+                       [SC.SceneObject("cyan", "cross", 0, 1)]]  # fmt: skip
+            cells = C.token_cells(tokens, SC.from_objects(objects))  # (2, L)
+            e = model.embed(tokens, np.array([False, True]), cells)
+            loss = F.mse_loss(model(Tensor(x), g.integers(0, 1000, 2), e), eps)
+            loss = loss + model.cell_loss(e, cells)
+            loss.backward()
+            return loss.item(), {n: backend.to_numpy(p.grad) for n, p in model.named_parameters()
+                                 if p.grad is not None}  # fmt: skip
+
+    with default_dtype(dtype):
+        loss, grads = run(backend_name)
+        loss0, grads0 = run("numpy")
+    assert loss == pytest.approx(loss0, rel=TOL[np.dtype(dtype)][0])
+    assert grads.keys() == grads0.keys() and any("cell_where" in n for n in grads0)
+    for n in grads0:
+        assert_close(grads[n], grads0[n], scale=10.0)

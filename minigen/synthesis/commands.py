@@ -86,7 +86,7 @@ def train_cmd(args: argparse.Namespace) -> int:
         schedule=args.schedule, seed=args.seed, n_train=args.n_train,
         ema_decay=args.ema_decay, p_uncond=args.p_uncond, text_init=args.text_init,
         init=args.init, heads=args.heads, snr_gamma=args.snr_gamma, shards=args.shards,
-        prediction=args.prediction, mirror_pairs=args.mirror_pairs,
+        prediction=args.prediction, mirror_pairs=args.mirror_pairs, cell_weight=args.cell_weight,
         attn_levels=tuple(int(a) for a in args.attn_levels.split(",") if a.strip()),
     )  # fmt: skip
     try:
@@ -183,6 +183,10 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--mirror-pairs", action="store_true",
                    help="cond: half of each batch the left-right mirrors of the other half, "
                    "'left' and 'right' swapped in their captions")  # fmt: skip
+    p.add_argument("--cell-weight", type=float, default=0.0,
+                   help="cond: > 0 gives the U-Net the caption's cell map (what the caption puts "
+                   "in each cell of the grid; the caption encoder then reads both ways), the "
+                   "cross-entropy of where its tokens put their objects weighted so (default: 0)")  # fmt: skip
     p.add_argument("--heads", type=int, default=4, help="cond: cross-attention heads (4)")
     p.add_argument(
         "--attn-levels", default="1,2", help="cond: U-Net levels with cross-attention (1,2)"

@@ -110,7 +110,7 @@ class Text2Im:
         x_T = gen.standard_normal((n, *SCENE_SHAPE), dtype=np.float32)  # (n, 3, 16, 16)
         grad_fn = None
         if method == "cfg":
-            eps_fn = _cfg_eps_fn(model, tokens, n, s)
+            eps_fn = _cfg_eps_fn(model, tokens, n, s, gen)
         else:
             eps_fn = model.eps
         if method == "clip":
@@ -157,12 +157,17 @@ def _check_same_schedule(clip: CLIP, schedule: dict[str, Any]) -> None:
         )
 
 
-def _cfg_eps_fn(model: CondModel, tokens: np.ndarray, n: int, w: float) -> Any:
-    """eps(x_t, t) by classifier-free guidance: both predictions from one batch of 2n."""
+def _cfg_eps_fn(
+    model: CondModel, tokens: np.ndarray, n: int, w: float, gen: np.random.Generator
+) -> Any:
+    """eps(x_t, t) by classifier-free guidance: both predictions from one batch of 2n (a model
+    with a cell map first draws where each image's objects go)."""
+    denoiser = model.denoiser
+    tokens = np.repeat(tokens, n // len(tokens), axis=0)  # (n, L)
+    cells = denoiser.place(tokens, gen) if denoiser.cell_where is not None else None  # (n, L)
     with no_grad():
-        tokens = np.repeat(tokens, n // len(tokens), axis=0)  # (n, L)
-        e = model.denoiser.embed(tokens)  # the captions
-        null = model.denoiser.embed(tokens, np.ones(n, dtype=bool))  # n null captions
+        e = denoiser.embed(tokens, None, cells)  # the captions
+        null = denoiser.embed(tokens, np.ones(n, dtype=bool), cells)  # n null captions
         both = Caption.concat([null, e])  # 2n rows: null first
 
     def eps_fn(x: np.ndarray, t: int) -> np.ndarray:

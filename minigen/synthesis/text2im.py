@@ -20,7 +20,13 @@ loss of Ho et al. (2020) with an EMA of the weights:
 
   (The shipped conditional model predicts v instead, trained by ||v - v_theta||^2 with
   v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0, and hands the samplers the eps it implies: see
-  `CaptionUNet` and `minigen.diffusion.denoising_loss`.)
+  `caption_unet.CaptionUNet` and `minigen.diffusion.denoising_loss`.)
+
+  With `cell_weight` > 0 (the shipped model) the caption encoder reads both ways and also says
+  where each mentioned object is, a map of the grid the U-Net reads (`caption_unet.py`), taught
+  by the scenes themselves (`captions.token_cells`: which cell holds the object each word names):
+
+      L = L_simple + lambda * mean_j CE(P_j, cell of token j's object)
 
 The training scenes are those of `make_split` (seed 0), the same as CLIP's: held-out
 combinations never appear, so scores on held-out captions measure composition.
@@ -53,19 +59,21 @@ from minigen.diffusion import (
     load_model,
 )
 from minigen.parallel import ShardedBackward
-from minigen.shape_ops import concatenate
+from minigen.synthesis.caption_unet import CaptionUNet
 from minigen.synthesis.captions import (
     CaptionedScenes,
     decode,
     is_held_out,
     make_split,
+    mirror_token_cells,
     mirror_tokens,
     parse_caption,
+    token_cells,
 )
-from minigen.synthesis.clip import CLIPConfig, TextEncoder
+from minigen.synthesis.clip import CLIPConfig
 from minigen.synthesis.clip_train import load_clip
 from minigen.synthesis.scenes import mirror
-from minigen.synthesis.xunet import Caption, CrossAttnUNet
+from minigen.synthesis.xunet import CrossAttnUNet
 from minigen.tensor import Tensor
 
 __all__ = [
@@ -101,103 +109,11 @@ SHIPPED = {
 KINDS = ("scenes", "cond")
 
 
-def _text_config(width: int, layers: int, heads: int, embed_dim: int) -> CLIPConfig:
+def _text_config(
+    width: int, layers: int, heads: int, embed_dim: int, causal: bool = True
+) -> CLIPConfig:
     """A CLIPConfig whose text fields size the caption encoder (its image fields go unused)."""
-    return CLIPConfig(embed_dim=embed_dim, width=width, heads=heads, layers=layers)
-
-
-class CaptionUNet(nn.Module):
-    """eps_theta(x_t, t, c): the U-Net of `xunet.py` reading a caption through its text encoder.
-
-    `embed(tokens, drop)` gives the `Caption` the U-Net reads: g(c) and the token states of
-    each caption, or the null caption where `drop` is True (or for every row when tokens is
-    None): the pooled null vector, and the null token alone visible to the cross-attention.
-
-    With `prediction` "v" the U-Net predicts v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0
-    (Salimans & Ho 2022; `raw` gives it, trained by the v loss of
-    `minigen.diffusion.denoising_loss`) and `forward` turns it into the eps the samplers and
-    classifier-free guidance read; `schedule` gives abar_t.
-    """
-
-    kind = "caption_unet"
-
-    def __init__(
-        self,
-        unet: dict[str, Any],
-        text: dict[str, Any],
-        p_uncond: float = 0.1,
-        prediction: str = "eps",
-        schedule: dict[str, Any] | None = None,
-    ):
-        if prediction not in PREDICTIONS:
-            raise ValueError(
-                f"CaptionUNet: unknown prediction {prediction!r}; one of {PREDICTIONS}"
-            )
-        if prediction == "v" and schedule is None:
-            raise ValueError("CaptionUNet: a v-prediction model needs its noise schedule")
-        self.prediction = prediction
-        self._abar = None
-        if prediction == "v":
-            sched = NoiseSchedule.make(schedule["name"], int(schedule["num_train_timesteps"]))
-            self._abar = np.asarray(sched.alphas_cumprod)  # (T,)
-        self.text_config = CLIPConfig.from_dict(text)
-        E, D = self.text_config.embed_dim, self.text_config.width
-        unet = {k: v for k, v in unet.items() if k not in ("cond_dim", "text_dim")}
-        kind = unet.pop("kind", CrossAttnUNet.kind)
-        if kind != CrossAttnUNet.kind:
-            raise ValueError(
-                f"CaptionUNet: a U-Net of kind {kind!r} (the caption as one pooled vector, "
-                f"text2im format 1); this version builds {CrossAttnUNet.kind!r} (cross-attention)"
-            )
-        self.text = TextEncoder(self.text_config)
-        dt = self.text.proj.weight.dtype
-        self.null = nn.Parameter(np.zeros(E, dtype=dt))  # (E,) the pooled null caption
-        gen = np.random.default_rng(0)
-        self.null_token = nn.Parameter(0.02 * gen.standard_normal(D).astype(dt))  # (D,)
-        self.unet = CrossAttnUNet(**unet, cond_dim=E, text_dim=D)
-        self.config = {"kind": self.kind, "unet": dict(self.unet.config),
-                       "text": self.text_config.to_dict(), "p_uncond": float(p_uncond),
-                       "prediction": prediction}  # fmt: skip
-
-    def embed(self, tokens: Any, drop: Any = None) -> Caption:
-        """The Caption of token ids (B, L), the null caption where drop (B,) is True; with
-        tokens None, `drop` is a number n of rows, all null."""
-        D, dt = self.text_config.width, self.null.dtype
-        if tokens is None:  # the null caption for a batch of `drop` (an int) rows
-            n = int(drop)
-            pooled = self.null.reshape(1, -1) * np.ones((n, 1), dtype=dt)  # (n, E)
-            states = self.null_token.reshape(1, 1, D) * np.ones((n, 1, 1), dtype=dt)  # (n, 1, D)
-            return Caption(pooled, states, np.ones((n, 1), dtype=bool))
-        h, eos = self.text.states(tokens)  # (B, L', D), (B,)
-        B, L = h.shape[:2]
-        g = self.text.embed(h, eos)  # (B, E) g(c), CLIP's text embedding
-        visible = np.arange(L)[None, :] <= eos[:, None]  # (B, L'): <bos> .. <eos>, not <pad>
-        if drop is not None:
-            keep = ~np.asarray(drop, dtype=bool)  # (B,)
-            visible = visible & keep[:, None]
-            k = keep.astype(dt)[:, None]  # (B, 1)
-            # e = g(c) where kept, null where dropped
-            g = g * k + self.null.reshape(1, -1) * (1.0 - k)  # (B, E)
-        null_tok = self.null_token.reshape(1, 1, D) * np.ones((B, 1, 1), dtype=dt)  # (B, 1, D)
-        states = concatenate([null_tok, h], axis=1)  # (B, 1 + L', D)
-        mask = np.concatenate([np.ones((B, 1), dtype=bool), visible], axis=1)  # (B, 1 + L')
-        return Caption(g, states, mask)
-
-    def raw(self, x: Any, t: Any, e: Caption) -> Tensor:
-        """The U-Net's own output: eps_theta, or v_theta for a v-prediction model."""
-        return self.unet(x, t, e)  # (B, 3, H, W)
-
-    def forward(self, x: Any, t: Any, e: Caption) -> Tensor:
-        """eps_theta(x_t, t, e), whatever the U-Net predicts (the samplers read eps)."""
-        out = self.raw(x, t, e)  # (B, 3, H, W)
-        if self.prediction == "eps":
-            return out
-        x = x if isinstance(x, Tensor) else Tensor(x)
-        t = np.asarray(t)
-        abar = np.broadcast_to(self._abar[t], (x.shape[0],)).astype(x.dtype)  # (B,)
-        abar = abar.reshape(-1, 1, 1, 1)  # (B, 1, 1, 1)
-        # eps = sqrt(abar_t) v + sqrt(1 - abar_t) x_t
-        return out * np.sqrt(abar) + x * np.sqrt(1 - abar)  # (B, 3, H, W)
+    return CLIPConfig(embed_dim=embed_dim, width=width, heads=heads, layers=layers, causal=causal)
 
 
 def caption_dropout(batch: int, p: float, generator: np.random.Generator) -> np.ndarray:
@@ -238,6 +154,7 @@ class Text2ImConfig:
     prediction: str = "eps"  # cond only: the U-Net predicts eps, or v (Salimans & Ho 2022)
     shards: int = 1  # each batch's gradient as the sum of this many shards' (minigen.parallel)
     mirror_pairs: bool = False  # cond only: half of each batch the mirrors of the other half
+    cell_weight: float = 0.0  # cond only: > 0 adds the cell map, its cross-entropy so weighted
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -251,6 +168,10 @@ class Text2ImConfig:
             raise ValueError(f"unknown prediction {self.prediction!r}; choose one of {PREDICTIONS}")
         if self.mirror_pairs and (self.kind != "cond" or self.batch_size % 2):
             raise ValueError("mirror_pairs: a conditional model and an even batch size only")
+        if self.cell_weight < 0 or (self.cell_weight and self.kind != "cond"):
+            raise ValueError(
+                f"cell_weight: >= 0 and a conditional model only, got {self.cell_weight}"
+            )
         if self.shards > self.batch_size:
             raise ValueError(f"{self.shards} shards of a batch of {self.batch_size}: too many")
         self.channel_mults = tuple(int(m) for m in self.channel_mults)
@@ -264,11 +185,18 @@ class Text2ImConfig:
         unet = self.unet_config()
         if self.kind == "scenes":
             return UNet(**{k: v for k, v in unet.items() if k != "kind"})
-        text = _text_config(self.text_width, self.text_layers, self.text_heads, self.embed_dim)
+        text = _text_config(
+            self.text_width,
+            self.text_layers,
+            self.text_heads,
+            self.embed_dim,
+            causal=not self.cell_weight,
+        )  # the cell map reads both ways
         unet = {**unet, "kind": CrossAttnUNet.kind, "heads": self.heads,
                 "attn_levels": list(self.attn_levels)}  # fmt: skip
         schedule = {"name": self.schedule, "num_train_timesteps": self.num_train_timesteps}
-        return CaptionUNet(unet, text.to_dict(), self.p_uncond, self.prediction, schedule)
+        return CaptionUNet(unet, text.to_dict(), self.p_uncond, self.prediction, schedule,
+                           cells=self.cell_weight > 0)  # fmt: skip
 
 
 @dataclass
@@ -341,17 +269,21 @@ def _shard_loss(
     schedule: NoiseSchedule,
     snr_gamma: float | None,
     prediction: str,
+    cell_weight: float,
     model: nn.Module,
     shard: dict[str, Any],
 ) -> Tensor:
-    """One shard's share of a step's loss (`minigen.parallel`): L_simple on its examples, times
-    their share of the batch."""
+    """One shard's share of a step's loss (`minigen.parallel`): L_simple on its examples (plus
+    the cell map's weighted cross-entropy), times their share of the batch."""
     fn = model
     if "tokens" in shard:  # the conditional model: e(c), the null caption where dropped
-        e = model.embed(shard["tokens"], shard["drop"])  # (b, E)
+        e = model.embed(shard["tokens"], shard["drop"], shard.get("cells"))  # (b, E)
         fn = lambda x, t: model.raw(x, t, e)  # noqa: E731
     x0, t, eps = shard["x0"], shard["t"], shard["eps"]
     loss = denoising_loss(fn, schedule, x0, t, eps, snr_gamma, prediction)
+    if cell_weight:
+        # L = L_simple + lambda CE(cell map, the scene's cells)
+        loss = loss + model.cell_loss(e, shard["cells"]) * cell_weight
     return loss if shard["share"] == 1 else loss * shard["share"]
 
 
@@ -366,7 +298,7 @@ def mirror_safe(data: CaptionedScenes, data_seed: int) -> np.ndarray:
 
 def _mirror_batch(
     data: CaptionedScenes, pool: np.ndarray, gen: np.random.Generator, n: int,
-    p_uncond: float, schedule: NoiseSchedule,
+    p_uncond: float, schedule: NoiseSchedule, cells: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:  # fmt: skip
     """n scenes of `pool` and their mirrors (`scenes.mirror`, "left" and "right" swapped in the
     caption), with the same t, the mirrored noise and the same caption dropout: pairs that
@@ -376,7 +308,11 @@ def _mirror_batch(
     x0, tokens = data.images[idx], data.tokens[idx]  # (n, 3, 16, 16), (n, L)
     t, eps = draw_noise(schedule, x0, gen)  # (n,), (n, 3, 16, 16)
     drop = caption_dropout(n, p_uncond, gen)  # (n,)
+    extra = {}
+    if cells is not None:  # where each token's object is: in the mirror, columns reversed
+        extra["cells"] = np.concatenate([cells[idx], mirror_token_cells(cells[idx])])  # (2n, L)
     return {
+        **extra,
         "x0": np.concatenate([x0, mirror(x0)]),  # (2n, 3, 16, 16)
         "tokens": np.concatenate([tokens, mirror_tokens(tokens)]),  # (2n, L)
         "drop": np.concatenate([drop, drop]),  # (2n,)
@@ -408,7 +344,8 @@ def _train(
     opt = optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     ema = EMA(model, cfg.ema_decay)
     losses: list[float] = []
-    loss_fn = partial(_shard_loss, schedule, cfg.snr_gamma, cfg.prediction)
+    loss_fn = partial(_shard_loss, schedule, cfg.snr_gamma, cfg.prediction, cfg.cell_weight)
+    cells = token_cells(data.tokens, data.scenes) if cfg.cell_weight else None  # (N, L)
     parts = np.array_split(np.arange(cfg.batch_size), cfg.shards)  # each shard's rows
     sharded = ShardedBackward(model, partial(Text2ImConfig.make_model, cfg), loss_fn, cfg.shards,
                               workers, threads)  # fmt: skip
@@ -419,13 +356,16 @@ def _train(
         for step in bar:
             opt.set_lr(optim.warmup_cosine(step, cfg.lr, cfg.warmup, cfg.steps, cfg.lr / 10))
             if cfg.mirror_pairs:
-                batch = _mirror_batch(data, pool, gen, cfg.batch_size // 2, cfg.p_uncond, schedule)
+                batch = _mirror_batch(data, pool, gen, cfg.batch_size // 2, cfg.p_uncond,
+                                      schedule, cells)  # fmt: skip
             else:
                 idx = gen.integers(0, len(data), cfg.batch_size)  # (B,)
                 batch = {"x0": data.images[idx]}  # (B, 3, 16, 16)
                 if cfg.kind == "cond":
                     batch["tokens"] = data.tokens[idx]  # (B, L)
                     batch["drop"] = caption_dropout(len(idx), cfg.p_uncond, gen)  # (B,)
+                if cells is not None:
+                    batch["cells"] = cells[idx]  # (B, L)
                 t, eps = draw_noise(schedule, batch["x0"], gen)  # (B,), (B, 3, 16, 16)
                 batch["t"], batch["eps"] = t, eps
             opt.zero_grad()
@@ -526,7 +466,8 @@ def load_cond(name_or_path: str | os.PathLike = "cond") -> CondModel:
         cfg = meta["model"]
         schedule = dict(meta["schedule"])
         denoiser = CaptionUNet(cfg["unet"], cfg["text"], cfg.get("p_uncond", 0.1),
-                               cfg.get("prediction", "eps"), schedule)  # fmt: skip
+                               cfg.get("prediction", "eps"), schedule,
+                               cells=bool(cfg.get("cells", False)))  # fmt: skip
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: its config lacks or garbles {e}") from None
     checkpoint.load_module(denoiser, path)

@@ -22,6 +22,16 @@ Imagen; Stable Diffusion):
   M is the padding mask: 0 on the caption's tokens, -inf on the <pad> after <eos>, so padded
   positions never change the output. W_o starts at zero: each block starts as the identity.
 
+- **where**, through a cell map (optional, `cell_channels` > 0): the caption encoder also
+  says what the caption puts in each cell of the scenes' 3 x 3 grid, a vector per cell
+  (`text2im.CaptionUNet`), and the map (B, 9, M) is painted over its cells' pixels and added to
+  the first features:
+
+      h = conv_in(x_t) + U(map W_cell)          U: a cell's value on each of its pixels
+
+  A convolution sees only a few pixels around it and cannot tell on its own whether it stands
+  left or right of the image's middle; the map tells it what the caption puts there.
+
 The token states come from `text2im.CaptionUNet.embed` as a `Caption`: they begin with one
 learned *null* token, always visible, so the dropped caption of classifier-free guidance is
 "attend to the null token only" (every caption token masked) and a pooled null vector.
@@ -39,9 +49,10 @@ from minigen import functional as F
 from minigen import nn
 from minigen.diffusion import timestep_embedding
 from minigen.shape_ops import concatenate
+from minigen.synthesis.scenes import GRID, layout
 from minigen.tensor import Tensor
 
-__all__ = ["Caption", "FiLMResBlock", "CrossAttention", "CrossAttnUNet"]
+__all__ = ["Caption", "FiLMResBlock", "CrossAttention", "CrossAttnUNet", "cell_painter"]
 
 
 @dataclass
@@ -51,11 +62,17 @@ class Caption:
     pooled: (B, E) g(c) per caption (the null vector for a dropped one);
     states: (B, L, D) token states, position 0 the null token;
     mask:   (B, L) bool, True where a pixel may attend (the null token and the real tokens).
+    cells:  (B, GRID * GRID, M) what the caption puts in each cell (zero for a dropped
+            caption), or None for a U-Net without a cell map;
+    cell_logits: (B, L', GRID * GRID + 1) each token's scores of where its object is (the
+            encoder's training reads them), or None.
     """
 
     pooled: Tensor
     states: Tensor
     mask: np.ndarray
+    cells: Tensor | None = None
+    cell_logits: Tensor | None = None
 
     def __len__(self) -> int:
         return self.pooled.shape[0]
@@ -66,11 +83,32 @@ class Caption:
         lengths = {p.states.shape[1] for p in parts}
         if len(lengths) != 1:
             raise ValueError(f"Caption.concat: token states of different lengths {lengths}")
+        has_cells = {p.cells is not None for p in parts}
+        if len(has_cells) != 1:
+            raise ValueError("Caption.concat: some captions have a cell map and some do not")
+        cells = None
+        if has_cells.pop():
+            cells = concatenate([p.cells for p in parts], axis=0)  # (sum B, GRID^2, M)
         return Caption(
             concatenate([p.pooled for p in parts], axis=0),  # (sum B, E)
             concatenate([p.states for p in parts], axis=0),  # (sum B, L, D)
             np.concatenate([p.mask for p in parts]),  # (sum B, L)
+            cells,
         )
+
+
+def cell_painter(size: int) -> np.ndarray:
+    """U (GRID * GRID, size * size): U[c, p] = 1 where pixel p lies in grid cell c (row-major,
+    `scenes.layout`); the margin outside the grid belongs to no cell."""
+    lay = layout(size)
+    idx = np.arange(size)
+    cell_of = (idx - lay.origin) // lay.cell  # (size,) the row (or column) of cell
+    cell_of[(idx < lay.origin) | (cell_of >= GRID)] = -1
+    r, k = np.meshgrid(cell_of, cell_of, indexing="ij")  # (size, size) each
+    inside = (r >= 0) & (k >= 0)
+    U = np.zeros((GRID * GRID, size * size), dtype=np.float32)
+    U[(r * GRID + k)[inside], np.flatnonzero(inside)] = 1.0
+    return U
 
 
 class FiLMResBlock(nn.Module):
@@ -133,6 +171,7 @@ class CrossAttnUNet(nn.Module):
         heads: attention heads of every cross-attention block.
         attn_levels: the levels (0 = full resolution) whose blocks are followed by a
             cross-attention block; the middle block always is.
+        cell_channels: M, the size of a cell's entry in the caption's cell map (0: no map).
     """
 
     kind = "xattn_unet"
@@ -147,6 +186,7 @@ class CrossAttnUNet(nn.Module):
         text_dim: int = 64,
         heads: int = 4,
         attn_levels: Sequence[int] = (1, 2),
+        cell_channels: int = 0,
     ) -> None:
         mults = [int(m) for m in channel_mults]
         if not mults or image_size % 2 ** (len(mults) - 1):
@@ -160,11 +200,15 @@ class CrossAttnUNet(nn.Module):
             "base_channels": base_channels, "channel_mults": mults, "cond_dim": cond_dim,
             "text_dim": text_dim, "heads": heads, "attn_levels": levels,
         }  # fmt: skip
+        if cell_channels:  # written only when used: older checkpoints have no such key
+            self.config["cell_channels"] = int(cell_channels)
         widths = [base_channels * m for m in mults]
         t_out = 4 * base_channels
         self.time_fc1, self.time_fc2 = nn.Linear(base_channels, t_out), nn.Linear(t_out, t_out)
         self.cond_fc1, self.cond_fc2 = nn.Linear(cond_dim, t_out), nn.Linear(t_out, t_out)
         self.inp = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+        self.cell_in = nn.Linear(cell_channels, base_channels) if cell_channels else None
+        self._painter = cell_painter(image_size) if cell_channels else None
 
         def attn(level: int, c: int) -> CrossAttention | None:
             return CrossAttention(c, text_dim, heads) if level in levels else None
@@ -203,6 +247,10 @@ class CrossAttnUNet(nn.Module):
         B = x.shape[0]
         if not isinstance(cond, Caption):
             raise TypeError(f"CrossAttnUNet: cond must be a Caption, got {type(cond).__name__}")
+        M = cfg.get("cell_channels", 0)
+        if M and (cond.cells is None or cond.cells.shape != (B, GRID * GRID, M)):
+            got = None if cond.cells is None else cond.cells.shape
+            raise ValueError(f"CrossAttnUNet: needs a cell map (B, {GRID * GRID}, {M}), got {got}")
         want = (B, cfg["cond_dim"]), (B, cfg["text_dim"]), (B,)
         got = cond.pooled.shape, (cond.states.shape[0], cond.states.shape[2]), cond.mask.shape[:1]
         if got != want or cond.mask.shape != cond.states.shape[:2]:
@@ -220,6 +268,10 @@ class CrossAttnUNet(nn.Module):
         s, m = cond.states, cond.mask
         down_attn, up_attn = iter(self.down_attn), iter(self.up_attn)
         h = self.inp(x)  # (B, base, S, S)
+        if self.cell_in is not None:
+            c = self.cell_in(cond.cells).transpose(0, 2, 1)  # (B, base, GRID^2)
+            # h = conv_in(x_t) + U(P W_cell): each cell's vector on each of its pixels
+            h = h + (c @ self._painter).reshape(B, -1, S, S)  # (B, base, S, S)
         skips = []
         for i, block in enumerate(self.down):  # level i has resolution S / 2^i
             h = block(h, temb)  # (B, w_i, S_i, S_i)
