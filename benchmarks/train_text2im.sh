@@ -25,8 +25,8 @@ start=$(date +%s)
         --out "$out/scenes.safetensors" --force
 ) >"$out/lane1.log" 2>&1 &
 lane1=$!
-$py -m minigen.cli train-text2im --model cond --channels 32 --steps 6000 --batch-size 32 --snr-gamma 5 \
-    --prediction v --mirror-pairs --shards 2 --workers 2 \
+$py -m minigen.cli train-text2im --model cond --channels 32 --steps 5500 --batch-size 32 --snr-gamma 5 \
+    --prediction v --mirror-pairs --cell-weight 0.5 --shards 2 --workers 2 \
     --seed 0 --half --out "$out/cond.safetensors" --force >"$out/lane2.log" 2>&1 &
 lane2=$!
 status=0
