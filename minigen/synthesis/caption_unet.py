@@ -114,10 +114,10 @@ class CaptionUNet(nn.Module):
             n = int(drop)
             pooled = self.null.reshape(1, -1) * np.ones((n, 1), dtype=dt)  # (n, E)
             states = self.null_token.reshape(1, 1, D) * np.ones((n, 1, 1), dtype=dt)  # (n, 1, D)
-            cells = None
+            empty = None
             if self.cell_where is not None:  # the null caption's map: nothing anywhere
-                cells = Tensor(np.zeros((n, GRID * GRID, CELL_DIM), dtype=dt))
-            return Caption(pooled, states, np.ones((n, 1), dtype=bool), cells)
+                empty = Tensor(np.zeros((n, GRID * GRID, CELL_DIM), dtype=dt))  # (n, G^2, M)
+            return Caption(pooled, states, np.ones((n, 1), dtype=bool), empty)
         h, eos = self.text.states(tokens)  # (B, L', D), (B,)
         B, L = h.shape[:2]
         g = self.text.embed(h, eos)  # (B, E) g(c), CLIP's text embedding
@@ -159,6 +159,7 @@ class CaptionUNet(nn.Module):
         tokens = np.asarray(tokens)
         with no_grad():
             h, eos = self.text.states(tokens)  # (B, L', D)
+            # P_j = softmax(W_p h_j), here over the cells only (NOWHERE is not a place)
             z = backend.to_numpy(self.cell_where(h).data)[:, :, : GRID * GRID]  # (B, L', G^2)
         out = np.full(tokens.shape, NOWHERE, dtype=np.int64)  # (B, L)
         out[np.arange(tokens.shape[1])[None, :] > eos[:, None]] = -100
