@@ -120,6 +120,10 @@ def test_bad_settings_and_shards_are_refused():
     with ShardedBackward(model, build, shard_loss, shards=2) as step:
         with pytest.raises(ValueError, match="expected 2 shards, got 3"):
             step(split(x, y, 3))
+    mixed = build()
+    mixed.fc2.weight.data = mixed.fc2.weight.data.astype(np.float32)  # two dtypes: no buffer fits
+    with pytest.raises(ValueError, match=r"2 shards need .* NumPy arrays of one dtype; got NumPy"):
+        ShardedBackward(mixed, build, shard_loss, shards=2)
 
 
 def test_a_worker_error_reaches_the_caller():
