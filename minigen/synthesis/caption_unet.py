@@ -16,7 +16,7 @@ from minigen import backend, nn
 from minigen import functional as F
 from minigen.diffusion import PREDICTIONS, NoiseSchedule
 from minigen.shape_ops import concatenate
-from minigen.synthesis.captions import NOWHERE, encode, is_mention, parse_caption
+from minigen.synthesis.captions import IGNORE, NOWHERE, encode, is_mention, parse_caption
 from minigen.synthesis.clip import CLIPConfig, TextEncoder
 from minigen.synthesis.scenes import GRID
 from minigen.synthesis.xunet import Caption, CrossAttnUNet
@@ -157,12 +157,11 @@ class CaptionUNet(nn.Module):
         distribution: "left of" makes it a left one), among the cells no earlier object of the
         caption took; both words get it. Other tokens: NOWHERE."""
         tokens = np.asarray(tokens)
-        with no_grad():
-            h, eos = self.text.states(tokens)  # (B, L', D)
-            # P_j = softmax(W_p h_j), here over the cells only (NOWHERE is not a place)
-            z = backend.to_numpy(self.cell_where(h).data)[:, :, : GRID * GRID]  # (B, L', G^2)
+        z, eos = self._cell_logits(tokens)
+        # P_j = softmax(W_p h_j), here over the cells only (NOWHERE is not a place)
+        z = z[:, :, : GRID * GRID]  # (B, L', G^2)
         out = np.full(tokens.shape, NOWHERE, dtype=np.int64)  # (B, L)
-        out[np.arange(tokens.shape[1])[None, :] > eos[:, None]] = -100
+        out[np.arange(tokens.shape[1])[None, :] > eos[:, None]] = IGNORE
         for b, j in zip(*np.nonzero(is_mention(tokens[:, : z.shape[1]])), strict=True):
             free = np.ones(GRID * GRID, dtype=bool)
             free[out[b][(out[b] >= 0) & (out[b] < NOWHERE)]] = False
@@ -178,17 +177,21 @@ class CaptionUNet(nn.Module):
             raise ValueError("CaptionUNet.where: this model has no cell map (trained without one)")
         parse_caption(caption)  # unknown words, empty captions: a clear error
         words = caption.split()
-        tokens = encode(caption)[None]  # (1, L)
-        with no_grad():
-            z = self.cell_where(self.text.states(tokens)[0]).data[0]  # (L', GRID^2 + 1)
-        z = backend.to_numpy(z)[1 : len(words) + 1]  # the words, not <bos> and <eos>
+        z = self._cell_logits(encode(caption)[None])[0][0]  # (L', GRID^2 + 1)
+        z = z[1 : len(words) + 1]  # the words, not <bos> and <eos>
         p = np.exp(z - z.max(-1, keepdims=True))
         p /= p.sum(-1, keepdims=True)  # P_j
         return words, p[:, : GRID * GRID].reshape(len(words), GRID, GRID)
 
+    def _cell_logits(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """W_p h_j for every token, (B, L', GRID^2 + 1) as NumPy, and each row's <eos>."""
+        with no_grad():
+            h, eos = self.text.states(tokens)  # (B, L', D)
+            return backend.to_numpy(self.cell_where(h).data), eos
+
     def cell_loss(self, e: Caption, target: np.ndarray) -> Tensor:
         """Cross-entropy of where `embed`'s tokens put their objects (P_j) against where they
-        are, (B, L) from `captions.token_cells` (-100: no target), over the tokens that have one."""
+        are, (B, L) from `captions.token_cells` (IGNORE: no target), over the tokens that have one."""
         L = e.cell_logits.shape[1]
         # -log P_j[cell of token j's object], averaged over tokens
         return F.cross_entropy(e.cell_logits, np.asarray(target)[:, :L])

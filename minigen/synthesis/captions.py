@@ -61,6 +61,7 @@ __all__ = [
     "decode",
     "mirror_tokens",
     "NOWHERE",
+    "IGNORE",
     "token_cells",
     "is_mention",
     "mirror_token_cells",

@@ -24,7 +24,7 @@ Imagen; Stable Diffusion):
 
 - **where**, through a cell map (optional, `cell_channels` > 0): the caption encoder also
   says what the caption puts in each cell of the scenes' 3 x 3 grid, a vector per cell
-  (`text2im.CaptionUNet`), and the map (B, 9, M) is painted over its cells' pixels and added to
+  (`caption_unet.CaptionUNet`), and the map (B, 9, M) is painted over its cells' pixels and added to
   the first features:
 
       h = conv_in(x_t) + U(map W_cell)          U: a cell's value on each of its pixels
@@ -32,7 +32,7 @@ Imagen; Stable Diffusion):
   A convolution sees only a few pixels around it and cannot tell on its own whether it stands
   left or right of the image's middle; the map tells it what the caption puts there.
 
-The token states come from `text2im.CaptionUNet.embed` as a `Caption`: they begin with one
+The token states come from `caption_unet.CaptionUNet.embed` as a `Caption`: they begin with one
 learned *null* token, always visible, so the dropped caption of classifier-free guidance is
 "attend to the null token only" (every caption token masked) and a pooled null vector.
 """
@@ -270,7 +270,7 @@ class CrossAttnUNet(nn.Module):
         h = self.inp(x)  # (B, base, S, S)
         if self.cell_in is not None:
             c = self.cell_in(cond.cells).transpose(0, 2, 1)  # (B, base, GRID^2)
-            # h = conv_in(x_t) + U(P W_cell): each cell's vector on each of its pixels
+            # h = conv_in(x_t) + U(map W_cell): each cell's vector on each of its pixels
             h = h + (c @ self._painter).reshape(B, -1, S, S)  # (B, base, S, S)
         skips = []
         for i, block in enumerate(self.down):  # level i has resolution S / 2^i
