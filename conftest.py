@@ -3,7 +3,7 @@
 - Lessons run in their fast mode under pytest (nbmake starts kernels that inherit
   this environment); `jupyter lab lessons/` runs them in full.
 - Hypothesis: no deadlines (the machine is noisy), a fixed budget of examples.
-- kernels/ importable as `minigen_kernels` without installing; numba.cuda kernels run in
+- kernels/minigen_kernels/ importable as `minigen_kernels` without installing; numba.cuda kernels run in
   numba's CUDA simulator where there is no GPU.
 """
 
@@ -31,16 +31,17 @@ except ImportError:  # hypothesis is in the dev extra
 
 # ----------------------------------------------------------------------------- minigen_kernels
 # Added for the kernels/ folder (Numba and CuPy mirrors of the hot loops).
-# 1. The folder kernels/ is installed as the package `minigen_kernels` (setup.py maps
-#    it; a PyPI package is already called `kernels`). Register it under that name so
-#    `import minigen_kernels` works from the repository root without installing.
+# 1. The package `minigen_kernels` lives in kernels/minigen_kernels/ (setup.py maps it).
+#    kernels/ itself has no __init__.py, so `import kernels` from the repository root
+#    finds PyPI's `kernels` (which transformers imports), never this folder. Register the
+#    package so `import minigen_kernels` works from the root without installing.
 # 2. On a machine without an NVIDIA GPU, run the numba.cuda kernels in numba's CUDA
 #    simulator so the GPU code is still tested. The variable must be set before
 #    numba.cuda is first imported; an explicit NUMBA_ENABLE_CUDASIM wins.
 
 
 def _register_minigen_kernels() -> None:
-    init = Path(__file__).resolve().parent / "kernels" / "__init__.py"
+    init = Path(__file__).resolve().parent / "kernels" / "minigen_kernels" / "__init__.py"
     if "minigen_kernels" in sys.modules or not init.exists():
         return
     spec = importlib.util.spec_from_file_location(

@@ -17,9 +17,11 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    # kernels/ is installed as `minigen_kernels` (an unrelated PyPI package is named `kernels`)
+    # kernels/ is a source root holding the package `minigen_kernels`; it has no __init__.py,
+    # so `import kernels` from the repository root never shadows PyPI's `kernels` (which
+    # transformers imports)
     packages=find_packages(include=["minigen", "minigen.*"]) + ["minigen_kernels"],
-    package_dir={"minigen_kernels": "kernels"},
+    package_dir={"minigen_kernels": "kernels/minigen_kernels"},
     package_data={"minigen": ["assets/*", "assets/**/*"]},
     install_requires=[
         "numpy>=1.24",

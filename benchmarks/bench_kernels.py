@@ -11,7 +11,7 @@ float32, the training dtype. For each case, every backend runs once per round, i
 an order that rotates between rounds (so slow drifts of a shared machine hit all of
 them alike); the table gives medians over the rounds and each kernel's speed-up
 over NumPy (numpy time / kernel time: above 1 means the kernel is faster). The
-"numpy" column runs kernels/reference.py, which is minigen's own NumPy code (what
+"numpy" column runs minigen_kernels/reference.py, which is minigen's own NumPy code (what
 `backend.use("numpy")` runs), except that its layer-norm forward also returns the
 row means the kernels' backward needs: one reduction more than F.layer_norm_forward,
 and its GELU backward reruns the forward (minigen's keeps the forward's Phi(x)).
@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))  # minigen from this checkout (the NumPy reference
 
 
 def import_kernels():
-    """minigen_kernels, installed or (from a checkout) the kernels/ folder beside this one."""
+    """minigen_kernels, installed or (from a checkout) kernels/minigen_kernels/ beside this one."""
     from minigen import backend
 
     return backend.import_kernels()

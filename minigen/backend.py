@@ -23,7 +23,7 @@ starts as minigen's NumPy functions, which each module registers under its own n
 when imported (`register_kernel`): functional.py the softmaxes, attention and layer
 norm, ops.py GELU, diffusion/schedulers.py the noise step, optim.py AdamW's update.
 `use("numba")` and `use("cupy")` put the kernel-backed functions of `kernel_ops.py` in
-their place (they call `minigen_kernels`, the kernels/ folder, and hand the cases a
+their place (they call `minigen_kernels`, the package in kernels/minigen_kernels/, and hand the cases a
 kernel does not cover back to the NumPy function); `use("numpy")` puts minigen's back. `KERNEL_NAMES` lists
 the entries with their signatures.
 """
@@ -98,17 +98,17 @@ def register_kernel(name: str, fn: Callable) -> None:
 
 
 def import_kernels() -> ModuleType:
-    """The `minigen_kernels` package: installed, or else the kernels/ folder of this checkout."""
+    """The `minigen_kernels` package: installed, or else kernels/minigen_kernels/ of this checkout."""
     try:
         import minigen_kernels
 
         return minigen_kernels
     except ImportError:
-        init = Path(__file__).resolve().parents[1] / "kernels" / "__init__.py"
+        init = Path(__file__).resolve().parents[1] / "kernels" / "minigen_kernels" / "__init__.py"
         if not init.exists():
             raise BackendError(
                 "the kernels package minigen_kernels is missing: reinstall minigen "
-                "(pip install minigen; a checkout installs kernels/ with pip install -e .)"
+                "(pip install minigen; a checkout installs kernels/minigen_kernels/ with pip install -e .)"
             ) from None
     spec = importlib.util.spec_from_file_location(
         "minigen_kernels", init, submodule_search_locations=[str(init.parent)]

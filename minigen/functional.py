@@ -6,7 +6,7 @@ elementary operation. The array-level math is kept in plain functions
 (`softmax_forward`, `layer_norm_backward`, `attention_forward`, ...) that take and
 return arrays. They are the NumPy entries of the backend's dispatch table: the ops
 call them through `backend.kernels[name]`, so `backend.use("numba")` or `"cupy"` runs
-the fused kernels of `kernels/` instead (which `kernels/reference.py` holds to these).
+the fused kernels of `minigen_kernels` instead (which its `reference.py` holds to these).
 
 Softmax over the last axis, with m = max_j x_j for stability:
     softmax(x)_i = e^{x_i - m} / sum_j e^{x_j - m}

@@ -64,7 +64,8 @@ def test_numba_cuda_without_a_gpu_or_the_simulator_says_so():
     """Run where the simulator is off: no GPU means a clear error naming the way out."""
     if Path("/dev/nvidiactl").exists():
         pytest.skip("an NVIDIA GPU is present")
-    init, folder = str(ROOT / "kernels" / "__init__.py"), str(ROOT / "kernels")
+    folder = ROOT / "kernels" / "minigen_kernels"
+    init, folder = str(folder / "__init__.py"), str(folder)
     code = (
         "import importlib.util, sys\n"
         f"spec = importlib.util.spec_from_file_location('minigen_kernels', {init!r},"

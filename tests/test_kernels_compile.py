@@ -44,8 +44,8 @@ PTX_SCRIPT = textwrap.dedent(
     import importlib, importlib.util, json, re, sys
     root, signatures = sys.argv[1], json.loads(sys.argv[2])
     spec = importlib.util.spec_from_file_location(
-        "minigen_kernels", root + "/kernels/__init__.py",
-        submodule_search_locations=[root + "/kernels"])
+        "minigen_kernels", root + "/kernels/minigen_kernels/__init__.py",
+        submodule_search_locations=[root + "/kernels/minigen_kernels"])
     pkg = importlib.util.module_from_spec(spec)
     sys.modules["minigen_kernels"] = pkg
     spec.loader.exec_module(pkg)
@@ -137,7 +137,7 @@ def test_cupy_cuda_source_compiles_without_warnings(ctype, tmp_path):
 
 def test_cupy_backend_uses_the_compiled_names():
     """Every kernel name the CuPy host code launches is defined in the CUDA C source."""
-    host = (ROOT / "kernels" / "cupy_kernels.py").read_text(encoding="utf-8")
+    host = (ROOT / "kernels" / "minigen_kernels" / "cupy_kernels.py").read_text(encoding="utf-8")
     launched = set(re.findall(r'_launch\(\s*"(\w+)"', host)) | {"matmul_naive", "matmul_tiled"}
     defined = set(re.findall(r'extern "C" __global__ void (\w+)\(', SOURCE))
     assert launched <= defined, f"launched but not defined: {launched - defined}"

@@ -1,4 +1,4 @@
-"""The NumPy references (kernels/reference.py) are right: identities, central differences,
+"""The NumPy references (minigen_kernels/reference.py) are right: identities, central differences,
 the DDPM posterior mean, and PyTorch float64 as an oracle when it is installed.
 
 The parity suite holds every kernel to these references, so they are checked here

@@ -15,8 +15,9 @@ separately, so an autograd op can dispatch to any of them. Pick one with `get`:
     >>> k = mk.get("numba-cpu")        # raises, naming what to install, if unavailable
     >>> y = k.softmax_forward(x)       # same result as mk.get("numpy").softmax_forward(x)
 
-This folder is installed as the package `minigen_kernels` (there is an unrelated
-PyPI package called `kernels`). Importing it is cheap: a backend's module, and
+This folder, kernels/minigen_kernels/, is the package `minigen_kernels`: the folder kernels/
+above it has no __init__.py, so `import kernels` never finds it there (an unrelated PyPI
+package, which transformers imports, is called `kernels`). Importing it is cheap: a backend's module, and
 numba or cupy with it, is only imported when `get` asks for it.
 """
 

@@ -10,7 +10,7 @@ on, see `use_threads`) runs its loop as `prange` on Numba's threads
 no thread. `numba_cpu.set_parallel_min_size` changes the threshold (0: always threads).
 
 Numba's on-disk cache does not notice edits to this file in the kernels that use
-`fast_exp`: delete kernels/__pycache__ after changing it.
+`fast_exp`: delete kernels/minigen_kernels/__pycache__ after changing it.
 
 exp. NumPy's `np.exp` runs SIMD code: 8 or 16 float32 values per
 instruction. Inside a Numba loop, `math.exp(v)` becomes one call to the C library's
