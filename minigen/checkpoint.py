@@ -4,6 +4,11 @@ No pickle anywhere: a checkpoint holds named arrays and a JSON config, nothing t
 runs code when loaded. Every file is written to a temporary name beside its
 destination, flushed to disk, then renamed over it, so a crash mid-write never
 leaves a truncated file where a good one was.
+
+A checkpoint of several files (a GPT's folder: weights, optimizer, trainer state, config,
+tokenizer) is one transaction (`minigen.runs.transaction`): written whole into a folder beside
+it, then swapped in with one rename. One run writes into a destination at a time
+(`minigen.runs.RunLock`).
 """
 
 from __future__ import annotations
@@ -37,6 +42,13 @@ def _file_mode(path: Path) -> int:
     return 0o666 & ~umask
 
 
+def _write(f: Any, payload: bytes) -> None:
+    """Every byte minigen writes to disk goes through here (the fault tests fail it)."""
+    f.write(payload)
+    f.flush()
+    os.fsync(f.fileno())
+
+
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
     """Write `data` to `path` through a temporary file in the same folder and a rename."""
     path = Path(path)
@@ -46,9 +58,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
     try:
         os.chmod(tmp, _file_mode(path))  # mkstemp makes files private (0600)
         with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
+            _write(f, payload)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
