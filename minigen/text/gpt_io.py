@@ -8,9 +8,12 @@
     trainer_state.json      the step, the random generator's state and the loss history
     loss.png                the loss curves so far
 
-Every file is written atomically, trainer_state.json last; each of model.safetensors,
-optimizer.safetensors and trainer_state.json records the step, and loading checks that
-they agree (a run stopped while writing is detected, not silently mixed).
+The folder is written as one transaction (`minigen.runs.transaction`): every file into a
+staging folder beside it, then swapped in at once, so a reader (and `--resume`) only ever sees
+a complete checkpoint, and a run killed while saving leaves the previous one as it was. Each
+of model.safetensors, optimizer.safetensors and trainer_state.json still records the step, and
+loading checks that they agree (a folder assembled by hand from two runs is refused).
+A folder holding only the first three files (the shipped ones) is for inference.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy as np
 
 from minigen import checkpoint
 from minigen.checkpoint import CheckpointError, atomic_write
+from minigen.runs import previous, transaction
 from minigen.text.gpt import GPT, GPTConfig, param_shapes
 from minigen.text.tokenizers import load_tokenizer
 
@@ -50,7 +54,8 @@ FORMAT = "minigen.gpt"
 
 @dataclass
 class Checkpoint:
-    """What `load_checkpoint` read (`train_config`: the TrainConfig's fields, or None)."""
+    """What `load_checkpoint` read (`train_config`: the TrainConfig's fields, or None;
+    `state`, `opt_arrays`: the training loop's state, see `minigen.training.Loop.state_dict`)."""
 
     config: GPTConfig
     train_config: dict[str, Any] | None
@@ -59,7 +64,6 @@ class Checkpoint:
     meta: dict[str, Any] = field(default_factory=dict)
     state: dict[str, Any] | None = None
     opt_arrays: dict[str, np.ndarray] | None = None
-    opt_meta: dict[str, Any] | None = None
 
 
 def check_writable(out_dir: str | Path) -> None:
@@ -80,28 +84,31 @@ def save_checkpoint(
     model: GPT,
     tokenizer: Any,
     train_config: Any,
-    state: dict[str, Any],
-    opt_arrays: dict[str, np.ndarray],
-    opt_meta: dict[str, Any],
+    state: tuple[dict[str, np.ndarray], dict[str, Any]] | None = None,
     meta: dict[str, Any] | None = None,
+    plot: dict[str, list] | None = None,
 ) -> Path:
-    """Write a checkpoint directory (see the module docstring); returns its path."""
+    """Write a checkpoint directory (see the module docstring) as one transaction; returns its
+    path. `state`: the training loop's (arrays, JSON state) from `Loop.state_dict`, for
+    resuming (None: an inference-only checkpoint); `plot`: the history to draw in loss.png."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    step = {"step": state["step"]}
     config = {
         "format": FORMAT,
         "model": model.config.to_dict(),
         "train": asdict(train_config) if train_config is not None else None,
         "meta": meta or {},
     }
-    checkpoint.save(out / CHECKPOINT_FILES["model"], model.state_dict(), step)
-    checkpoint.save(
-        out / CHECKPOINT_FILES["optimizer"], opt_arrays, {**step, "optimizer": opt_meta}
-    )
-    atomic_write(out / CHECKPOINT_FILES["config"], json.dumps(config, indent=1))
-    tokenizer.save(out / CHECKPOINT_FILES["tokenizer"])
-    atomic_write(out / CHECKPOINT_FILES["state"], json.dumps(state))
+    with transaction(out, owned=CHECKPOINT_FILES.values()) as tmp:
+        step = {"step": state[1]["step"]} if state is not None else {}
+        checkpoint.save(tmp / CHECKPOINT_FILES["model"], model.state_dict(), step)
+        atomic_write(tmp / CHECKPOINT_FILES["config"], json.dumps(config, indent=1))
+        tokenizer.save(tmp / CHECKPOINT_FILES["tokenizer"])
+        if state is not None:
+            arrays, loop_state = state
+            checkpoint.save(tmp / CHECKPOINT_FILES["optimizer"], arrays, step)
+            atomic_write(tmp / CHECKPOINT_FILES["state"], json.dumps(loop_state))
+        if plot is not None:
+            plot_losses(plot, tmp / CHECKPOINT_FILES["plot"])
     return out
 
 
@@ -136,6 +143,8 @@ def load_checkpoint(out_dir: str | Path, with_state: bool = False) -> Checkpoint
     Raises CheckpointError (a ValueError) naming the file and what does not fit.
     """
     out = Path(out_dir)
+    if not out.is_dir() and previous(out).is_dir():
+        out = previous(out)  # a save cut between its two renames (where no atomic swap exists)
     if not out.is_dir():
         raise CheckpointError(f"checkpoint directory not found: {out}")
     cfg_path = out / CHECKPOINT_FILES["config"]
@@ -161,19 +170,36 @@ def load_checkpoint(out_dir: str | Path, with_state: bool = False) -> Checkpoint
         )
     ck = Checkpoint(config, tc, tokenizer, weights, cfg.get("meta") or {})
     if with_state:
-        state = _read_json(out / CHECKPOINT_FILES["state"])
-        opt_arrays, ometa = checkpoint.load(out / CHECKPOINT_FILES["optimizer"])
-        steps = {
-            "weights": wmeta.get("step"),
-            "optimizer": ometa.get("step"),
-            "state": state.get("step"),
-        }
-        if len(set(steps.values())) != 1 or not isinstance(tc, dict):
+        state_path = out / CHECKPOINT_FILES["state"]
+        state = _read_json(state_path)
+        opt_path = out / CHECKPOINT_FILES["optimizer"]
+        opt_arrays, ometa = checkpoint.load(opt_path)
+        if not isinstance(state, dict) or not isinstance(tc, dict):
+            raise CheckpointError(f"{state_path}: not a minigen trainer state (a JSON object)")
+        if "history" in state and "optimizer" in ometa:  # written before the one training loop
+            state = _state_of_old_format(state, ometa)
+            opt_arrays = {f"opt.{k}": v for k, v in opt_arrays.items()}
+        steps = {"weights": wmeta.get("step"), "optimizer": ometa.get("step"),
+                 "state": state.get("step")}  # fmt: skip
+        if len(set(map(str, steps.values()))) != 1:
             raise CheckpointError(
-                f"{out}: its files are from different steps {steps} (a save was interrupted?)"
+                f"{out}: its files are from different steps {steps} (assembled from two runs?)"
             )
-        ck.state, ck.opt_arrays, ck.opt_meta = state, opt_arrays, ometa["optimizer"]
+        ck.state, ck.opt_arrays = state, opt_arrays
     return ck
+
+
+def _state_of_old_format(state: dict[str, Any], ometa: dict[str, Any]) -> dict[str, Any]:
+    """A trainer state written before `minigen.training.Loop`, in its format."""
+    history = state.get("history") or {}
+    return {
+        "step": state.get("step"),
+        "losses": history.get("loss", []),
+        "eval": history.get("eval", []),
+        "optimizer": ometa["optimizer"],
+        "rng": state.get("rng"),
+        "generators": {},
+    }
 
 
 def load_gpt(out_dir: str | Path) -> tuple[GPT, Any, Checkpoint]:

@@ -252,7 +252,5 @@ def train_icl(
     trainer.run(progress=progress, callback=record)
     trainer.meta["train_seconds"] = round(time.perf_counter() - t0, 1)
     if out_dir is not None:
-        trainer.save(out_dir)
-        for name in ("optimizer.safetensors", "trainer_state.json"):
-            (Path(out_dir) / name).unlink(missing_ok=True)
+        trainer.save(out_dir, inference_only=True)
     return trainer

@@ -16,6 +16,7 @@ computes the same losses as one that never stopped.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -26,17 +27,14 @@ from typing import Any
 import numpy as np
 
 from minigen import optim, rng
+from minigen.checkpoint import CheckpointError
 from minigen.parallel import ShardedBackward, check_workers
+from minigen.runs import RunLock, check_writable_dir
 from minigen.tensor import Tensor, no_grad
 from minigen.text.corpus import check_corpus_length
 from minigen.text.gpt import GPT, GPTConfig
-from minigen.text.gpt_io import (
-    CHECKPOINT_FILES,
-    check_writable,
-    load_checkpoint,
-    plot_losses,
-    save_checkpoint,
-)
+from minigen.text.gpt_io import check_writable, load_checkpoint, save_checkpoint
+from minigen.training import Every, Loop, Schedule
 
 __all__ = ["TrainConfig", "Trainer", "get_batch", "make_optimizer", "shard_loss"]
 
@@ -110,6 +108,10 @@ def make_optimizer(model: GPT, tc: TrainConfig) -> optim.AdamW:
 class Trainer:
     """Trains a GPT on token ids, evaluates it, and checkpoints it into `out_dir`.
 
+    The steps run through the one training loop (`minigen.training.Loop`: the schedule,
+    clipping, the divergence check, the progress bar); this class keeps what is the GPT's own:
+    the batches, the loss, the loss estimates and the checkpoint's files.
+
     Args:
         model_config: the model's shape (its vocab_size must be the tokenizer's).
         train_config: the optimisation settings.
@@ -149,17 +151,34 @@ class Trainer:
         check_corpus_length(self.train_ids, model_config.block_size, "the training split")
         check_corpus_length(self.val_ids, model_config.block_size, "the validation split")
         self.out_dir = None if out_dir is None else Path(out_dir)
-        if self.out_dir is not None and not force:
-            check_writable(self.out_dir)
+        if self.out_dir is not None:
+            check_writable_dir(self.out_dir.parent)  # before the first step, not at the first save
+            if not force:
+                check_writable(self.out_dir)
         self.config, self.tc, self.tokenizer = model_config, train_config, tokenizer
         self.meta = dict(meta or {})
         rng.manual_seed(train_config.seed)  # one seed: weights, batches, dropout
         self.model = GPT(model_config)
         self.opt = make_optimizer(self.model, train_config)
-        self.step = 0
-        self.history: dict[str, list] = {"loss": [], "eval": []}  # loss[i]: step i + 1
+        tc = train_config
+        schedule = Schedule(
+            tc.learning_rate, tc.warmup_iters, tc.lr_decay_iters or tc.max_iters, tc.min_lr
+        )
+        self.loop = Loop(self.model, self.opt, tc.max_iters, schedule, tc.grad_clip,
+                         desc="train-gpt")  # fmt: skip
+        self.evals: list[dict[str, Any]] = []  # the loss estimates, {"step", "train", "val"}
         self.workers = workers
         self._sharded: ShardedBackward | None = None
+
+    @property
+    def step(self) -> int:
+        """Steps done."""
+        return self.loop.step
+
+    @property
+    def history(self) -> dict[str, list]:
+        """{"loss": the batch loss of every step (loss[i]: step i + 1), "eval": the estimates}."""
+        return {"loss": self.loop.losses, "eval": self.evals}
 
     @classmethod
     def resume(
@@ -171,50 +190,52 @@ class Trainer:
         workers: int = 1,
     ) -> Trainer:
         """Continue from the checkpoint in `out_dir` (optionally to a new `max_iters`)."""
-        ck = load_checkpoint(out_dir, with_state=True)
+        with RunLock(out_dir):
+            ck = load_checkpoint(out_dir, with_state=True)
         tc = TrainConfig.from_dict(ck.train_config, str(out_dir))
         if max_iters is not None:
             tc = TrainConfig.from_dict({**asdict(tc), "max_iters": max_iters})
+        if tc.max_iters < ck.state["step"]:
+            raise ValueError(
+                f"--max-iters {tc.max_iters} is below the {ck.state['step']} steps the checkpoint "
+                f"in {out_dir} has done"
+            )
         self = cls(ck.config, tc, ck.tokenizer, train_ids, val_ids, out_dir, True, ck.meta, workers)
         self.model.load_state_dict(ck.weights)
-        self.opt.load_state_dict(ck.opt_arrays, ck.opt_meta)
-        self.step, self.history = ck.state["step"], ck.state["history"]
-        rng.set_state(ck.state["rng"])
+        try:
+            self.loop.load_state_dict(ck.opt_arrays, ck.state)
+        except ValueError as e:
+            raise CheckpointError(f"{out_dir}: {e}") from None
+        self.evals = list(ck.state.get("eval", []))
         return self
 
     # -- one step, and the loss estimate --------------------------------------------------------
     def lr_at(self, step: int) -> float:
-        tc = self.tc
-        decay = tc.lr_decay_iters or tc.max_iters
-        return optim.warmup_cosine(step, tc.learning_rate, tc.warmup_iters, decay, tc.min_lr)
+        return self.loop.schedule(step)
 
     def batch(self, data: np.ndarray, gen: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Inputs and targets (B, T) from a split (random blocks; subclasses may cut otherwise)."""
         return get_batch(data, self.tc.batch_size, self.config.block_size, gen)
 
-    def train_step(self) -> float:
-        """One AdamW step on a fresh batch; returns the batch's loss."""
-        x, y = self.batch(self.train_ids, rng.generator())
-        self.opt.set_lr(self.lr_at(self.step))
-        self.opt.zero_grad()
+    def loss_at(self, step: int) -> Tensor | float:
+        """Step `step`'s batch loss L (a Tensor), or with shards its value once the gradient
+        grad L = sum_k grad((B_k / B) L_k) is in the parameters (computed in `workers`
+        processes) and applied."""
+        x, y = self.batch(self.train_ids, rng.generator())  # (B, T) each
         if self.tc.shards == 1:
-            loss = self.model.loss(x, y)
-            loss.backward()
-            value = loss.item()
-        else:  # grad L = sum_k grad((B_k / B) L_k), the shards in `workers` processes
-            if self._sharded is None:
-                self._sharded = ShardedBackward(
-                    self.model, partial(GPT, self.config), shard_loss, self.tc.shards,
-                    self.workers,
-                )  # fmt: skip
-            rows = np.array_split(np.arange(len(x)), self.tc.shards)
-            value = self._sharded([(x[r], y[r], len(r) / len(x)) for r in rows])
-        if self.tc.grad_clip:
-            optim.clip_grad_norm_(self.model.parameters(), self.tc.grad_clip)
-        self.opt.step()
-        self.step += 1
-        self.history["loss"].append(value)
-        return value
+            return self.model.loss(x, y)
+        if self._sharded is None:
+            self._sharded = ShardedBackward(
+                self.model, partial(GPT, self.config), shard_loss, self.tc.shards, self.workers,
+            )  # fmt: skip
+        rows = np.array_split(np.arange(len(x)), self.tc.shards)
+        self.opt.zero_grad()
+        value = self._sharded([(x[r], y[r], len(r) / len(x)) for r in rows])
+        return self.loop.apply(value)
+
+    def train_step(self) -> float:
+        """One AdamW step on a fresh batch (outside `run`); returns the batch's loss."""
+        return self.loop.one_step(self.loss_at)
 
     def close(self) -> None:
         """Stop the worker processes of a sharded run (`run` does at its end)."""
@@ -236,7 +257,7 @@ class Trainer:
                 ]
                 out[split] = float(np.mean(losses))
         self.model.train(was_training)
-        self.history["eval"].append({"step": self.step, **out})
+        self.evals.append({"step": self.step, **out})
         return out
 
     # -- the loop ----------------------------------------------------------------------------
@@ -249,54 +270,52 @@ class Trainer:
         """Train up to max_iters (or stop after step `until`, as if interrupted there);
         evaluate every eval_interval steps and at the end, save every checkpoint_interval
         steps and at the end. `callback(trainer, eval)` runs after each step (`eval` is the
-        new loss estimate, or None). Returns the history."""
-        from tqdm.auto import tqdm
-
-        tc = self.tc
+        new loss estimate, or None). Returns the history. While it runs, this process is the
+        only writer of `out_dir` (`minigen.runs.RunLock`)."""
+        tc, loop = self.tc, self.loop
         tokens = tc.batch_size * self.config.block_size
-        bar = tqdm(total=tc.max_iters, initial=self.step, disable=not progress, desc="train-gpt")
-        stop = tc.max_iters if until is None else min(until, tc.max_iters)
-        try:
-            self._loop(bar, stop, tokens, callback)
-        finally:
-            self.close()
-            bar.close()
-        return self.history
+        last: dict[str, Any] = {"eval": None, "t": time.perf_counter(), "rate": None}
 
-    def _loop(self, bar: Any, stop: int, tokens: int, callback: Callable | None) -> None:
-        tc, rate = self.tc, None
-        while self.step < stop:
-            t0 = time.perf_counter()
-            loss = self.train_step()
-            dt = time.perf_counter() - t0
-            rate = tokens / dt if rate is None else 0.9 * rate + 0.1 * tokens / dt
-            ev = None
-            if (
-                tc.eval_interval and self.step % tc.eval_interval == 0
-            ) or self.step == tc.max_iters:
-                ev = self.estimate_loss()
-                bar.write(
-                    f"step {self.step}: train loss {ev['train']:.4f}, val loss {ev['val']:.4f}"
-                )
-            if self.out_dir is not None and (
-                (tc.checkpoint_interval and self.step % tc.checkpoint_interval == 0)
-                or self.step == tc.max_iters
-            ):
-                self.save()
-            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rate:,.0f}", refresh=False)
-            bar.update(1)
+        def measure(_: Loop) -> None:  # the step's own time: before the estimate and the save
+            rate = tokens / max(time.perf_counter() - last["t"], 1e-9)
+            last["rate"] = rate if last["rate"] is None else 0.9 * last["rate"] + 0.1 * rate
+            loop.postfix["tok_s"] = f"{last['rate']:,.0f}"
+
+        def evaluate(_: Loop) -> None:
+            ev = last["eval"] = self.estimate_loss()
+            loop.write(f"step {self.step}: train loss {ev['train']:.4f}, val loss {ev['val']:.4f}")
+
+        def after(_: Loop) -> None:
+            ev, last["eval"] = last["eval"], None
             if callback is not None:
                 callback(self, ev)
+            last["t"] = time.perf_counter()
 
-    def save(self, out_dir: str | Path | None = None) -> Path:
-        """Write the checkpoint (and the loss curve) into `out_dir` or the trainer's folder."""
+        hooks = [Every(1, measure), Every(tc.eval_interval, evaluate)]
+        if self.out_dir is not None:
+            hooks.append(Every(tc.checkpoint_interval, lambda _: self.save()))
+        hooks.append(Every(1, after))
+        loop.progress = progress
+        lock = RunLock(self.out_dir) if self.out_dir is not None else contextlib.nullcontext()
+        try:
+            with lock:
+                loop.run(self.loss_at, hooks, until)
+        finally:
+            self.close()
+        return self.history
+
+    def save(self, out_dir: str | Path | None = None, inference_only: bool = False) -> Path:
+        """Write the checkpoint (and the loss curve) into `out_dir` or the trainer's folder, as
+        one transaction; `inference_only` leaves out what only resuming needs (the optimizer's
+        moments and the trainer state)."""
         path = Path(out_dir) if out_dir is not None else self.out_dir
         if path is None:
             raise ValueError("Trainer.save: no out_dir given")
-        opt_arrays, opt_meta = self.opt.state_dict()
-        state = {"step": self.step, "rng": rng.get_state(), "history": self.history}
-        save_checkpoint(
-            path, self.model, self.tokenizer, self.tc, state, opt_arrays, opt_meta, self.meta
-        )
-        plot_losses(self.history, path / CHECKPOINT_FILES["plot"])
+        state = None
+        if not inference_only:
+            arrays, loop_state = self.loop.state_dict()
+            state = (arrays, {**loop_state, "eval": self.evals})
+        with RunLock(path):
+            save_checkpoint(path, self.model, self.tokenizer, self.tc, state, self.meta,
+                            plot=self.history)  # fmt: skip
         return path
