@@ -11,12 +11,15 @@ package always wins over it.
 
 from __future__ import annotations
 
+import ast
 import importlib.metadata
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
 OWN = {"minigen"}  # this repository's own distribution (installed editable or not)
@@ -79,3 +82,32 @@ def test_no_top_level_name_is_an_installed_distributions():
         name: others for name in names if (others := sorted(set(installed.get(name, [])) - OWN))
     }
     assert not clashes, f"top-level names of the repository shadow installed packages: {clashes}"
+
+
+def _extras() -> dict[str, list[str]]:
+    """setup.py's extras_require, read without running setup.py."""
+    tree = ast.parse((ROOT / "setup.py").read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.keyword) and node.arg == "extras_require":
+            return ast.literal_eval(node.value)
+    raise AssertionError("setup.py has no extras_require")
+
+
+def test_constraints_pin_every_test_dependency_of_setup_py():
+    """constraints.txt pins each package of the dev and oracle extras to one version (its
+    transitive dependencies too: regenerated from a freeze, see CONTRIBUTING.md)."""
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text(encoding="utf-8").splitlines():
+        if line and not line.startswith("#"):
+            name, sep, version = line.partition("==")
+            assert sep and version, f"constraints.txt: {line!r} is not name==version"
+            pins[canonicalize_name(name)] = version
+    extras = _extras()
+    for spec in extras["dev"] + extras["oracle"]:
+        req = Requirement(spec)
+        name = canonicalize_name(req.name)
+        assert name in pins, f"constraints.txt does not pin {req.name} (setup.py: {spec!r})"
+        assert req.specifier.contains(pins[name], prereleases=True), (
+            f"constraints.txt pins {req.name}=={pins[name]}, outside setup.py's {spec!r}"
+        )
+    assert "minigen" not in pins

@@ -13,7 +13,12 @@ def test_ci_runs_the_readme_test_command_verbatim():
     commands = [line for line in block.splitlines() if line and not line.startswith("#")]
     assert len(commands) == 2, "the Quickstart has exactly two command lines"
     assert "minigen demo" in commands[0]
-    assert commands[1] in ci.splitlines()
+    assert "-c constraints.txt" not in commands[0], "the demo installs without the test pins"
+    assert "-c constraints.txt" in commands[1] and (ROOT / "constraints.txt").is_file()
+    lines = ci.splitlines()
+    assert commands[1] in lines
+    # on a clean venv: .ci/run removes any .venv before the command creates one
+    assert "rm -rf .venv" in lines[: lines.index(commands[1])]
 
 
 def _table_rows() -> list[str]:
