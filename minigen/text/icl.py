@@ -32,6 +32,7 @@ block 2, the textbook induction head's step, is not.
 
 from __future__ import annotations
 
+import contextlib
 import string
 import time
 from collections.abc import Callable
@@ -41,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from minigen.runs import RunLock
 from minigen.tensor import no_grad
 from minigen.text.fewshot import FIGURE_7_1
 from minigen.text.gpt import GPT, GPTConfig
@@ -227,8 +229,22 @@ def train_icl(
     4-way (ranked, 200 held-out episodes each) in `trainer.meta["curve"]`: in-context learning
     appearing. The checkpoint (`out_dir`) keeps only what inference needs."""
     task = task or ICLTask()
-    if out_dir is not None and not force:
-        check_writable(out_dir)
+    # this run alone writes into out_dir, from now until its checkpoint is saved
+    with RunLock(out_dir) if out_dir is not None else contextlib.nullcontext():
+        if out_dir is not None and not force:
+            check_writable(out_dir)
+        return _train_icl(out_dir, config, train_config, task, progress, curve_every, callback)
+
+
+def _train_icl(
+    out_dir: str | Path | None,
+    config: GPTConfig,
+    train_config: TrainConfig,
+    task: ICLTask,
+    progress: bool,
+    curve_every: int,
+    callback: Callable[[EpisodeTrainer, dict[str, Any]], Any] | None,
+) -> EpisodeTrainer:
     n_train = train_config.max_iters * train_config.batch_size // 2 + 1000
     train_ids, val_ids = make_splits(task, n_train, 1000, train_config.seed)
     meta = {"task": {**task.__dict__, "ways": list(task.ways)}, "curve": []}
