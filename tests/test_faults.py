@@ -323,3 +323,24 @@ def test_divergence_from_the_command_line_is_one_line_and_exit_1(workdir):
         else None
     )
     assert state is None or all(np.isfinite(state["losses"]))
+
+
+# ----------------------------------------------------------------------------- a hand-edited state
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda s: {**s, "step": "x"},
+        lambda s: {k: v for k, v in s.items() if k != "rng"},
+        lambda s: {**s, "losses": s["losses"][:-1]},
+        lambda s: {**s, "eval": 3},
+        lambda s: {**s, "rng": {"bit_generator": "PCG64", "state": "x"}},
+        lambda s: [s],
+    ],
+)
+def test_a_hand_edited_trainer_state_is_refused_in_one_line(tmp_path, edit):
+    out = tmp_path / "ck"
+    Trainer(CONFIG, TRAIN, TOK, *train_val_split(np.array(TOK.encode(TEXT))), out).run(False)
+    path = out / "trainer_state.json"
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+    with pytest.raises(checkpoint.CheckpointError, match=str(out)):
+        Trainer.resume(out, *train_val_split(np.array(TOK.encode(TEXT))), max_iters=6)

@@ -206,7 +206,15 @@ class Trainer:
             self.loop.load_state_dict(ck.opt_arrays, ck.state)
         except ValueError as e:
             raise CheckpointError(f"{out_dir}: {e}") from None
-        self.evals = list(ck.state.get("eval", []))
+        evals = ck.state.get("eval", [])
+        if not isinstance(evals, list) or not all(
+            isinstance(e, dict) and {"step", "train", "val"} <= set(e) for e in evals
+        ):
+            raise CheckpointError(
+                f"{out_dir}: the trainer state's loss estimates are malformed (a list of "
+                '{"step", "train", "val"} expected)'
+            )
+        self.evals = evals
         return self
 
     # -- one step, and the loss estimate --------------------------------------------------------
