@@ -262,3 +262,14 @@ def test_freed_temporaries_are_reused_without_page_faults():
     churn()
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
     assert faults < 100  # 20 x 2 x 384 pages if every array were mapped afresh
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"learning_rate": float("nan")}, {"learning_rate": -1.0}, {"learning_rate": float("inf")},
+     {"grad_clip": -1.0}, {"min_lr": float("nan")}, {"weight_decay": -0.1}, {"beta2": 1.0}],
+)  # fmt: skip
+def test_train_config_refuses_numbers_that_would_train_nonsense(bad):
+    (name,) = bad
+    with pytest.raises(ValueError, match=f"TrainConfig: {name} must"):
+        TrainConfig(**bad)

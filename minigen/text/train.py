@@ -17,6 +17,7 @@ computes the same losses as one that never stopped.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -77,6 +78,17 @@ class TrainConfig:
             raise ValueError(
                 f"TrainConfig: {self.shards} shards of a batch of {self.batch_size}: too many"
             )
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(
+                f"TrainConfig: learning_rate must be finite and > 0, got {self.learning_rate}"
+            )
+        for f in ("min_lr", "grad_clip", "weight_decay"):
+            v = getattr(self, f)
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"TrainConfig: {f} must be finite and >= 0, got {v}")
+        for f in ("beta1", "beta2"):
+            if not 0 <= getattr(self, f) < 1:
+                raise ValueError(f"TrainConfig: {f} must lie in [0, 1), got {getattr(self, f)}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> TrainConfig:
