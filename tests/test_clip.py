@@ -242,7 +242,7 @@ def _single_objects(n, seed, cfg=TINY):
 
 def test_training_learns_and_is_deterministic():
     data = _single_objects(512, 0)
-    kw = {"data": data, "steps": 120, "batch_size": 32, "lr": 3e-3, "warmup_steps": 10}
+    kw = {"data": data, "steps": 120, "batch_size": 32, "lr": 3e-3, "warmup": 10}
     a = train_clip(TINY, progress=False, **kw)
     b = train_clip(TINY, progress=False, **kw)
     assert a.losses == b.losses
@@ -253,6 +253,28 @@ def test_training_learns_and_is_deterministic():
     # zero-shot: new single-object scenes, own caption against 3 that do not describe them
     acc = retrieval_accuracy(a.model, _single_objects(128, 1), 0, k=4, batch=32)
     assert acc["k_way"] > 0.25 + 0.25 and acc["top1"] > acc["top1_chance"] + 0.1
+
+
+def test_training_records_the_loops_names_and_stops_when_it_diverges(tmp_path):
+    from pathlib import Path
+
+    from minigen.training import TrainingDiverged
+
+    data = _single_objects(16, 0)
+    run = train_clip(TINY, data=data, steps=3, batch_size=8, warmup=1, grad_clip=0.5,
+                     progress=False)  # fmt: skip
+    assert len(run.losses) == len(run.accuracies) == 3
+    assert run.settings["warmup"] == 1 and run.settings["grad_clip"] == 0.5
+    assert "warmup_steps" not in run.settings and "max_grad_norm" not in run.settings
+    path = save_clip(run.model, tmp_path / "clip.safetensors", run.settings)
+    assert load(path)[1]["training"]["warmup"] == 1
+    # the shipped CLIP keeps its old record (warmup_steps, max_grad_norm): still loads
+    shipped = Path(C.__file__).resolve().parents[1] / "assets" / "text2im_clip.safetensors"
+    assert "warmup_steps" in load(shipped)[1]["training"]
+    assert load_clip(shipped).config.embed_dim > 0
+    data.images[...] = np.nan
+    with pytest.raises(TrainingDiverged, match="at step 1: the loss is nan"):
+        train_clip(TINY, data=data, steps=3, batch_size=8, progress=False)
 
 
 def test_describes_reads_the_scene():

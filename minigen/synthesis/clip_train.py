@@ -37,7 +37,8 @@ from minigen.synthesis.captions import (
 )
 from minigen.synthesis.clip import CLIP, CLIPConfig, caption_key, contrastive_loss
 from minigen.synthesis.scenes import COLOURS, SHAPES, SceneObject, generate, to_unit
-from minigen.tensor import no_grad
+from minigen.tensor import Tensor, no_grad
+from minigen.training import Loop, Schedule
 
 __all__ = [
     "TrainResult",
@@ -78,18 +79,19 @@ def train_clip(
     batch_size: int = 128,
     lr: float = 2e-3,
     weight_decay: float = 0.1,
-    warmup_steps: int = 100,
-    max_grad_norm: float = 1.0,
+    warmup: int = 100,
+    grad_clip: float = 1.0,
     seed: int = 0,
     progress: bool = True,
 ) -> TrainResult:
     """Train a CLIP from scratch (calls `minigen.manual_seed(seed)`; deterministic for a seed).
 
     data: captioned scenes in config.value_range (default: `training_data(config, n_train,
-    data_seed)`). Returns the model and the loss and in-batch accuracy of every step.
+    data_seed)`). The steps run through the one training loop (`minigen.training.Loop`):
+    warm-up over `warmup` steps, cosine decay to lr / 20, gradients clipped to norm
+    `grad_clip` (0: not clipped), a non-finite loss or gradient stops the run with
+    `TrainingDiverged`. Returns the model and the loss and in-batch accuracy of every step.
     """
-    from tqdm.auto import tqdm
-
     cfg = config or CLIPConfig()
     given_data = data
     if data is None:
@@ -111,13 +113,15 @@ def train_clip(
     opt = optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     settings = {
         "steps": steps, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-        "warmup_steps": warmup_steps, "max_grad_norm": max_grad_norm, "seed": seed,
+        "warmup": warmup, "grad_clip": grad_clip, "seed": seed,
         "n_train": len(data), "data_seed": data_seed if given_data is None else None,
     }  # fmt: skip
     result = TrainResult(model, settings=settings)
-    bar = tqdm(range(steps), desc="clip", disable=not progress)
-    for step in bar:
-        opt.set_lr(optim.warmup_cosine(step, lr, warmup_steps, steps, lr / 20))
+    # warm-up, then cosine decay to lr / 20 (the shipped CLIP's recipe)
+    loop = Loop(model, opt, steps, Schedule(lr, warmup, steps, lr / 20), grad_clip,
+                generators={"batches": gen}, desc="clip", progress=progress)  # fmt: skip
+
+    def loss_at(step: int) -> Tensor:
         idx = gen.choice(len(data), min(batch_size, len(data)), replace=False)  # (B,)
         x0 = data.images[idx]  # (B, 3, H, W)
         t = gen.integers(0, cfg.num_train_timesteps, len(idx))  # (B,) t ~ U{0..T-1}
@@ -128,15 +132,14 @@ def train_clip(
         P = keys[idx][:, None] == keys[idx][None, :]  # (B, B)
         z_img, z_txt = model(x_t, t, data.tokens[idx])  # (B, E) each
         loss = contrastive_loss(z_img, z_txt, model.log_scale, P, cfg.max_scale)
-        opt.zero_grad()
-        loss.backward()
-        optim.clip_grad_norm_(model.parameters(), max_grad_norm)
-        opt.step()
+        # the in-batch image -> text top-1: the trainer's own log, beside the loop's losses
         sim = z_img.data @ z_txt.data.T  # (B, B)
         acc = float(P[np.arange(len(idx)), sim.argmax(axis=1)].mean())
-        result.losses.append(float(loss.item()))
         result.accuracies.append(acc)
-        bar.set_postfix(loss=f"{result.losses[-1]:.3f}", acc=f"{acc:.2f}")
+        loop.postfix["acc"] = f"{acc:.2f}"
+        return loss
+
+    result.losses = loop.run(loss_at)
     model.eval()
     return result
 
