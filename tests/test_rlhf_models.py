@@ -194,3 +194,27 @@ def test_mismatched_checkpoints_are_refused(tmp_path):
     checkpoint.save(tmp_path / "d.safetensors", arrays, {"something": "else"})
     with pytest.raises(CheckpointError, match="not a minigen RLHF checkpoint"):
         io.load_policy(tmp_path / "d.safetensors")
+
+
+# ----------------------------------------------------------------------------- the training loop
+
+
+def test_fit_stops_at_a_nan_loss_with_the_weights_of_the_step_before():
+    from minigen.rlhf.train import fit
+    from minigen.training import TrainingDiverged
+
+    model = tiny_gpt()
+    ids = np.random.default_rng(0).integers(0, TOK.vocab_size, (4, 9))
+    before: dict[int, dict[str, np.ndarray]] = {}
+
+    def loss_at(step: int) -> Tensor:
+        before[step] = {k: v.copy() for k, v in model.state_dict().items()}
+        loss = F.cross_entropy(model(ids[:, :-1]), ids[:, 1:])
+        return loss * float("nan") if step == 2 else loss  # step 2 (0-based): the third
+
+    with pytest.raises(TrainingDiverged, match="training diverged at step 3: the loss is nan"):
+        fit(model, loss_at, 10, 1e-2, "fit", progress=False)
+    assert sorted(before) == [0, 1, 2] and not model.training  # eval mode after, as on success
+    for name, w in model.state_dict().items():  # those of step 2: step 3 never updated them
+        np.testing.assert_array_equal(w, before[2][name], err_msg=name)
+    assert any(not np.array_equal(before[1][k], before[2][k]) for k in before[2])  # step 2 did

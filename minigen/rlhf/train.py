@@ -9,9 +9,10 @@
 5. **DPO**: the DPO loss on the same comparisons, starting from the SFT model, which is also
    the frozen reference.
 
-(4, PPO, is in `minigen.rlhf.ppo`.) Every stage: AdamW with weight decay on the matrices,
-warm-up then cosine decay of the learning rate, gradients clipped to norm 1, batches drawn
-from minigen's generator (one seed fixes a run).
+(4, PPO, is in `minigen.rlhf.ppo`.) Every stage runs through `fit`, on the one training loop
+(`minigen.training.Loop`): AdamW with weight decay on the matrices, warm-up then cosine decay
+of the learning rate, gradients clipped to norm 1, batches drawn from minigen's generator (one
+seed fixes a run).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from minigen.rlhf.rater import Pair, demonstrate, ordered_pairs
 from minigen.rlhf.task import forum_corpus, sample_requests
 from minigen.tensor import Tensor, no_grad
 from minigen.text import GPT, CharTokenizer, GPTConfig
+from minigen.training import Loop, Schedule
 
 __all__ = [
     "make_tokenizer", "gpt_config", "copy_gpt", "take", "fit", "pretrain", "sft",
@@ -80,9 +82,10 @@ def fit(
     progress: bool = True,
     weight_decay: float = 0.1,
 ) -> list[float]:
-    """`steps` AdamW steps on `loss_at(step)`; returns the loss of every step."""
-    from tqdm.auto import tqdm
-
+    """`steps` AdamW steps on `loss_at(step)` through the one training loop
+    (`minigen.training.Loop`); returns the loss of every step. A non-finite loss or gradient
+    stops the run before its update with `TrainingDiverged`, the weights those of the step
+    before."""
     params = model.parameters()
     opt = optim.AdamW(
         [
@@ -92,23 +95,15 @@ def fit(
         lr=lr,
         betas=(0.9, 0.99),
     )
-    warmup = max(1, steps // 20)
-    losses: list[float] = []
+    # warm-up over a twentieth of the run, then cosine decay to lr / 10; gradients clipped to 1
+    schedule = Schedule(lr, max(1, steps // 20), steps, lr / 10)
+    loop = Loop(model, opt, steps, schedule, grad_clip=1.0, desc=desc, progress=progress,
+                leave=False)  # fmt: skip
     model.train()
-    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
-    for step in bar:
-        # warm-up, then cosine decay to lr / 10
-        opt.set_lr(optim.warmup_cosine(step, lr, warmup, steps, lr / 10))
-        loss = loss_at(step)
-        opt.zero_grad()
-        loss.backward()
-        optim.clip_grad_norm_(params, 1.0)
-        opt.step()
-        losses.append(loss.item())
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-10:]):.4f}", refresh=False)
-    bar.close()
-    model.eval()
+    try:
+        losses = loop.run(loss_at)
+    finally:
+        model.eval()
     return losses
 
 
