@@ -218,3 +218,25 @@ def test_fit_stops_at_a_nan_loss_with_the_weights_of_the_step_before():
     for name, w in model.state_dict().items():  # those of step 2: step 3 never updated them
         np.testing.assert_array_equal(w, before[2][name], err_msg=name)
     assert any(not np.array_equal(before[1][k], before[2][k]) for k in before[2])  # step 2 did
+
+
+def test_ppo_logs_every_iteration_in_the_same_shape():
+    from minigen.rlhf.ppo import ppo
+    from minigen.rlhf.train import gpt_config
+
+    cfg = RLHFConfig.fast(ppo_iters=2, ppo_batch=8, ppo_minibatch=4, max_new_tokens=8)
+    minigen.manual_seed(0)
+    sft = GPT(gpt_config(cfg, TOK))
+    rm = RewardModel.from_policy(sft)
+    seen: list[dict] = []
+    policy, history = ppo(cfg, sft, rm, TOK, progress=False, callback=seen.append)
+    assert seen == history and [h["iter"] for h in history] == [1, 2]
+    keys = {"iter", "rater", "rm", "kl", "correct", "finished", "length", "pg_loss", "v_loss",
+            "clip_frac", "seconds", "samples"}  # fmt: skip
+    for h in history:
+        assert set(h) == keys
+        assert all(
+            isinstance(h[k], float) and np.isfinite(h[k]) for k in keys - {"iter", "samples"}
+        )
+        assert len(h["samples"]) == 2 and all(len(s) == 2 for s in h["samples"])
+    assert isinstance(policy, GPT) and not policy.training

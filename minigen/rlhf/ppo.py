@@ -36,6 +36,7 @@ from minigen.rlhf.task import sample_requests
 from minigen.rlhf.train import copy_gpt, logits_of
 from minigen.tensor import no_grad
 from minigen.text import GPT
+from minigen.training import Every, Loop, Schedule
 
 __all__ = ["ppo"]
 
@@ -54,9 +55,14 @@ def ppo(
     callback: Callable[[dict[str, Any]], Any] | None = None,
 ) -> tuple[GPT, list[dict[str, Any]]]:
     """Fine-tune a copy of the SFT model by PPO against `rm`; returns the policy and the
-    per-iteration log. `beta` (default `cfg.beta`) weighs the KL penalty."""
-    from tqdm.auto import tqdm
+    per-iteration log. `beta` (default `cfg.beta`) weighs the KL penalty.
 
+    Each iteration is one step of the one training loop (`minigen.training.Loop`, constant
+    learning rate, gradients clipped to norm 1): its rollouts, then its minibatch updates, each
+    through `loop.update`. The loop records, as the iteration's loss, the mean over its
+    minibatches of L_clip + c_V L_V; the per-iteration log (`callback(log)` after each) is
+    PPO's own. A non-finite loss or gradient stops the run before that update with
+    `TrainingDiverged`."""
     if rm.config.vocab_size != sft_model.config.vocab_size:
         raise ValueError(
             f"the reward model's vocabulary ({rm.config.vocab_size} tokens) is not the "
@@ -72,11 +78,13 @@ def ppo(
     ref = sft_model
     ref.eval()
     rm.eval()
-    params = agent.parameters()
-    opt = optim.AdamW(params, lr=cfg.ppo_lr, betas=(0.9, 0.95), weight_decay=0.0)
+    opt = optim.AdamW(agent.parameters(), lr=cfg.ppo_lr, betas=(0.9, 0.95), weight_decay=0.0)
+    loop = Loop(agent, opt, cfg.ppo_iters, Schedule.constant(cfg.ppo_lr), grad_clip=1.0,
+                generators={"rollouts": gen}, desc=f"ppo beta={beta:g}", progress=progress,
+                leave=False)  # fmt: skip
     history: list[dict[str, Any]] = []
-    bar = tqdm(range(cfg.ppo_iters), desc=f"ppo beta={beta:g}", disable=not progress, leave=False)
-    for it in bar:
+
+    def iteration(it: int) -> float:
         t0 = time.perf_counter()
         prompts = [pool[i] for i in gen.integers(0, len(pool), cfg.ppo_batch)]
         # 1. rollouts from the current policy
@@ -101,9 +109,9 @@ def ppo(
             "ids": b.ids, "targets": b.targets, "mask": b.mask, "last": b.last,
             "logp_old": logp_old, "values_old": values.numpy(), "adv": adv, "returns": returns,
         }  # fmt: skip
-        # 4. PPO epochs over minibatches
+        # 4. PPO epochs over minibatches, each one update of the loop
         agent.train()
-        pg_losses, v_losses, clipped = [], [], []
+        losses, pg_losses, v_losses, clipped = [], [], [], []
         for _ in range(cfg.ppo_epochs):
             order = gen.permutation(len(b))
             for s in range(0, len(b), cfg.ppo_minibatch):
@@ -113,11 +121,8 @@ def ppo(
                 logp = token_logprobs(new_logits, m["targets"])  # (b, T)
                 pg = ppo_clip_loss(logp, m["logp_old"], m["adv"], m["mask"], cfg.ppo_clip)
                 vl = value_loss(new_values, m["values_old"], m["returns"], m["mask"], cfg.ppo_clip)
-                loss = pg + vl * cfg.vf_coef
-                opt.zero_grad()
-                loss.backward()
-                optim.clip_grad_norm_(params, 1.0)
-                opt.step()
+                # L = L_clip + c_V L_V
+                losses.append(loop.update(pg + vl * cfg.vf_coef))
                 ratio = np.exp(logp.numpy() - m["logp_old"])
                 clipped.append(float((np.abs(ratio - 1) > cfg.ppo_clip)[m["mask"] > 0].mean()))
                 pg_losses.append(pg.item())
@@ -138,10 +143,12 @@ def ppo(
             "samples": [[prompts[i], responses[i]] for i in range(2)],
         }
         history.append(log)
-        bar.set_postfix(rater=f"{log['rater']:.3f}", rm=f"{log['rm']:.2f}", kl=f"{log['kl']:.2f}",
-                        refresh=False)  # fmt: skip
-        if callback is not None:
-            callback(log)
-    bar.close()
+        loop.postfix.update(
+            rater=f"{log['rater']:.3f}", rm=f"{log['rm']:.2f}", kl=f"{log['kl']:.2f}"
+        )
+        return float(np.mean(losses))  # the iteration's loss: its minibatches' mean
+
+    hooks = [] if callback is None else [Every(1, lambda _: callback(history[-1]))]
+    loop.run(iteration, hooks)
     agent.gpt.eval()
     return agent.gpt, history
