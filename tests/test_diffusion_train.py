@@ -237,3 +237,50 @@ def test_frechet_distance_of_gaussians_in_closed_form():
     # doubling: S_2 = 4 S_1, FD = ||mu||^2 + tr(S_1 + 4 S_1 - 4 S_1) = ||mu||^2 + tr S_1
     mu = f.mean(0)
     assert frechet_distance(f, 2 * f) == pytest.approx((mu**2).sum() + np.trace(cov), rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- the one loop
+# (minigen.training.Loop): divergence, resuming a run bit for bit, one writer per --out
+
+RESUME_CFGS = {
+    "moons": TrainConfig(data="moons", steps=12, batch_size=16, warmup=3, n_points=200,
+                         num_train_timesteps=50, model=TINY_MLP),
+    "digits": TrainConfig(data="digits", steps=8, batch_size=4, warmup=2, num_train_timesteps=50,
+                          model={"base_channels": 8, "channel_mults": [1, 2]}),
+}  # fmt: skip
+
+
+def _weights(model) -> dict[str, np.ndarray]:
+    return {k: v.copy() for k, v in model.state_dict().items()}
+
+
+def _assert_same_weights(a, b) -> None:
+    a, b = (x if isinstance(x, dict) else _weights(x) for x in (a, b))
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_a_diverging_run_stops_before_the_update_and_names_the_step(monkeypatch):
+    from minigen.diffusion import training as tr
+    from minigen.training import TrainingDiverged
+
+    made, calls, before = [], [], {}
+    real_make, real_loss = tr.make_denoiser, tr.diffusion_loss
+
+    def make(config):
+        made.append(real_make(config))
+        return made[-1]
+
+    def loss(*args, **kw):  # the third step's loss is nan
+        calls.append(1)
+        value = real_loss(*args, **kw)
+        return value * float("nan") if len(calls) == 3 else value
+
+    monkeypatch.setattr(tr, "make_denoiser", make)
+    monkeypatch.setattr(tr, "diffusion_loss", loss)
+    cfg = RESUME_CFGS["moons"]
+    with pytest.raises(TrainingDiverged, match="training diverged at step 3: the loss is nan") as e:
+        train(cfg, progress=False, callback=lambda s, v: before.update(_weights(made[0])))
+    assert isinstance(e.value, FloatingPointError) and e.value.step == 3
+    _assert_same_weights(made[0], before)  # the weights of step 2, untouched by step 3

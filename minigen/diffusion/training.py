@@ -14,9 +14,10 @@ noise is easy to tell and says little about the image's layout, stop dominating 
     w(t) = min(SNR(t), gamma) / SNR(t),      SNR(t) = abar_t / (1 - abar_t)
 
 (1 for the noisy timesteps where SNR(t) <= gamma; gamma = 5 in the paper). Training
-is AdamW with warm-up and cosine decay and gradient clipping; sampling uses an
-*exponential moving average* of the weights, which is much smoother than the last
-iterate (Ho et al. use a decay of 0.9999):
+is AdamW with warm-up and cosine decay and gradient clipping, run by the one training loop
+(`minigen.training.Loop`, which also stops a diverging run before its update); sampling uses an
+*exponential moving average* of the weights (`minigen.training.EMA`), which is much smoother
+than the last iterate (Ho et al. use a decay of 0.9999):
 
     w_ema <- d w_ema + (1 - d) w,      d = min(decay, (1 + k) / (10 + k)) at step k.
 
@@ -45,10 +46,12 @@ from minigen.diffusion.denoisers import MLPDenoiser
 from minigen.diffusion.schedule import NoiseSchedule
 from minigen.diffusion.unet import UNet
 from minigen.tensor import Tensor
+from minigen.training import EMA, Every, Loop, Schedule, TrainingDiverged
 
 __all__ = [
     "DATASETS", "TrainConfig", "TrainResult", "EMA", "make_denoiser", "load_data",
     "diffusion_loss", "draw_noise", "denoising_loss", "PREDICTIONS", "train", "blas_threads",
+    "TrainingDiverged",
 ]  # fmt: skip
 
 PREDICTIONS = ("eps", "v")  # what a denoiser may predict: the noise, or v (Salimans & Ho 2022)
@@ -186,33 +189,6 @@ def denoising_loss(
     return (per_example * Tensor(w)).mean()
 
 
-class EMA:
-    """An exponential moving average of a model's parameters, kept in one flat array."""
-
-    def __init__(self, model: nn.Module, decay: float = 0.999) -> None:
-        self.decay = decay
-        self.names = [name for name, _ in model.named_parameters()]
-        self.shadow = {n: p.data.copy() for n, p in model.named_parameters()}
-        self.updates = 0
-
-    def update(self, model: nn.Module) -> None:
-        # d = min(decay, (1 + k) / (10 + k)): early on the average forgets its start faster
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for name, p in model.named_parameters():
-            s = self.shadow[name]
-            # w_ema <- d w_ema + (1 - d) w
-            s *= d
-            s += (1 - d) * p.data
-        self.updates += 1
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        return {n: a.copy() for n, a in self.shadow.items()}
-
-    def copy_to(self, model: nn.Module) -> nn.Module:
-        model.load_state_dict(self.shadow)
-        return model
-
-
 @dataclass
 class TrainResult:
     """A trained denoiser: its EMA weights (`model`), the last iterate, the losses."""
@@ -231,7 +207,11 @@ def train(
     callback: Callable[[int, float], None] | None = None,
     blas_threads: int | None = 1,
 ) -> TrainResult:
-    """Train a denoiser on `config.data` by L_simple; returns the EMA model and the losses."""
+    """Train a denoiser on `config.data` by L_simple; returns the EMA model and the losses.
+
+    `callback(step, loss)` runs after each step (0-based). A non-finite loss or gradient stops
+    the run before its update with `TrainingDiverged` (a FloatingPointError).
+    """
     # a NaN or an inf is caught on the loss, with a clear error: no NumPy warnings on the way
     with _blas_threads(blas_threads), np.errstate(over="ignore", invalid="ignore"):
         return _train(config, progress, callback)
@@ -241,7 +221,9 @@ _blas_threads = blas_threads
 
 
 def _train(
-    config: TrainConfig, progress: bool, callback: Callable[[int, float], None] | None
+    config: TrainConfig,
+    progress: bool,
+    callback: Callable[[int, float], None] | None,
 ) -> TrainResult:
     _rng.manual_seed(config.seed)  # the weights' initialisation
     gen = np.random.default_rng(config.seed)  # batches, timesteps, noise
@@ -250,33 +232,19 @@ def _train(
     schedule = NoiseSchedule.make(config.schedule, config.num_train_timesteps)
     model = make_denoiser(config.model_config())
     opt = optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    ema = EMA(model, config.ema_decay)
-    losses: list[float] = []
-    steps = config.steps
-    start = time.perf_counter()
-    from tqdm.auto import tqdm
+    lr = Schedule(config.lr, config.warmup, config.steps, config.lr / 10)
+    loop = Loop(model, opt, config.steps, lr, config.grad_clip, config.ema_decay,
+                {"batches": gen}, desc=f"diffusion on {config.data}", progress=progress)  # fmt: skip
 
-    bar = tqdm(range(steps), desc=f"diffusion on {config.data}", disable=not progress)
-    for step in bar:
-        opt.set_lr(optim.warmup_cosine(step, config.lr, config.warmup, steps, config.lr / 10))
+    def step_fn(step: int) -> Tensor:
         batch = x[gen.integers(0, len(x), config.batch_size)]  # (B, ...)
-        loss = diffusion_loss(model, schedule, batch, gen)
-        opt.zero_grad()
-        loss.backward()
-        if config.grad_clip:
-            optim.clip_grad_norm_(model.parameters(), config.grad_clip)
-        opt.step()
-        ema.update(model)
-        value = loss.item()
-        if not np.isfinite(value):
-            raise FloatingPointError(
-                f"training diverged: the loss is {value} at step {step}; lower --lr"
-            )
-        losses.append(value)
-        if callback is not None:
-            callback(step, value)
-        if step % 25 == 0 or step == steps - 1:
-            bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
+        return diffusion_loss(model, schedule, batch, gen)
+
+    hooks = []
+    if callback is not None:
+        hooks.append(Every(1, lambda lp: callback(lp.step - 1, lp.losses[-1]), at_end=False))
+    start = time.perf_counter()
+    loop.run(step_fn, hooks)
     seconds = time.perf_counter() - start
-    ema_model = ema.copy_to(make_denoiser(config.model_config()))
-    return TrainResult(ema_model, model, losses, data.normalizer, config, seconds)
+    ema_model = loop.ema.copy_to(make_denoiser(config.model_config()))
+    return TrainResult(ema_model, model, loop.losses, data.normalizer, config, seconds)

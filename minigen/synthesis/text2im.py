@@ -47,7 +47,6 @@ from minigen import checkpoint, nn, optim
 from minigen import rng as _rng
 from minigen.checkpoint import CheckpointError
 from minigen.diffusion import (
-    EMA,
     PREDICTIONS,
     DiffusionModel,
     NoiseSchedule,
@@ -75,25 +74,13 @@ from minigen.synthesis.clip_train import load_clip
 from minigen.synthesis.scenes import mirror
 from minigen.synthesis.xunet import CrossAttnUNet
 from minigen.tensor import Tensor
+from minigen.training import Loop, Schedule
 
 __all__ = [
-    "SCENE_RANGE",
-    "SCENE_SHAPE",
-    "ASSETS",
-    "SHIPPED",
-    "CaptionUNet",
-    "Text2ImConfig",
-    "Text2ImResult",
-    "caption_dropout",
-    "scene_data",
-    "train_text2im",
-    "CondModel",
-    "save_text2im",
-    "save_cond",
-    "load_scenes",
-    "load_cond",
-    "resolve",
-]
+    "SCENE_RANGE", "SCENE_SHAPE", "ASSETS", "SHIPPED", "CaptionUNet", "Text2ImConfig",
+    "Text2ImResult", "caption_dropout", "scene_data", "train_text2im", "CondModel",
+    "save_text2im", "save_cond", "load_scenes", "load_cond", "resolve",
+]  # fmt: skip
 
 SCENE_RANGE = (-1.0, 1.0)
 SCENE_SHAPE = (3, 16, 16)
@@ -185,13 +172,9 @@ class Text2ImConfig:
         unet = self.unet_config()
         if self.kind == "scenes":
             return UNet(**{k: v for k, v in unet.items() if k != "kind"})
-        text = _text_config(
-            self.text_width,
-            self.text_layers,
-            self.text_heads,
-            self.embed_dim,
-            causal=not self.cell_weight,
-        )  # the cell map reads both ways
+        # the cell map reads the caption both ways
+        text = _text_config(self.text_width, self.text_layers, self.text_heads, self.embed_dim,
+                            causal=not self.cell_weight)  # fmt: skip
         unet = {**unet, "kind": CrossAttnUNet.kind, "heads": self.heads,
                 "attn_levels": list(self.attn_levels)}  # fmt: skip
         schedule = {"name": self.schedule, "num_train_timesteps": self.num_train_timesteps}
@@ -211,10 +194,8 @@ class Text2ImResult:
 
     @property
     def schedule(self) -> dict[str, Any]:
-        return {
-            "name": self.config.schedule,
-            "num_train_timesteps": self.config.num_train_timesteps,
-        }
+        c = self.config
+        return {"name": c.schedule, "num_train_timesteps": c.num_train_timesteps}
 
     def train_record(self) -> dict[str, Any]:
         return {**asdict(self.config), "seconds": round(self.seconds, 1),
@@ -227,25 +208,23 @@ def scene_data(n: int = 20000, seed: int = 0) -> CaptionedScenes:
     return make_split(n, 0, seed, value_range=SCENE_RANGE).train
 
 
-def _init_text_from_clip(model: CaptionUNet, name_or_path: str) -> None:
-    """Copy a trained CLIP's text tower into the caption encoder (same sizes required)."""
-    clip = load_clip(resolve(name_or_path))
-    try:
-        model.text.load_state_dict(clip.text.state_dict())
-    except ValueError as e:
-        raise ValueError(
-            f"text_init: the caption encoder does not fit the text tower of {name_or_path}: {e}"
-        ) from None
-
-
-def _init_from_cond(model: CaptionUNet, name_or_path: str) -> None:
-    """Copy a trained conditional denoiser's weights into `model` (same sizes required)."""
-    try:
-        model.load_state_dict(load_cond(name_or_path).denoiser.state_dict())
-    except ValueError as e:
-        raise ValueError(
-            f"init: the model does not fit the weights of {name_or_path}: {e}"
-        ) from None
+def _init_weights(model: CaptionUNet, cfg: Text2ImConfig) -> None:
+    """Start the caption encoder from a trained CLIP's text tower (`text_init`), then every weight
+    from a trained conditional denoiser (`init`: its EMA weights); same sizes required."""
+    if cfg.text_init:
+        clip = load_clip(resolve(cfg.text_init))
+        try:
+            model.text.load_state_dict(clip.text.state_dict())
+        except ValueError as e:
+            raise ValueError(f"text_init: the caption encoder does not fit the text tower of "
+                             f"{cfg.text_init}: {e}") from None  # fmt: skip
+    if cfg.init:
+        try:
+            model.load_state_dict(load_cond(cfg.init).denoiser.state_dict())
+        except ValueError as e:
+            raise ValueError(
+                f"init: the model does not fit the weights of {cfg.init}: {e}"
+            ) from None
 
 
 def train_text2im(
@@ -259,7 +238,8 @@ def train_text2im(
 
     Deterministic for a seed; BLAS on `threads` threads (see `minigen.diffusion.blas_threads`).
     `workers` processes (1 .. config.shards) compute the shards of each batch's gradient: the
-    weights do not depend on it, only the wall time does.
+    weights do not depend on it, only the wall time does. The steps run through the one
+    training loop (`minigen.training.Loop`).
     """
     with blas_threads(threads), np.errstate(over="ignore", invalid="ignore"):
         return _train(config, data, progress, workers, threads)
@@ -328,8 +308,6 @@ def _train(
     workers: int = 1,
     threads: int | None = 1,
 ) -> Text2ImResult:
-    from tqdm.auto import tqdm
-
     data = data if data is not None else scene_data(cfg.n_train, cfg.data_seed)
     if data.images.shape[1:] != SCENE_SHAPE:
         raise ValueError(f"scene images must have shape {SCENE_SHAPE}, got {data.images.shape[1:]}")
@@ -337,52 +315,46 @@ def _train(
     gen = np.random.default_rng(cfg.seed)  # batches, dropout, timesteps, noise
     schedule = NoiseSchedule.make(cfg.schedule, cfg.num_train_timesteps)
     model = cfg.make_model()
-    if cfg.kind == "cond" and cfg.text_init:
-        _init_text_from_clip(model, cfg.text_init)
-    if cfg.kind == "cond" and cfg.init:  # continue a run: its (EMA) weights, a fresh optimiser
-        _init_from_cond(model, cfg.init)
+    if cfg.kind == "cond":
+        _init_weights(model, cfg)
     opt = optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    ema = EMA(model, cfg.ema_decay)
-    losses: list[float] = []
+    lr = Schedule(cfg.lr, cfg.warmup, cfg.steps, cfg.lr / 10)
+    loop = Loop(model, opt, cfg.steps, lr, cfg.grad_clip, cfg.ema_decay, {"batches": gen},
+                desc=f"text2im {cfg.kind}", progress=progress)  # fmt: skip
     loss_fn = partial(_shard_loss, schedule, cfg.snr_gamma, cfg.prediction, cfg.cell_weight)
     cells = token_cells(data.tokens, data.scenes) if cfg.cell_weight else None  # (N, L)
     parts = np.array_split(np.arange(cfg.batch_size), cfg.shards)  # each shard's rows
     sharded = ShardedBackward(model, partial(Text2ImConfig.make_model, cfg), loss_fn, cfg.shards,
                               workers, threads)  # fmt: skip
     pool = mirror_safe(data, cfg.data_seed) if cfg.mirror_pairs else None
+
+    def step_fn(step: int) -> float:
+        if cfg.mirror_pairs:
+            batch = _mirror_batch(data, pool, gen, cfg.batch_size // 2, cfg.p_uncond,
+                                  schedule, cells)  # fmt: skip
+        else:
+            idx = gen.integers(0, len(data), cfg.batch_size)  # (B,)
+            batch = {"x0": data.images[idx]}  # (B, 3, 16, 16)
+            if cfg.kind == "cond":
+                batch["tokens"] = data.tokens[idx]  # (B, L)
+                batch["drop"] = caption_dropout(len(idx), cfg.p_uncond, gen)  # (B,)
+            if cells is not None:
+                batch["cells"] = cells[idx]  # (B, L)
+            t, eps = draw_noise(schedule, batch["x0"], gen)  # (B,), (B, 3, 16, 16)
+            batch["t"], batch["eps"] = t, eps
+        opt.zero_grad()
+        # grad L = sum_k grad((B_k / B) L_k), the shards' gradients summed into the parameters
+        value = sharded(
+            [{**{k: v[rows] for k, v in batch.items()}, "share": len(rows) / cfg.batch_size}
+             for rows in parts]
+        )  # fmt: skip
+        return loop.apply(value)
+
     start, cpu_start = time.perf_counter(), time.process_time()
-    bar = tqdm(range(cfg.steps), desc=f"text2im {cfg.kind}", disable=not progress)
     with sharded:
-        for step in bar:
-            opt.set_lr(optim.warmup_cosine(step, cfg.lr, cfg.warmup, cfg.steps, cfg.lr / 10))
-            if cfg.mirror_pairs:
-                batch = _mirror_batch(data, pool, gen, cfg.batch_size // 2, cfg.p_uncond,
-                                      schedule, cells)  # fmt: skip
-            else:
-                idx = gen.integers(0, len(data), cfg.batch_size)  # (B,)
-                batch = {"x0": data.images[idx]}  # (B, 3, 16, 16)
-                if cfg.kind == "cond":
-                    batch["tokens"] = data.tokens[idx]  # (B, L)
-                    batch["drop"] = caption_dropout(len(idx), cfg.p_uncond, gen)  # (B,)
-                if cells is not None:
-                    batch["cells"] = cells[idx]  # (B, L)
-                t, eps = draw_noise(schedule, batch["x0"], gen)  # (B,), (B, 3, 16, 16)
-                batch["t"], batch["eps"] = t, eps
-            opt.zero_grad()
-            value = sharded(
-                [{**{k: v[rows] for k, v in batch.items()}, "share": len(rows) / cfg.batch_size}
-                 for rows in parts]
-            )  # fmt: skip
-            optim.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            ema.update(model)
-            if not np.isfinite(value):
-                raise FloatingPointError(f"training diverged: the loss is {value} at step {step}")
-            losses.append(value)
-            if step % 25 == 0 or step == cfg.steps - 1:
-                bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
+        loop.run(step_fn)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    return Text2ImResult(ema.copy_to(cfg.make_model()).eval(), losses, cfg, seconds, cpu)
+    return Text2ImResult(loop.ema.copy_to(cfg.make_model()).eval(), loop.losses, cfg, seconds, cpu)
 
 
 # ----------------------------------------------------------------------------- checkpoints
