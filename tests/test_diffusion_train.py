@@ -261,6 +261,26 @@ def _assert_same_weights(a, b) -> None:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
+@pytest.mark.parametrize("data", sorted(RESUME_CFGS))
+def test_a_run_stopped_and_resumed_equals_one_that_never_stopped(data, tmp_path):
+    from minigen.diffusion import load_run
+
+    cfg = RESUME_CFGS[data]
+    seen = []
+    whole = train(cfg, progress=False, callback=lambda s, v: seen.append((s, v)))
+    assert seen == list(enumerate(whole.losses))  # callback(step, loss), steps from 0
+    run = tmp_path / "m.safetensors.run"
+    # the state is saved after step 4; the run stops after step 6 (as if killed there)
+    part = train(cfg, progress=False, run_dir=run, checkpoint_interval=4, until=6)
+    assert len(part.losses) == 6 and part.losses == whole.losses[:6]
+    state = load_run(run)
+    assert state.step == 4 and state.config["steps"] == cfg.steps
+    rest = train(cfg, progress=False, resume=state)
+    assert rest.losses == whole.losses
+    _assert_same_weights(rest.raw_model, whole.raw_model)
+    _assert_same_weights(rest.model, whole.model)  # the EMA too
+
+
 def test_a_diverging_run_stops_before_the_update_and_names_the_step(monkeypatch):
     from minigen.diffusion import training as tr
     from minigen.training import TrainingDiverged

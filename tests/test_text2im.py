@@ -407,3 +407,69 @@ def test_mirror_pairs_are_scenes_and_their_mirrors_with_the_same_noise_level():
         Text2ImConfig(kind="scenes", mirror_pairs=True)
     with pytest.raises(ValueError, match="mirror_pairs"):
         Text2ImConfig(kind="cond", batch_size=7, mirror_pairs=True)
+
+
+# ----------------------------------------------------------------------------- the one loop
+# (minigen.training.Loop): divergence, resuming a run bit for bit, one writer per --out
+
+TINY_RUN = {"steps": 8, "batch_size": 4, "base_channels": 4, "channel_mults": (1, 2),
+            "n_train": 48, "num_train_timesteps": T, "warmup": 2, "shards": 2}  # fmt: skip
+TINY_TEXT = {"text_width": 8, "text_layers": 1, "text_heads": 2, "embed_dim": 8, "heads": 2}
+# the options of the shipped conditional model (benchmarks/train_text2im.sh)
+SHIPPED_COND = {"prediction": "v", "snr_gamma": 5.0, "mirror_pairs": True, "cell_weight": 0.5}
+
+
+def _state(model) -> dict[str, np.ndarray]:
+    return {k: v.copy() for k, v in model.state_dict().items()}
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+@pytest.mark.parametrize("kind", ["scenes", "cond"])
+def test_a_text2im_run_stopped_and_resumed_equals_one_that_never_stopped(kind, tmp_path):
+    from minigen.diffusion import load_run
+
+    extra = {**TINY_TEXT, **SHIPPED_COND} if kind == "cond" else {}
+    cfg = Text2ImConfig(kind=kind, **TINY_RUN, **extra)
+    steps = cfg.steps  # a save at the last step keeps the last iterate, to compare
+    whole = train_text2im(cfg, None, False, run_dir=tmp_path / "whole", checkpoint_interval=steps)
+    run = tmp_path / "run"
+    part = train_text2im(cfg, progress=False, run_dir=run, checkpoint_interval=3, until=5)
+    assert part.losses == whole.losses[:5] and load_run(run).step == 3
+    rest = train_text2im(cfg, progress=False, resume=load_run(run), run_dir=run,
+                         checkpoint_interval=steps)  # fmt: skip
+    assert rest.losses == whole.losses
+    _assert_same(_state(rest.model), _state(whole.model))  # the EMA
+    _assert_same(load_run(run).weights, load_run(tmp_path / "whole").weights)  # the last iterate
+
+
+def test_a_diverging_text2im_run_keeps_the_weights_of_the_step_before(monkeypatch, tmp_path):
+    from minigen.diffusion import load_run
+    from minigen.synthesis import text2im as t2i
+    from minigen.training import TrainingDiverged
+
+    made, calls = [], []
+    real_make, real_loss = t2i.Text2ImConfig.make_model, t2i.denoising_loss
+
+    def make(cfg):
+        made.append(real_make(cfg))
+        return made[-1]
+
+    def loss(*args, **kw):  # the third step's loss is nan
+        calls.append(1)
+        value = real_loss(*args, **kw)
+        return value * float("nan") if len(calls) == 3 else value
+
+    monkeypatch.setattr(t2i.Text2ImConfig, "make_model", make)
+    monkeypatch.setattr(t2i, "denoising_loss", loss)
+    cfg = Text2ImConfig(kind="cond", **{**TINY_RUN, "shards": 1}, **TINY_TEXT)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match="training diverged at step 3: the loss is nan"):
+        train_text2im(cfg, progress=False, run_dir=run, checkpoint_interval=1)
+    state = load_run(run)  # saved after every step: the last is step 2's
+    assert state.step == 2
+    _assert_same(_state(made[0]), state.weights)

@@ -26,12 +26,15 @@ from minigen.diffusion.schedulers import (
 from minigen.diffusion.training import (
     EMA,
     PREDICTIONS,
+    RunState,
     TrainConfig,
     TrainingDiverged,
     blas_threads,
     denoising_loss,
     diffusion_loss,
     draw_noise,
+    load_run,
+    save_run,
     train,
 )
 from minigen.diffusion.unet import UNet
@@ -60,6 +63,10 @@ __all__ = [
     "PREDICTIONS",
     "train",
     "TrainingDiverged",
+    # resuming a run (train-diffusion and train-text2im write and read the same folder)
+    "RunState",
+    "save_run",
+    "load_run",
     "DiffusionModel",
     "Samples",
     "load_model",

@@ -21,6 +21,10 @@ than the last iterate (Ho et al. use a decay of 0.9999):
 
     w_ema <- d w_ema + (1 - d) w,      d = min(decay, (1 + k) / (10 + k)) at step k.
 
+A run can be resumed: `save_run` writes its state (the raw weights, the loop's state: AdamW's
+moments, the EMA, the step, the losses, every generator; the config) into a folder as one
+transaction, and `train(..., resume=load_run(folder))` continues it bit for bit.
+
 Threads: the denoisers' matrix products are small (a few hundred columns), so BLAS
 threads cost more in synchronisation than they give, and on a busy machine they
 spin: training the 2-D MLP was 8x slower with two OpenBLAS threads than with one
@@ -30,28 +34,33 @@ BLAS on one thread unless told otherwise (`blas_threads`; None leaves it alone).
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from minigen import checkpoint, nn, optim
 from minigen import functional as F
-from minigen import nn, optim
 from minigen import rng as _rng
 from minigen.backend import blas_threads
+from minigen.checkpoint import CheckpointError, atomic_write
 from minigen.diffusion.data import DiffusionData, Normalizer, load_digits, load_toy2d
 from minigen.diffusion.denoisers import MLPDenoiser
 from minigen.diffusion.schedule import NoiseSchedule
 from minigen.diffusion.unet import UNet
+from minigen.runs import RunLock, previous, transaction
 from minigen.tensor import Tensor
 from minigen.training import EMA, Every, Loop, Schedule, TrainingDiverged
 
 __all__ = [
     "DATASETS", "TrainConfig", "TrainResult", "EMA", "make_denoiser", "load_data",
     "diffusion_loss", "draw_noise", "denoising_loss", "PREDICTIONS", "train", "blas_threads",
-    "TrainingDiverged",
+    "TrainingDiverged", "RunState", "save_run", "load_run", "RUN_FILES",
 ]  # fmt: skip
 
 PREDICTIONS = ("eps", "v")  # what a denoiser may predict: the noise, or v (Salimans & Ho 2022)
@@ -206,15 +215,23 @@ def train(
     progress: bool = True,
     callback: Callable[[int, float], None] | None = None,
     blas_threads: int | None = 1,
+    *,
+    run_dir: str | os.PathLike | None = None,
+    checkpoint_interval: int = 0,
+    resume: RunState | None = None,
+    until: int | None = None,
 ) -> TrainResult:
     """Train a denoiser on `config.data` by L_simple; returns the EMA model and the losses.
 
-    `callback(step, loss)` runs after each step (0-based). A non-finite loss or gradient stops
-    the run before its update with `TrainingDiverged` (a FloatingPointError).
+    `callback(step, loss)` runs after each step (0-based). With `run_dir`, the run's state is
+    written there (`save_run`) every `checkpoint_interval` steps; `resume` (from `load_run`)
+    continues such a run, computing the same losses and weights as one that never stopped.
+    `until` stops after that step, as if the run were interrupted there. A non-finite loss or
+    gradient stops the run before its update with `TrainingDiverged` (a FloatingPointError).
     """
     # a NaN or an inf is caught on the loss, with a clear error: no NumPy warnings on the way
     with _blas_threads(blas_threads), np.errstate(over="ignore", invalid="ignore"):
-        return _train(config, progress, callback)
+        return _train(config, progress, callback, run_dir, checkpoint_interval, resume, until)
 
 
 _blas_threads = blas_threads
@@ -224,6 +241,10 @@ def _train(
     config: TrainConfig,
     progress: bool,
     callback: Callable[[int, float], None] | None,
+    run_dir: str | os.PathLike | None = None,
+    checkpoint_interval: int = 0,
+    resume: RunState | None = None,
+    until: int | None = None,
 ) -> TrainResult:
     _rng.manual_seed(config.seed)  # the weights' initialisation
     gen = np.random.default_rng(config.seed)  # batches, timesteps, noise
@@ -235,6 +256,8 @@ def _train(
     lr = Schedule(config.lr, config.warmup, config.steps, config.lr / 10)
     loop = Loop(model, opt, config.steps, lr, config.grad_clip, config.ema_decay,
                 {"batches": gen}, desc=f"diffusion on {config.data}", progress=progress)  # fmt: skip
+    if resume is not None:
+        resume.restore(model, loop)
 
     def step_fn(step: int) -> Tensor:
         batch = x[gen.integers(0, len(x), config.batch_size)]  # (B, ...)
@@ -243,8 +266,86 @@ def _train(
     hooks = []
     if callback is not None:
         hooks.append(Every(1, lambda lp: callback(lp.step - 1, lp.losses[-1]), at_end=False))
+    if run_dir is not None:
+        save = lambda lp: save_run(run_dir, asdict(config), model, lp)  # noqa: E731
+        hooks.append(Every(checkpoint_interval, save, at_end=False))
     start = time.perf_counter()
-    loop.run(step_fn, hooks)
+    loop.run(step_fn, hooks, until)
     seconds = time.perf_counter() - start
     ema_model = loop.ema.copy_to(make_denoiser(config.model_config()))
     return TrainResult(ema_model, model, loop.losses, data.normalizer, config, seconds)
+
+
+# ----------------------------------------------------------------------- resuming a run
+
+RUN_FILES = {
+    "model": "model.safetensors",  # the raw weights (not the EMA's), with the step
+    "arrays": "trainer_state.safetensors",  # the loop's arrays: AdamW's moments, the EMA
+    "state": "trainer_state.json",  # the loop's JSON state: step, losses, generators
+    "config": "config.json",  # the run's training config
+}
+
+
+def save_run(
+    run_dir: str | os.PathLike, config: dict[str, Any], model: nn.Module, loop: Loop
+) -> Path:
+    """Write a run's state into the folder `run_dir` as one transaction (`minigen.runs`), so
+    that a run killed at any moment leaves the previous complete state."""
+    arrays, state = loop.state_dict()
+    step = {"step": state["step"]}
+    with RunLock(run_dir), transaction(run_dir, owned=RUN_FILES.values()) as tmp:
+        checkpoint.save(tmp / RUN_FILES["model"], model.state_dict(), step)
+        checkpoint.save(tmp / RUN_FILES["arrays"], arrays, step)
+        atomic_write(tmp / RUN_FILES["state"], json.dumps(state))
+        atomic_write(tmp / RUN_FILES["config"], json.dumps(config, indent=1))
+    return Path(run_dir)
+
+
+@dataclass
+class RunState:
+    """What `save_run` wrote: the config (a dict), the raw weights, the loop's state."""
+
+    config: dict[str, Any]
+    weights: dict[str, np.ndarray]
+    arrays: dict[str, np.ndarray]
+    state: dict[str, Any]
+    source: str = ""
+
+    @property
+    def step(self) -> int:
+        return int(self.state["step"])
+
+    def restore(self, model: nn.Module, loop: Loop) -> None:
+        """Put the weights into `model` and the state into `loop`; CheckpointError if they do
+        not fit."""
+        try:
+            model.load_state_dict(self.weights)
+            loop.load_state_dict(self.arrays, self.state)
+        except ValueError as e:
+            raise CheckpointError(f"{self.source}: {e}") from None
+
+
+def load_run(run_dir: str | os.PathLike) -> RunState:
+    """Read a run's state written by `save_run`; CheckpointError naming the file if a part is
+    missing, unreadable, or from another step than the others."""
+    run = Path(run_dir)
+    if not run.is_dir() and previous(run).is_dir():
+        run = previous(run)  # a save cut between its two renames
+    if not run.is_dir():
+        raise CheckpointError(f"no run to resume: {run} not found")
+    json_parts = {}
+    for key in ("state", "config"):
+        path = run / RUN_FILES[key]
+        try:
+            json_parts[key] = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{path}: not a readable run state ({e})") from None
+        if not isinstance(json_parts[key], dict):
+            raise CheckpointError(f"{path}: not a JSON object")
+    weights, wmeta = checkpoint.load(run / RUN_FILES["model"])
+    arrays, ameta = checkpoint.load(run / RUN_FILES["arrays"])
+    steps = {"weights": wmeta.get("step"), "arrays": ameta.get("step"),
+             "state": json_parts["state"].get("step")}  # fmt: skip
+    if len(set(map(str, steps.values()))) != 1:
+        raise CheckpointError(f"{run}: its files are from different steps {steps}")
+    return RunState(json_parts["config"], weights, arrays, json_parts["state"], str(run))

@@ -51,11 +51,13 @@ from minigen.diffusion import (
     DiffusionModel,
     NoiseSchedule,
     Normalizer,
+    RunState,
     UNet,
     blas_threads,
     denoising_loss,
     draw_noise,
     load_model,
+    save_run,
 )
 from minigen.parallel import ShardedBackward
 from minigen.synthesis.caption_unet import CaptionUNet
@@ -74,7 +76,7 @@ from minigen.synthesis.clip_train import load_clip
 from minigen.synthesis.scenes import mirror
 from minigen.synthesis.xunet import CrossAttnUNet
 from minigen.tensor import Tensor
-from minigen.training import Loop, Schedule
+from minigen.training import Every, Loop, Schedule
 
 __all__ = [
     "SCENE_RANGE", "SCENE_SHAPE", "ASSETS", "SHIPPED", "CaptionUNet", "Text2ImConfig",
@@ -94,13 +96,6 @@ SHIPPED = {
     "cond": "text2im_cond.safetensors",
 }
 KINDS = ("scenes", "cond")
-
-
-def _text_config(
-    width: int, layers: int, heads: int, embed_dim: int, causal: bool = True
-) -> CLIPConfig:
-    """A CLIPConfig whose text fields size the caption encoder (its image fields go unused)."""
-    return CLIPConfig(embed_dim=embed_dim, width=width, heads=heads, layers=layers, causal=causal)
 
 
 def caption_dropout(batch: int, p: float, generator: np.random.Generator) -> np.ndarray:
@@ -172,9 +167,10 @@ class Text2ImConfig:
         unet = self.unet_config()
         if self.kind == "scenes":
             return UNet(**{k: v for k, v in unet.items() if k != "kind"})
-        # the cell map reads the caption both ways
-        text = _text_config(self.text_width, self.text_layers, self.text_heads, self.embed_dim,
-                            causal=not self.cell_weight)  # fmt: skip
+        # the caption encoder: a CLIPConfig's text fields (its image fields go unused); the cell
+        # map reads the caption both ways
+        text = CLIPConfig(embed_dim=self.embed_dim, width=self.text_width, heads=self.text_heads,
+                          layers=self.text_layers, causal=not self.cell_weight)  # fmt: skip
         unet = {**unet, "kind": CrossAttnUNet.kind, "heads": self.heads,
                 "attn_levels": list(self.attn_levels)}  # fmt: skip
         schedule = {"name": self.schedule, "num_train_timesteps": self.num_train_timesteps}
@@ -233,16 +229,23 @@ def train_text2im(
     progress: bool = True,
     threads: int | None = 1,
     workers: int = 1,
+    *,
+    run_dir: str | os.PathLike | None = None,
+    checkpoint_interval: int = 0,
+    resume: RunState | None = None,
+    until: int | None = None,
 ) -> Text2ImResult:
     """Train a scene denoiser by L_simple (captions dropped with p_uncond for "cond").
 
     Deterministic for a seed; BLAS on `threads` threads (see `minigen.diffusion.blas_threads`).
     `workers` processes (1 .. config.shards) compute the shards of each batch's gradient: the
     weights do not depend on it, only the wall time does. The steps run through the one
-    training loop (`minigen.training.Loop`).
+    training loop (`minigen.training.Loop`); `run_dir`, `checkpoint_interval`, `resume`, `until`:
+    saving and resuming the run, as in `minigen.diffusion.train`.
     """
     with blas_threads(threads), np.errstate(over="ignore", invalid="ignore"):
-        return _train(config, data, progress, workers, threads)
+        return _train(config, data, progress, workers, threads, run_dir, checkpoint_interval,
+                      resume, until)  # fmt: skip
 
 
 def _shard_loss(
@@ -307,6 +310,10 @@ def _train(
     progress: bool,
     workers: int = 1,
     threads: int | None = 1,
+    run_dir: str | os.PathLike | None = None,
+    interval: int = 0,
+    resume: RunState | None = None,
+    until: int | None = None,
 ) -> Text2ImResult:
     data = data if data is not None else scene_data(cfg.n_train, cfg.data_seed)
     if data.images.shape[1:] != SCENE_SHAPE:
@@ -315,12 +322,14 @@ def _train(
     gen = np.random.default_rng(cfg.seed)  # batches, dropout, timesteps, noise
     schedule = NoiseSchedule.make(cfg.schedule, cfg.num_train_timesteps)
     model = cfg.make_model()
-    if cfg.kind == "cond":
+    if cfg.kind == "cond" and resume is None:  # a resumed run has its weights in its state
         _init_weights(model, cfg)
     opt = optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     lr = Schedule(cfg.lr, cfg.warmup, cfg.steps, cfg.lr / 10)
     loop = Loop(model, opt, cfg.steps, lr, cfg.grad_clip, cfg.ema_decay, {"batches": gen},
                 desc=f"text2im {cfg.kind}", progress=progress)  # fmt: skip
+    if resume is not None:
+        resume.restore(model, loop)
     loss_fn = partial(_shard_loss, schedule, cfg.snr_gamma, cfg.prediction, cfg.cell_weight)
     cells = token_cells(data.tokens, data.scenes) if cfg.cell_weight else None  # (N, L)
     parts = np.array_split(np.arange(cfg.batch_size), cfg.shards)  # each shard's rows
@@ -350,9 +359,13 @@ def _train(
         )  # fmt: skip
         return loop.apply(value)
 
+    hooks = []
+    if run_dir is not None:
+        save = lambda lp: save_run(run_dir, asdict(cfg), model, lp)  # noqa: E731
+        hooks.append(Every(interval, save, at_end=False))
     start, cpu_start = time.perf_counter(), time.process_time()
     with sharded:
-        loop.run(step_fn)
+        loop.run(step_fn, hooks, until)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     return Text2ImResult(loop.ema.copy_to(cfg.make_model()).eval(), loop.losses, cfg, seconds, cpu)
 
