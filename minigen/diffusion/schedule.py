@@ -42,7 +42,14 @@ import numpy as np
 from minigen import backend
 from minigen import rng as _rng
 
-__all__ = ["linear_betas", "cosine_betas", "posterior_variance", "NoiseSchedule", "SCHEDULES"]
+__all__ = [
+    "MAX_TIMESTEPS", "linear_betas", "cosine_betas", "posterior_variance", "NoiseSchedule",
+    "SCHEDULES",
+]  # fmt: skip
+
+# the longest chain a schedule is made for: every array is (T,) float64, so T = 1e10 would ask
+# for 74 GiB (a config read from a file or a flag is refused in one line instead)
+MAX_TIMESTEPS = 100_000
 
 
 def linear_betas(
@@ -81,8 +88,11 @@ def posterior_variance(abar_t: Any, abar_prev: Any) -> Any:
 
 
 def _check_num_timesteps(T: int) -> None:
-    if isinstance(T, bool) or not isinstance(T, int | np.integer) or T < 1:
-        raise ValueError(f"the number of diffusion timesteps T must be an integer >= 1, got {T!r}")
+    if isinstance(T, bool) or not isinstance(T, int | np.integer) or not 1 <= T <= MAX_TIMESTEPS:
+        raise ValueError(
+            f"the number of diffusion timesteps T must be an integer in 1 .. {MAX_TIMESTEPS:,}, "
+            f"got {T!r}"
+        )
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
