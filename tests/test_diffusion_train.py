@@ -304,3 +304,89 @@ def test_a_diverging_run_stops_before_the_update_and_names_the_step(monkeypatch)
         train(cfg, progress=False, callback=lambda s, v: before.update(_weights(made[0])))
     assert isinstance(e.value, FloatingPointError) and e.value.step == 3
     _assert_same_weights(made[0], before)  # the weights of step 2, untouched by step 3
+
+
+def test_the_run_state_refuses_other_settings_and_a_shorter_run(tmp_path):
+    from dataclasses import asdict
+
+    from minigen.checkpoint import CheckpointError
+    from minigen.diffusion import load_run, prepare_run
+
+    cfg = RESUME_CFGS["moons"]
+    run = tmp_path / "m.run"
+    train(cfg, progress=False, run_dir=run, checkpoint_interval=2, until=2)
+    state = prepare_run(run, resume=True, force=False)
+    assert state.config_for(asdict(cfg)) == asdict(cfg)
+    assert state.config_for({**asdict(cfg), "steps": 40})["steps"] == 40  # --steps may grow
+    with pytest.raises(ValueError, match=r"--lr 0.001 there, 0.002 here.*--seed 0 there, 1 here"):
+        state.config_for({**asdict(cfg), "lr": 2e-3, "seed": 1})
+    with pytest.raises(ValueError, match="--steps 5 is below the 12 steps"):
+        state.config_for({**asdict(cfg), "steps": 5})
+    with pytest.raises(ValueError, match="holds an unfinished run; pass --resume"):
+        prepare_run(run, resume=False, force=False)
+    with pytest.raises(ValueError, match="no unfinished run in"):
+        prepare_run(tmp_path / "other.run", resume=True, force=False)
+    (run / "trainer_state.json").write_text('{"step": 1}')
+    with pytest.raises(CheckpointError, match="from different steps"):
+        load_run(run)
+    assert prepare_run(run, resume=False, force=True) is None and not run.exists()
+
+
+def test_train_diffusion_resumes_an_interrupted_run_and_is_the_only_writer(
+    tmp_path, monkeypatch, capsys
+):
+    import subprocess
+    import sys
+
+    from minigen.cli import main
+    from minigen.diffusion import training as tr
+
+    monkeypatch.delenv("MINIGEN_DEBUG", raising=False)
+    args = ["train-diffusion", "--data", "moons", "--steps", "10", "--timesteps", "20",
+            "--hidden", "8", "--depth", "1", "--quiet", "--checkpoint-interval", "3"]  # fmt: skip
+    whole, out = tmp_path / "whole.safetensors", tmp_path / "m.safetensors"
+    assert main([*args, "--out", str(whole)]) == 0
+    run = tmp_path / "m.safetensors.run"
+    assert not (tmp_path / "whole.safetensors.run").exists()  # removed once --out is written
+
+    real = tr.train
+
+    def killed(*a, **kw):  # the run dies after step 7: its state on disk is step 6's
+        real(*a, **kw, until=7)
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(tr, "train", killed)
+    assert main([*args, "--out", str(out)]) == 1 and "killed" in capsys.readouterr().err
+    monkeypatch.setattr(tr, "train", real)
+    assert not out.exists() and tr.load_run(run).step == 6
+
+    def one_line(argv) -> str:
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("minigen: error:"), err
+        return err[0]
+
+    assert "pass --resume to continue it" in one_line([*args, "--out", str(out)])
+    err = one_line([*args, "--out", str(out), "--resume", "--lr", "0.01", "--seed", "2"])
+    assert "--lr 0.001 there, 0.01 here" in err and "--seed 0 there, 2 here" in err
+    assert "below the 10 steps" in one_line([*args, "--out", str(out), "--resume", "--steps", "8"])
+    assert main([*args, "--out", str(out), "--resume"]) == 0
+    assert not run.exists()
+    got, want = checkpoint.load(out)[0], checkpoint.load(whole)[0]
+    assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in want)
+    assert "no unfinished run" in one_line([*args, "--out", str(tmp_path / "n"), "--resume"])
+
+    # a second run into the same --out stops at once, in one line naming the owner
+    taken = tmp_path / "taken.safetensors"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from minigen.runs import RunLock; "
+         f"RunLock({str(taken)!r}).acquire(); print('held', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        err = one_line([*args, "--out", str(taken)])
+        assert "is being written by another minigen run (pid" in err
+    finally:
+        holder.communicate("")
+    assert not taken.exists() and not (tmp_path / "taken.safetensors.run").exists()

@@ -473,3 +473,57 @@ def test_a_diverging_text2im_run_keeps_the_weights_of_the_step_before(monkeypatc
     state = load_run(run)  # saved after every step: the last is step 2's
     assert state.step == 2
     _assert_same(_state(made[0]), state.weights)
+
+
+def test_train_text2im_resumes_an_interrupted_run_and_is_the_only_writer(
+    tmp_path, monkeypatch, capsys
+):
+    import subprocess
+    import sys
+
+    from minigen.checkpoint import load
+    from minigen.synthesis import commands
+
+    args = ["train-text2im", "--model", "cond", "--steps", "6", "--n-train", "32", "--batch-size",
+            "4", "--channels", "8", "--mults", "1,2", "--snr-gamma", "5", "--prediction", "v",
+            "--mirror-pairs", "--cell-weight", "0.5", "--shards", "2", "--workers", "1",
+            "--checkpoint-interval", "2", "--quiet"]  # fmt: skip
+    whole, out = tmp_path / "whole.safetensors", tmp_path / "c.safetensors"
+    assert main([*args, "--out", str(whole)]) == 0
+    assert not (tmp_path / "whole.safetensors.run").exists()
+    real = commands.train_text2im
+
+    def killed(*a, **kw):  # the run dies after step 3: its state on disk is step 2's
+        real(*a, **kw, until=3)
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(commands, "train_text2im", killed)
+    assert main([*args, "--out", str(out)]) == 1 and "killed" in capsys.readouterr().err
+    monkeypatch.setattr(commands, "train_text2im", real)
+
+    def one_line(argv) -> str:
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("minigen: error:"), err
+        return err[0]
+
+    assert "--channels 8 there, 16 here" in one_line(
+        [*args, "--out", str(out), "--resume", "--channels", "16"]
+    )
+    assert main([*args, "--out", str(out), "--resume", "--workers", "2"]) == 0
+    assert not (tmp_path / "c.safetensors.run").exists()
+    got, want = load(out)[0], load(whole)[0]
+    assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in want)
+
+    taken = tmp_path / "taken.safetensors"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from minigen.runs import RunLock; "
+         f"RunLock({str(taken)!r}).acquire(); print('held', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert "is being written by another minigen run" in one_line([*args, "--out", str(taken)])
+    finally:
+        holder.communicate("")
+    assert not taken.exists()

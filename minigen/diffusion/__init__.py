@@ -34,6 +34,7 @@ from minigen.diffusion.training import (
     diffusion_loss,
     draw_noise,
     load_run,
+    prepare_run,
     save_run,
     train,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "RunState",
     "save_run",
     "load_run",
+    "prepare_run",
     "DiffusionModel",
     "Samples",
     "load_model",

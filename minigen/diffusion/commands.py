@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 from collections.abc import Sequence
+from dataclasses import asdict
 from typing import Any
 
 from minigen.diffusion import pipeline, plots, training
 from minigen.plotting import save_figure
+from minigen.runs import RunLock
 
 __all__ = ["add_commands", "train_cmd", "sample_cmd"]
 
@@ -25,6 +28,10 @@ def _refuse_overwrite(paths: Sequence[str | None], force: bool) -> None:
     for path in paths:
         if path and os.path.exists(path) and not force:
             raise ValueError(f"{path} exists; pass --force to overwrite it")
+
+
+# the flag of each TrainConfig field that --resume compares ("--" + the name otherwise)
+_FLAGS = {"num_train_timesteps": "--timesteps", "model": "--hidden/--depth/--channels"}
 
 
 def train_cmd(args: argparse.Namespace) -> int:
@@ -44,12 +51,19 @@ def train_cmd(args: argparse.Namespace) -> int:
         ema_decay=args.ema_decay, schedule=args.schedule, num_train_timesteps=args.timesteps,
         seed=args.seed, model=model,
     )  # fmt: skip
-    try:
-        result = training.train(cfg, progress=not args.quiet)
-    except FloatingPointError as e:  # the loss went NaN: nothing is written
-        raise RuntimeError(str(e)) from None
-    path = pipeline.DiffusionModel.from_training(result).save(out)
-    save_figure(plots.plot_losses(result.losses, f"L_simple on {args.data}"), loss_png)
+    run_dir = f"{out}.run"  # the run's state every --checkpoint-interval steps, for --resume
+    with RunLock(out), RunLock(run_dir):  # one writer; its folder writable before the first step
+        resume = training.prepare_run(run_dir, args.resume, args.force)
+        if resume is not None:
+            cfg = training.TrainConfig(**resume.config_for(asdict(cfg), _FLAGS))
+        try:
+            result = training.train(cfg, progress=not args.quiet, run_dir=run_dir,
+                                    checkpoint_interval=args.checkpoint_interval, resume=resume)  # fmt: skip
+        except FloatingPointError as e:  # the loss went NaN: the weights before it are kept
+            raise RuntimeError(str(e)) from None
+        path = pipeline.DiffusionModel.from_training(result).save(out)
+        save_figure(plots.plot_losses(result.losses, f"L_simple on {args.data}"), loss_png)
+        shutil.rmtree(run_dir, ignore_errors=True)  # the run is complete in --out
     final = sum(result.losses[-100:]) / len(result.losses[-100:])
     print(f"trained {cfg.steps} steps in {result.seconds:.0f}s, final loss {final:.4f} -> {path}")
     print(f"loss curve -> {loss_png}")
@@ -117,6 +131,12 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--loss-plot", help="loss-curve PNG (default: beside the checkpoint)")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--checkpoint-interval", type=int, default=1000,
+                   help="save the run's state into OUT.run/ every N steps, for --resume; 0: never "
+                   "(default: %(default)s)")  # fmt: skip
+    p.add_argument("--resume", action="store_true",
+                   help="continue the unfinished run in OUT.run/ (the same flags; --steps may "
+                   "grow)")  # fmt: skip
     p.set_defaults(func=train_cmd)
 
     p = sub.add_parser(

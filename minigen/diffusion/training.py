@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -60,7 +61,7 @@ from minigen.training import EMA, Every, Loop, Schedule, TrainingDiverged
 __all__ = [
     "DATASETS", "TrainConfig", "TrainResult", "EMA", "make_denoiser", "load_data",
     "diffusion_loss", "draw_noise", "denoising_loss", "PREDICTIONS", "train", "blas_threads",
-    "TrainingDiverged", "RunState", "save_run", "load_run", "RUN_FILES",
+    "TrainingDiverged", "RunState", "save_run", "load_run", "prepare_run", "RUN_FILES",
 ]  # fmt: skip
 
 PREDICTIONS = ("eps", "v")  # what a denoiser may predict: the noise, or v (Salimans & Ho 2022)
@@ -315,6 +316,28 @@ class RunState:
     def step(self) -> int:
         return int(self.state["step"])
 
+    def config_for(self, config: dict[str, Any], flags: dict[str, str] | None = None) -> dict:
+        """The run's config, for a resumed run asked for with `config`: the two must agree but
+        for `steps`, which may grow. Raises ValueError in one line naming the settings (by
+        their command-line `flags`, "--" + the name by default) that differ."""
+        config = json.loads(json.dumps(config))  # as stored: tuples as lists
+        flags = flags or {}
+        differ = [k for k in sorted(set(config) | set(self.config))
+                  if k != "steps" and config.get(k) != self.config.get(k)]  # fmt: skip
+        if differ:
+            what = ", ".join(
+                f"{flags.get(k, '--' + k.replace('_', '-'))} {self.config.get(k)!r} there, "
+                f"{config.get(k)!r} here" for k in differ
+            )  # fmt: skip
+            raise ValueError(f"--resume: the run in {self.source} has other settings ({what}); "
+                             "resume it with the same ones, or start over: --force without --resume")  # fmt: skip
+        if config.get("steps", 0) < self.config.get("steps", 0):
+            raise ValueError(
+                f"--resume: --steps {config.get('steps')} is below the {self.config['steps']} "
+                f"steps of the run in {self.source}; --steps may only grow"
+            )
+        return {**self.config, "steps": config.get("steps", self.config.get("steps"))}
+
     def restore(self, model: nn.Module, loop: Loop) -> None:
         """Put the weights into `model` and the state into `loop`; CheckpointError if they do
         not fit."""
@@ -349,3 +372,25 @@ def load_run(run_dir: str | os.PathLike) -> RunState:
     if len(set(map(str, steps.values()))) != 1:
         raise CheckpointError(f"{run}: its files are from different steps {steps}")
     return RunState(json_parts["config"], weights, arrays, json_parts["state"], str(run))
+
+
+def prepare_run(run_dir: str | os.PathLike, resume: bool, force: bool) -> RunState | None:
+    """A command's run folder: with `resume`, the state in it (ValueError in one line if there
+    is none); without, None for a fresh run, after removing an unfinished run's folder if
+    `force` (else ValueError: it is not overwritten without --force). Call it holding the
+    folder's RunLock."""
+    run = Path(run_dir)
+    there = [p for p in (run, previous(run)) if p.is_dir()]
+    if resume:
+        if not there:
+            raise ValueError(
+                f"--resume: no unfinished run in {run} (a run removes it when it ends)"
+            )
+        return load_run(run)
+    if there and not force:
+        raise ValueError(
+            f"{run} holds an unfinished run; pass --resume to continue it or --force to start over"
+        )
+    for p in there:
+        shutil.rmtree(p)
+    return None

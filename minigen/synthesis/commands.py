@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import time
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 
 from minigen.backend import blas_threads
-from minigen.diffusion import PREDICTIONS, plot_losses
+from minigen.diffusion import PREDICTIONS, plot_losses, prepare_run
 from minigen.parallel import default_workers
 from minigen.plotting import save_figure
+from minigen.runs import RunLock
 from minigen.synthesis.checker import score_batch
 from minigen.synthesis.clip_train import save_clip, train_clip
 from minigen.synthesis.sampling import DEFAULT_SCALE, Text2Im, check_request, plot_samples
@@ -64,6 +67,10 @@ def text2im_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+# the flag of each Text2ImConfig field that --resume compares ("--" + the name otherwise)
+_FLAGS = {"kind": "--model", "base_channels": "--channels", "channel_mults": "--mults"}
+
+
 def train_cmd(args: argparse.Namespace) -> int:
     if args.model not in ("clip", *KINDS):
         raise ValueError(
@@ -79,7 +86,10 @@ def train_cmd(args: argparse.Namespace) -> int:
     if args.batch_size is None:
         args.batch_size = 128 if clip else 64
     if clip:
-        return _train_clip(args, out, loss_png)
+        if args.resume:
+            raise ValueError("--resume: train-text2im resumes scenes and cond runs, not clip")
+        with RunLock(out):  # one writer; its folder writable before the first step
+            return _train_clip(args, out, loss_png)
     cfg = Text2ImConfig(
         kind=args.model, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         base_channels=args.channels, channel_mults=tuple(int(c) for c in args.mults.split(",")),
@@ -89,13 +99,20 @@ def train_cmd(args: argparse.Namespace) -> int:
         prediction=args.prediction, mirror_pairs=args.mirror_pairs, cell_weight=args.cell_weight,
         attn_levels=tuple(int(a) for a in args.attn_levels.split(",") if a.strip()),
     )  # fmt: skip
-    try:
-        workers = default_workers(cfg.shards) if args.workers is None else args.workers
-        result = train_text2im(cfg, progress=not args.quiet, workers=workers)
-    except FloatingPointError as e:
-        raise RuntimeError(str(e)) from None
-    path = save_text2im(result, out, half=args.half)
-    save_figure(plot_losses(result.losses, f"L_simple, text2im {args.model}"), loss_png)
+    run_dir = f"{out}.run"  # the run's state every --checkpoint-interval steps, for --resume
+    with RunLock(out), RunLock(run_dir):  # one writer; its folder writable before the first step
+        resume = prepare_run(run_dir, args.resume, args.force)
+        if resume is not None:
+            cfg = Text2ImConfig(**resume.config_for(asdict(cfg), _FLAGS))
+        try:
+            workers = default_workers(cfg.shards) if args.workers is None else args.workers
+            result = train_text2im(cfg, progress=not args.quiet, workers=workers, run_dir=run_dir,
+                                   checkpoint_interval=args.checkpoint_interval, resume=resume)  # fmt: skip
+        except FloatingPointError as e:  # a NaN: the weights before it are kept in OUT.run/
+            raise RuntimeError(str(e)) from None
+        path = save_text2im(result, out, half=args.half)
+        save_figure(plot_losses(result.losses, f"L_simple, text2im {args.model}"), loss_png)
+        shutil.rmtree(run_dir, ignore_errors=True)  # the run is complete in --out
     final = float(np.mean(result.losses[-100:]))
     print(
         f"trained {cfg.steps} steps in {result.seconds:.0f}s ({result.cpu_seconds:.0f}s of CPU),"
@@ -209,4 +226,10 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--loss-plot", help="loss-curve PNG (default: beside the checkpoint)")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--checkpoint-interval", type=int, default=500,
+                   help="scenes, cond: save the run's state into OUT.run/ every N steps, for "
+                   "--resume; 0: never (default: %(default)s)")  # fmt: skip
+    p.add_argument("--resume", action="store_true",
+                   help="scenes, cond: continue the unfinished run in OUT.run/ (the same flags; "
+                   "--steps may grow)")  # fmt: skip
     p.set_defaults(func=train_cmd)
