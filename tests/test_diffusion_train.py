@@ -390,3 +390,19 @@ def test_train_diffusion_resumes_an_interrupted_run_and_is_the_only_writer(
     finally:
         holder.communicate("")
     assert not taken.exists() and not (tmp_path / "taken.safetensors.run").exists()
+
+
+def test_train_diffusion_checks_its_folder_before_the_first_step(tmp_path, monkeypatch, capsys):
+    from minigen.cli import main
+    from minigen.diffusion import training as tr
+
+    monkeypatch.delenv("MINIGEN_DEBUG", raising=False)
+    steps = []
+    monkeypatch.setattr(tr, "diffusion_loss", lambda *a, **k: steps.append(1))  # never reached
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    out = blocked / "m.safetensors"  # its folder is a file: nothing can be written there
+    assert main(["train-diffusion", "--steps", "5", "--out", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"cannot write into {blocked}" in err[0], err
+    assert not steps
