@@ -16,7 +16,9 @@
 
 Every sub-command prints one line `minigen: error: ...` and exits with status 1
 when its input is wrong (a missing file, a bad shape, a config that does not
-fit); set MINIGEN_DEBUG=1 to see the full traceback instead.
+fit); set MINIGEN_DEBUG=1 to see the full traceback instead. A number outside
+its flag's range (`minigen.cli_args`) is refused before anything runs, in
+argparse's line naming the flag, with status 2.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import sys
 from collections.abc import Sequence
 
 from minigen import __version__
+from minigen import cli_args as num
 
 __all__ = ["main", "build_parser"]
 
@@ -61,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="minigen-demo", help="output folder (default: %(default)s)")
     p.add_argument("--fast", action="store_true", help="fewer training steps (for a quick check)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--seed", type=num.seed, default=0, help="random seed (default: %(default)s)")
     p.set_defaults(func=_cmd_demo)
 
     # -- §7.1 text generation: train-gpt, generate (minigen/text/commands.py) -----------------

@@ -127,7 +127,7 @@ def gpt_step(out: Path, fast: bool, seed: int, steps: int | None = None) -> dict
     tok = mt.CharTokenizer.from_text(corpus)
     ids = np.array(tok.encode(corpus))
     config = mt.GPTConfig(tok.vocab_size, block_size=64, n_layer=2, n_head=4, n_embd=64)
-    steps = steps or (250 if fast else 1500)
+    steps = (250 if fast else 1500) if steps is None else steps
     tc = mt.TrainConfig(steps, batch_size=12, warmup_iters=steps // 10, eval_interval=0, seed=seed)
     trainer = mt.Trainer(config, tc, tok, *mt.train_val_split(ids))
     trainer.run()

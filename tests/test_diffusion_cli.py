@@ -68,12 +68,7 @@ def test_existing_outputs_are_not_overwritten_without_force(trained, tmp_path, c
         (["sample-diffusion", "--checkpoint", "no/such.safetensors"], "checkpoint file not found"),
         (["sample-diffusion", "--checkpoint", "digits", "--image-size", "16"], "16x16"),
         (["sample-diffusion", "--checkpoint", "digits", "--sampler", "euler"], "unknown sampler"),
-        (["sample-diffusion", "--checkpoint", "digits", "--n", "0"], "number of samples"),
         (["sample-diffusion", "--sampler", "ddim", "--variance", "large"], "unknown variance type"),
-        (
-            ["sample-diffusion", "--checkpoint", "digits", "--figure72", "f.png", "--rows", "1"],
-            "--rows >= 2",
-        ),
     ],
 )
 def test_bad_input_exits_one_with_one_line(argv, message, tmp_path, capsys):

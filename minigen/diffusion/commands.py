@@ -17,7 +17,9 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
+from minigen import cli_args as num
 from minigen.diffusion import pipeline, plots, training
+from minigen.diffusion.schedule import MAX_TIMESTEPS
 from minigen.plotting import save_figure
 from minigen.runs import RunLock
 
@@ -45,9 +47,10 @@ def train_cmd(args: argparse.Namespace) -> int:
              ("base_channels", args.channels)) if v is not None}  # fmt: skip
     if model and set(model) & ({"hidden", "depth"} if digits else {"base_channels"}):
         raise ValueError("--hidden/--depth are for the 2-D MLP, --channels for the digits U-Net")
+    steps = (5000 if digits else 6000) if args.steps is None else args.steps
+    batch_size = (64 if digits else 256) if args.batch_size is None else args.batch_size
     cfg = training.TrainConfig(
-        data=args.data, steps=args.steps or (5000 if digits else 6000),
-        batch_size=args.batch_size or (64 if digits else 256), lr=args.lr,
+        data=args.data, steps=steps, batch_size=batch_size, lr=args.lr,
         ema_decay=args.ema_decay, schedule=args.schedule, num_train_timesteps=args.timesteps,
         seed=args.seed, model=model,
     )  # fmt: skip
@@ -72,8 +75,6 @@ def train_cmd(args: argparse.Namespace) -> int:
 
 def sample_cmd(args: argparse.Namespace) -> int:
     _refuse_overwrite([args.out, args.figure72], args.force)
-    if args.figure72 and (args.rows < 2 or args.columns < 1):
-        raise ValueError("Figure 7.2 needs --rows >= 2 (x_T and x_0) and --columns >= 1")
     model = pipeline.load(args.checkpoint)
     model.check_image_size(args.image_size)
     kw = {"sampler": args.sampler, "steps": args.steps, "eta": args.eta, "spacing": args.spacing,
@@ -114,24 +115,28 @@ def add_commands(sub: Any) -> None:
         help="moons, spirals, swissroll, gmm or digits (default: %(default)s)",
     )
     p.add_argument(
-        "--steps", type=int, help="training steps (default: 6000 for 2-D, 5000 for digits)"
-    )
-    p.add_argument("--batch-size", type=int, help="default: 256 (2-D), 64 (digits)")
+        "--steps", type=num.positive_int,
+        help="training steps (default: 6000 for 2-D, 5000 for digits)",
+    )  # fmt: skip
+    p.add_argument("--batch-size", type=num.positive_int, help="default: 256 (2-D), 64 (digits)")
     p.add_argument(
-        "--lr", type=float, default=1e-3, help="peak learning rate (default: %(default)s)"
-    )
-    p.add_argument("--ema-decay", type=float, default=0.999, help="default: %(default)s")
+        "--lr", type=num.positive_float, default=1e-3,
+        help="peak learning rate (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument("--ema-decay", type=num.unit_interval_open, default=0.999,
+                   help="EMA of the weights, in [0, 1) (default: %(default)s)")  # fmt: skip
     p.add_argument("--schedule", default="linear", help="linear or cosine (default: %(default)s)")
-    p.add_argument("--timesteps", type=int, default=1000, help="T (default: %(default)s)")
-    p.add_argument("--hidden", type=int, help="2-D MLP width (default: 128)")
-    p.add_argument("--depth", type=int, help="2-D MLP residual blocks (default: 3)")
-    p.add_argument("--channels", type=int, help="U-Net base channels (default: 16)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--timesteps", type=num.int_range(1, MAX_TIMESTEPS), default=1000,
+                   help=f"T, at most {MAX_TIMESTEPS:,} (default: %(default)s)")  # fmt: skip
+    p.add_argument("--hidden", type=num.positive_int, help="2-D MLP width (default: 128)")
+    p.add_argument("--depth", type=num.positive_int, help="2-D MLP residual blocks (default: 3)")
+    p.add_argument("--channels", type=num.positive_int, help="U-Net base channels (default: 16)")
+    p.add_argument("--seed", type=num.seed, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--out", help="checkpoint path (default: diffusion_DATA.safetensors)")
     p.add_argument("--loss-plot", help="loss-curve PNG (default: beside the checkpoint)")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--checkpoint-interval", type=int, default=1000,
+    p.add_argument("--checkpoint-interval", type=num.nonneg_int, default=1000,
                    help="save the run's state into OUT.run/ every N steps, for --resume; 0: never "
                    "(default: %(default)s)")  # fmt: skip
     p.add_argument("--resume", action="store_true",
@@ -155,8 +160,11 @@ def add_commands(sub: Any) -> None:
         help="a checkpoint file, or swissroll / digits (shipped) (default: %(default)s)",
     )
     p.add_argument("--sampler", default="ddpm", help="ddpm or ddim (default: %(default)s)")
-    p.add_argument("--steps", type=int, help="sampling steps (default: T for DDPM, 50 for DDIM)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise, 0 to 1 (default: 0)")
+    p.add_argument(
+        "--steps", type=num.positive_int, help="sampling steps (default: T for DDPM, 50 for DDIM)"
+    )
+    p.add_argument("--eta", type=num.probability, default=0.0,
+                   help="DDIM noise, in [0, 1] (default: 0)")  # fmt: skip
     p.add_argument(
         "--variance",
         default="fixed_small",
@@ -167,15 +175,17 @@ def add_commands(sub: Any) -> None:
         default="trailing",
         help="timesteps for fewer steps: trailing, leading, linspace (default: %(default)s)",
     )
-    p.add_argument("--n", type=int, default=40, help="number of samples (default: %(default)s)")
-    p.add_argument("--image-size", type=int, help="image side (must be the trained size)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--n", type=num.positive_int, default=40,
+                   help="number of samples (default: %(default)s)")  # fmt: skip
+    p.add_argument("--image-size", type=num.positive_int,
+                   help="image side (must be the trained size)")  # fmt: skip
+    p.add_argument("--seed", type=num.seed, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--out", default="samples.png", help="samples PNG (default: %(default)s)")
     p.add_argument("--figure72", help="also write Figure 7.2 (trajectories) to this PNG")
-    p.add_argument("--rows", type=int, default=10, help="Figure 7.2 rows (default: %(default)s)")
-    p.add_argument(
-        "--columns", type=int, default=8, help="Figure 7.2 samples (default: %(default)s)"
-    )
+    p.add_argument("--rows", type=num.int_at_least(2), default=10,
+                   help="Figure 7.2 rows, x_T to x_0: >= 2 (default: %(default)s)")  # fmt: skip
+    p.add_argument("--columns", type=num.positive_int, default=8,
+                   help="Figure 7.2 samples (default: %(default)s)")  # fmt: skip
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=sample_cmd)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from minigen import cli_args as num
+
 __all__ = ["add_commands"]
 
 _STAGES = {
@@ -52,17 +54,18 @@ def add_commands(sub: Any) -> None:
             s.add_argument("--force", action="store_true", help="overwrite existing checkpoints")
         if name in ("pretrain", "all"):
             s.add_argument("--fast", action="store_true", help="tiny model, few steps (< 1 min)")
-            s.add_argument("--seed", type=int, default=0, help="the run's seed (default: 0)")
+            s.add_argument("--seed", type=num.seed, default=0, help="the run's seed (default: 0)")
         if name == "all":
             s.add_argument("--jobs", type=int, choices=(1, 2), default=2,
                            help="lanes: 2 trains DPO in a second process beside the reward model "
                                 "and PPO (the same checkpoints as 1; default: %(default)s)")  # fmt: skip
         if name == "ppo":
-            s.add_argument("--beta", type=float, default=None,
-                           help="KL penalty weight (default: the run's, 0.1); 0 shows reward hacking")  # fmt: skip
+            s.add_argument("--beta", type=num.nonneg_float, default=None,
+                           help="KL penalty weight, >= 0 (default: the run's, 0.1); 0 shows reward hacking")  # fmt: skip
             s.add_argument("--name", default=None,
                            help="output checkpoint name (default: ppo, or ppo_beta0 with --beta 0)")  # fmt: skip
-            s.add_argument("--iters", type=int, default=None, help="PPO iterations (the run's)")
+            s.add_argument("--iters", type=num.positive_int, default=None,
+                           help="PPO iterations (default: the run's)")  # fmt: skip
         if name == "eval":
             s.add_argument("--models", default="pretrained,sft,ppo,dpo,ppo_beta0",
                            help="comma-separated checkpoints to compare (default: %(default)s)")  # fmt: skip

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from minigen import cli_args as num
 from minigen.backend import blas_threads
 from minigen.diffusion import PREDICTIONS, plot_losses, prepare_run
 from minigen.parallel import default_workers
@@ -155,12 +156,17 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument("caption", help='e.g. "a red circle above a blue square"')
     p.add_argument("--method", default="cfg", help="clip, cfg or none (default: %(default)s)")
-    p.add_argument("--scale", type=float, help=f"guidance scale s or w (default: {DEFAULT_SCALE})")
+    p.add_argument("--scale", type=num.nonneg_float,
+                   help="guidance scale s or w, >= 0 (cfg: 0 unconditional, 1 conditional, more "
+                   f"follows the caption harder) (default: {DEFAULT_SCALE})")  # fmt: skip
     p.add_argument("--sampler", default="ddpm", help="ddpm or ddim (default: %(default)s)")
-    p.add_argument("--steps", type=int, help="sampling steps (default: 100 DDPM, 50 DDIM)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    p.add_argument("--n", type=int, default=16, help="number of images (default: %(default)s)")
-    p.add_argument("--image-size", type=int, help="image side (the models know 16 only)")
+    p.add_argument("--steps", type=num.positive_int,
+                   help="sampling steps (default: 100 DDPM, 50 DDIM)")  # fmt: skip
+    p.add_argument("--seed", type=num.seed, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--n", type=num.positive_int, default=16,
+                   help="number of images (default: %(default)s)")  # fmt: skip
+    p.add_argument("--image-size", type=num.positive_int,
+                   help="image side (the models know 16 only)")  # fmt: skip
     p.add_argument("--out", default="text2im.png", help="PNG grid (default: %(default)s)")
     p.add_argument("--clip", default="clip", help="CLIP checkpoint (default: shipped)")
     p.add_argument("--scenes", default="scenes", help="unconditional model (default: shipped)")
@@ -182,51 +188,57 @@ def add_commands(sub: Any) -> None:
         ),
     )
     p.add_argument("--model", default="scenes", help="clip, scenes or cond (default: %(default)s)")
-    p.add_argument("--steps", type=int, help="default: 2000 (clip: 1000)")
-    p.add_argument("--batch-size", type=int, help="default: 64 (clip: 128)")
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default: 2e-3)")
-    p.add_argument("--channels", type=int, default=16, help="U-Net base width (default: 16)")
-    p.add_argument("--mults", default="1,2,2", help="U-Net width per level (default: 1,2,2)")
+    p.add_argument("--steps", type=num.positive_int, help="default: 2000 (clip: 1000)")
+    p.add_argument("--batch-size", type=num.positive_int, help="default: 64 (clip: 128)")
+    p.add_argument("--lr", type=num.positive_float, default=2e-3,
+                   help="peak learning rate (default: 2e-3)")  # fmt: skip
+    p.add_argument("--channels", type=num.positive_int, default=16,
+                   help="U-Net base width (default: 16)")  # fmt: skip
+    p.add_argument("--mults", type=num.int_list(1), default="1,2,2",
+                   help="U-Net width per level (default: 1,2,2)")  # fmt: skip
     p.add_argument("--schedule", default="linear", help="noise schedule (must be CLIP's)")
-    p.add_argument("--ema-decay", type=float, default=0.999, help="default: %(default)s")
+    p.add_argument("--ema-decay", type=num.unit_interval_open, default=0.999,
+                   help="EMA of the weights, in [0, 1) (default: %(default)s)")  # fmt: skip
     p.add_argument(
-        "--snr-gamma", type=float,
+        "--snr-gamma", type=num.positive_float,
         help="weigh the loss so that the error on x_0 counts min(SNR, gamma) (eps prediction) "
         "or 1 + min(SNR, gamma) (v prediction) (default: none)",
     )  # fmt: skip
     p.add_argument("--prediction", choices=PREDICTIONS, default="eps",
                    help="cond: the U-Net predicts the noise eps or v (default: eps)")  # fmt: skip
-    p.add_argument("--p-uncond", type=float, default=0.1, help="cond: caption dropout (0.1)")
+    p.add_argument("--p-uncond", type=num.probability, default=0.1,
+                   help="cond: caption dropout probability, in [0, 1] (0.1)")  # fmt: skip
     p.add_argument("--mirror-pairs", action="store_true",
                    help="cond: half of each batch the left-right mirrors of the other half, "
                    "'left' and 'right' swapped in their captions")  # fmt: skip
-    p.add_argument("--cell-weight", type=float, default=0.0,
+    p.add_argument("--cell-weight", type=num.nonneg_float, default=0.0,
                    help="cond: > 0 gives the U-Net the caption's cell map (what the caption puts "
                    "in each cell of the grid; the caption encoder then reads both ways), the "
                    "cross-entropy of where its tokens put their objects weighted so (default: 0)")  # fmt: skip
-    p.add_argument("--heads", type=int, default=4, help="cond: cross-attention heads (4)")
-    p.add_argument(
-        "--attn-levels", default="1,2", help="cond: U-Net levels with cross-attention (1,2)"
-    )
+    p.add_argument("--heads", type=num.positive_int, default=4,
+                   help="cond: cross-attention heads (4)")  # fmt: skip
+    p.add_argument("--attn-levels", type=num.int_list(0, empty_ok=True), default="1,2",
+                   help="cond: U-Net levels with cross-attention, 0 = 16x16; '' for none (1,2)")  # fmt: skip
     p.add_argument("--text-init", help="cond: start the caption encoder from this CLIP (or clip)")
     p.add_argument("--init", help="cond: continue from this conditional checkpoint (or cond)")
     p.add_argument("--half", action="store_true", help="cond: store the weights as float16")
     p.add_argument(
-        "--shards", type=int, default=1,
+        "--shards", type=num.positive_int, default=1,
         help="scenes, cond: each batch's gradient summed over this many shards (default: 1)",
     )  # fmt: skip
     p.add_argument(
-        "--workers", type=int,
+        "--workers", type=num.positive_int,
         help="processes computing the shards, 1 .. shards; the weights do not depend on it "
         "(default: shards, at most the number of CPUs)",
     )  # fmt: skip
-    p.add_argument("--n-train", type=int, default=20000, help="training scenes (default: 20000)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--n-train", type=num.positive_int, default=20000,
+                   help="training scenes (default: 20000)")  # fmt: skip
+    p.add_argument("--seed", type=num.seed, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--out", help="checkpoint path (default: text2im_MODEL.safetensors)")
     p.add_argument("--loss-plot", help="loss-curve PNG (default: beside the checkpoint)")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--checkpoint-interval", type=int, default=500,
+    p.add_argument("--checkpoint-interval", type=num.nonneg_int, default=500,
                    help="scenes, cond: save the run's state into OUT.run/ every N steps, for "
                    "--resume; 0: never (default: %(default)s)")  # fmt: skip
     p.add_argument("--resume", action="store_true",

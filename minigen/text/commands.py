@@ -13,6 +13,8 @@ import hashlib
 import sys
 from typing import Any
 
+from minigen import cli_args as num
+
 __all__ = ["add_commands", "train_gpt", "generate_cmd"]
 
 _MODEL_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "dropout")  # CLI overrides
@@ -34,7 +36,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--corpus", default="stdlib",
                    help="stdlib (Python's own sources, offline), shakespeare, or a text file")  # fmt: skip
     p.add_argument("--tokenizer", choices=("char", "bpe"), default="char")
-    p.add_argument("--vocab-size", type=int, default=512, help="BPE vocabulary size")
+    p.add_argument("--vocab-size", type=num.int_at_least(257), default=512,
+                   help="BPE vocabulary size, >= 257: the 256 bytes and <|endoftext|> (512)")  # fmt: skip
     p.add_argument("--out", default="minigen-gpt", help="checkpoint folder (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
     p.add_argument("--force", action="store_true", help="overwrite a checkpoint in --out")
@@ -44,36 +47,37 @@ def add_commands(sub: Any) -> None:
         "n_head": "heads per block",
         "n_embd": "token dimension",
         "block_size": "context length",
-        "dropout": "dropout probability",
+        "dropout": "dropout probability, in [0, 1)",
     }
     for name, text in model_help.items():
-        kind = float if name == "dropout" else int
+        kind = num.unit_interval_open if name == "dropout" else num.positive_int
         p.add_argument("--" + name.replace("_", "-"), type=kind, help=text + " (the preset's)")
     p.add_argument("--no-bias", action="store_true", help="no biases in linear and norm layers")
     train = {
-        "max_iters": (int, "training steps (2000)"),
-        "batch_size": (int, "blocks per step (12)"),
-        "learning_rate": (float, "peak learning rate (1e-3)"),
-        "min_lr": (float, "learning rate at the end of the cosine decay (1e-4)"),
-        "warmup_iters": (int, "steps of linear warm-up (100)"),
-        "lr_decay_iters": (int, "steps of the cosine decay (max-iters)"),
-        "weight_decay": (float, "AdamW weight decay on matrices and embeddings (0.1)"),
-        "beta2": (float, "AdamW beta2 (0.99)"),
-        "grad_clip": (float, "maximum gradient norm, 0 for none (1.0)"),
-        "eval_interval": (int, "steps between loss estimates (250)"),
-        "eval_iters": (int, "batches per loss estimate (20)"),
-        "checkpoint_interval": (int, "steps between checkpoints, 0 for the end only (500)"),
-        "seed": (int, "the one seed: weights, batches, dropout (1337)"),
-        "shards": (int, "each step's gradient summed over this many shards of the batch (1)"),
+        "max_iters": (num.positive_int, "training steps (2000)"),
+        "batch_size": (num.positive_int, "blocks per step (12)"),
+        "learning_rate": (num.positive_float, "peak learning rate (1e-3)"),
+        "min_lr": (num.nonneg_float, "learning rate at the end of the cosine decay (1e-4)"),
+        "warmup_iters": (num.nonneg_int, "steps of linear warm-up, 0 for none (100)"),
+        "lr_decay_iters": (num.positive_int, "steps of the cosine decay (max-iters)"),
+        "weight_decay": (num.nonneg_float, "AdamW weight decay on matrices and embeddings (0.1)"),
+        "beta2": (num.unit_interval_open, "AdamW beta2, in [0, 1) (0.99)"),
+        "grad_clip": (num.nonneg_float, "maximum gradient norm, 0 for none (1.0)"),
+        "eval_interval": (num.nonneg_int, "steps between loss estimates, 0: at the end only (250)"),
+        "eval_iters": (num.positive_int, "batches per loss estimate (20)"),
+        "checkpoint_interval": (num.nonneg_int, "steps between saves, 0: at the end only (500)"),
+        "seed": (num.seed, "the one seed: weights, batches, dropout (1337)"),
+        "shards": (num.positive_int, "each step's gradient summed over this many shards (1)"),
     }
     for name, (kind, text) in train.items():
         p.add_argument("--" + name.replace("_", "-"), type=kind, help=text)
     p.add_argument(
-        "--workers", type=int,
+        "--workers", type=num.positive_int,
         help="processes computing the shards, 1 .. shards; the losses do not depend on it "
         "(default: shards, at most the number of CPUs)",
     )  # fmt: skip
-    p.add_argument("--sample", type=int, default=300, help="tokens to sample at the end (0: none)")
+    p.add_argument("--sample", type=num.nonneg_int, default=300,
+                   help="tokens to sample at the end, 0 for none (default: %(default)s)")  # fmt: skip
     p.set_defaults(func=train_gpt, train_args=tuple(train))
 
     g = sub.add_parser(
@@ -87,13 +91,18 @@ def add_commands(sub: Any) -> None:
     )
     g.add_argument("--ckpt", default="minigen-gpt", help="checkpoint folder (default: %(default)s)")
     g.add_argument("--prompt", default="\n", help="the text to continue (default: a newline)")
-    g.add_argument("--max-new-tokens", type=int, default=300)
-    g.add_argument("--temperature", type=float, default=0.8, help="0 for greedy decoding")
-    g.add_argument("--top-k", type=int, default=None)
-    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--max-new-tokens", type=num.positive_int, default=300,
+                   help="tokens to sample (default: %(default)s)")  # fmt: skip
+    g.add_argument("--temperature", type=num.nonneg_float, default=0.8,
+                   help="softmax temperature, >= 0; 0 for greedy decoding (default: %(default)s)")  # fmt: skip
+    g.add_argument("--top-k", type=num.positive_int, default=None,
+                   help="sample among the k likeliest tokens (default: all)")  # fmt: skip
+    g.add_argument("--top-p", type=num.top_p, default=None,
+                   help="nucleus sampling: the likeliest tokens of total probability p, in (0, 1]")  # fmt: skip
     g.add_argument("--stop", action="append", default=[], help="stop before this text (repeatable)")
-    g.add_argument("--num-samples", type=int, default=1)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--num-samples", type=num.positive_int, default=1,
+                   help="samples to draw (default: %(default)s)")  # fmt: skip
+    g.add_argument("--seed", type=num.seed, default=0, help="random seed (default: %(default)s)")
     g.add_argument("--no-cache", action="store_true", help="do not use the KV cache")
     g.set_defaults(func=generate_cmd)
 

@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from minigen import cli_args as num
+
 __all__ = ["add_commands", "load_model", "fewshot_cmd", "train_icl_cmd", "eval_icl_cmd"]
 
 
@@ -40,7 +42,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--demo", nargs=2, action="append", metavar=("INPUT", "OUTPUT"),
                    help="a demonstration (repeatable); with --query, replaces --prompts")  # fmt: skip
     p.add_argument("--query", action="append", help="an input to answer (repeatable)")
-    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=num.positive_int, default=16,
+                   help="the longest answer, in tokens (default: %(default)s)")  # fmt: skip
     p.set_defaults(func=fewshot_cmd)
 
     t = sub.add_parser(
@@ -56,8 +59,8 @@ def add_commands(sub: Any) -> None:
     )
     t.add_argument("--out", default="icl-gpt", help="output folder (default: %(default)s)")
     t.add_argument("--force", action="store_true", help="overwrite a checkpoint in --out")
-    t.add_argument("--max-iters", type=int, help="training steps (6000)")
-    t.add_argument("--seed", type=int, help="the one seed (1337)")
+    t.add_argument("--max-iters", type=num.positive_int, help="training steps (6000)")
+    t.add_argument("--seed", type=num.seed, help="the one seed (1337)")
     t.add_argument("--fast", action="store_true", help="a tiny model, a few steps (a quick check)")
     t.set_defaults(func=train_icl_cmd)
 
@@ -68,7 +71,8 @@ def add_commands(sub: Any) -> None:
         "and 4-way) and, with --out, write shots.png and attention.png.",
     )
     e.add_argument("--ckpt", default="icl-gpt", help="checkpoint (default: the shipped icl-gpt)")
-    e.add_argument("--episodes", type=int, default=500, help="held-out mappings per task")
+    e.add_argument("--episodes", type=num.positive_int, default=500,
+                   help="held-out mappings per task (default: %(default)s)")  # fmt: skip
     e.add_argument("--out", help="folder for the figures")
     e.set_defaults(func=eval_icl_cmd)
 

@@ -1,0 +1,234 @@
+"""Every number of the command line checked at the door, and one line (never a traceback) for
+an absurd T."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+from pathlib import Path
+
+import pytest
+
+from minigen import checkpoint, cli_args
+from minigen.cli import build_parser, main
+
+ROOT = Path(__file__).resolve().parents[1]
+CAPTION = "a red circle above a blue square"
+
+
+@pytest.fixture(autouse=True)
+def _no_debug(monkeypatch):
+    monkeypatch.delenv("MINIGEN_DEBUG", raising=False)
+
+
+# ----------------------------------------------------------------------------- numbers
+
+COMMANDS = {
+    "train-gpt": ["train-gpt"],
+    "generate": ["generate"],
+    "fewshot": ["fewshot", "--model", "icl-gpt"],
+    "train-icl": ["train-icl"],
+    "eval-icl": ["eval-icl"],
+    "pretrain": ["rlhf", "pretrain"],
+    "all": ["rlhf", "all"],
+    "ppo": ["rlhf", "ppo"],
+    "train-diffusion": ["train-diffusion"],
+    "sample-diffusion": ["sample-diffusion"],
+    "text2im": ["text2im", CAPTION],
+    "train-text2im": ["train-text2im"],
+    "demo": ["demo"],
+}
+
+# (command, flag, bad values): each refused by argparse in a line naming the flag
+REFUSED = [
+    ("train-gpt", "--vocab-size", ["256", "0", "1e3"]),
+    ("train-gpt", "--n-layer", ["0", "-1"]),
+    ("train-gpt", "--n-head", ["0"]),
+    ("train-gpt", "--n-embd", ["0", "2.5"]),
+    ("train-gpt", "--block-size", ["0"]),
+    ("train-gpt", "--dropout", ["1", "-0.1", "nan"]),
+    ("train-gpt", "--max-iters", ["0", "-5"]),
+    ("train-gpt", "--batch-size", ["0"]),
+    ("train-gpt", "--learning-rate", ["0", "-1e-3", "nan", "inf"]),
+    ("train-gpt", "--min-lr", ["-1", "nan"]),
+    ("train-gpt", "--warmup-iters", ["-1"]),
+    ("train-gpt", "--lr-decay-iters", ["0"]),
+    ("train-gpt", "--weight-decay", ["-0.1", "inf"]),
+    ("train-gpt", "--beta2", ["1", "-0.5", "nan"]),
+    ("train-gpt", "--grad-clip", ["-1", "nan", "inf"]),
+    ("train-gpt", "--eval-interval", ["-1"]),
+    ("train-gpt", "--eval-iters", ["0"]),
+    ("train-gpt", "--checkpoint-interval", ["-1"]),
+    ("train-gpt", "--seed", ["-1", "1.5"]),
+    ("train-gpt", "--shards", ["0"]),
+    ("train-gpt", "--workers", ["0"]),
+    ("train-gpt", "--sample", ["-1"]),
+    ("generate", "--max-new-tokens", ["0"]),
+    ("generate", "--temperature", ["nan", "-1", "inf", "-inf"]),
+    ("generate", "--top-k", ["0"]),
+    ("generate", "--top-p", ["0", "1.5", "nan"]),
+    ("generate", "--num-samples", ["0"]),
+    ("generate", "--seed", ["-1"]),
+    ("fewshot", "--max-new-tokens", ["0"]),
+    ("train-icl", "--max-iters", ["0"]),
+    ("train-icl", "--seed", ["-3"]),
+    ("eval-icl", "--episodes", ["0", "-1"]),
+    ("pretrain", "--seed", ["-1"]),
+    ("all", "--seed", ["-1"]),
+    ("all", "--jobs", ["3", "0"]),
+    ("ppo", "--beta", ["-0.1", "nan", "inf"]),
+    ("ppo", "--iters", ["0"]),
+    ("train-diffusion", "--steps", ["0"]),
+    ("train-diffusion", "--batch-size", ["0"]),
+    ("train-diffusion", "--lr", ["0", "nan"]),
+    ("train-diffusion", "--ema-decay", ["1", "nan"]),
+    ("train-diffusion", "--timesteps", ["0", "100001", "10000000000"]),
+    ("train-diffusion", "--hidden", ["0"]),
+    ("train-diffusion", "--depth", ["0"]),
+    ("train-diffusion", "--channels", ["0"]),
+    ("train-diffusion", "--seed", ["-1"]),
+    ("sample-diffusion", "--steps", ["0"]),
+    ("sample-diffusion", "--eta", ["-0.1", "1.5", "nan"]),
+    ("sample-diffusion", "--n", ["0"]),
+    ("sample-diffusion", "--image-size", ["0"]),
+    ("sample-diffusion", "--seed", ["-1"]),
+    ("sample-diffusion", "--rows", ["1"]),
+    ("sample-diffusion", "--columns", ["0"]),
+    ("text2im", "--scale", ["nan", "-1", "inf"]),
+    ("text2im", "--steps", ["0"]),
+    ("text2im", "--seed", ["-1"]),
+    ("text2im", "--n", ["0"]),
+    ("text2im", "--image-size", ["0"]),
+    ("train-text2im", "--steps", ["0"]),
+    ("train-text2im", "--batch-size", ["0"]),
+    ("train-text2im", "--lr", ["0", "inf"]),
+    ("train-text2im", "--channels", ["0"]),
+    ("train-text2im", "--mults", ["1,0", "a", "1,,2", ""]),
+    ("train-text2im", "--ema-decay", ["1"]),
+    ("train-text2im", "--snr-gamma", ["0", "nan"]),
+    ("train-text2im", "--p-uncond", ["1.5", "-0.1", "nan"]),
+    ("train-text2im", "--cell-weight", ["-1", "nan"]),
+    ("train-text2im", "--heads", ["0"]),
+    ("train-text2im", "--attn-levels", ["-1", "x", "1,"]),
+    ("train-text2im", "--shards", ["0"]),
+    ("train-text2im", "--workers", ["0"]),
+    ("train-text2im", "--n-train", ["0"]),
+    ("train-text2im", "--seed", ["-1"]),
+    ("demo", "--seed", ["-1"]),
+]
+CASES = [(c, flag, bad) for c, flag, values in REFUSED for bad in values]
+
+
+@pytest.mark.parametrize(("command", "flag", "bad"), CASES, ids=lambda x: str(x))
+def test_a_bad_number_is_refused_at_the_door_naming_its_flag(command, flag, bad, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([*COMMANDS[command], f"{flag}={bad}"])  # --flag=-1: a value, not a flag
+    assert e.value.code != 0
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert f"error: argument {flag}: " in lines[-1], lines
+    assert repr(bad) in lines[-1] or "invalid choice" in lines[-1], lines
+
+
+def _numeric_actions():
+    """(command, action) for every flag of every sub-command that reads a number."""
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for name, parser in sub.choices.items():
+        parsers = {name: parser}
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):  # rlhf STAGE
+                parsers = {f"{name} {s}": p for s, p in a.choices.items()}
+        for full, p in parsers.items():
+            for a in p._actions:
+                if a.type is not None or isinstance(a.default, int | float):
+                    if not isinstance(a.default, bool):
+                        yield full, a
+
+
+def test_every_numeric_flag_reads_through_cli_args():
+    actions = list(_numeric_actions())
+    assert len(actions) > 60
+    for command, a in actions:
+        if a.choices is not None:  # rlhf all --jobs: int in (1, 2)
+            assert a.type is int, (command, a.option_strings)
+            continue
+        assert getattr(a.type, "__module__", None) == cli_args.__name__, (
+            f"{command} {a.option_strings}: type {a.type!r} is not a minigen.cli_args check"
+        )
+
+
+def test_no_command_replaces_a_number_by_its_default_with_or():
+    import minigen.demo
+    import minigen.diffusion.commands
+    import minigen.rlhf.commands
+    import minigen.synthesis.commands
+    import minigen.text.commands
+    import minigen.text.fewshot_commands
+
+    modules = [minigen.demo, minigen.diffusion.commands, minigen.rlhf.commands,
+               minigen.synthesis.commands, minigen.text.commands, minigen.text.fewshot_commands]  # fmt: skip
+    sources = "".join(inspect.getsource(m) for m in modules)
+    for command, a in _numeric_actions():
+        assert f"args.{a.dest} or " not in sources, (command, a.dest)
+    assert "steps = steps or" not in sources
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["train-gpt", "--sample", "0", "--checkpoint-interval", "0", "--eval-interval", "0",
+          "--warmup-iters", "0", "--grad-clip", "0", "--min-lr", "0", "--weight-decay", "0",
+          "--dropout", "0", "--beta2", "0", "--seed", "0", "--vocab-size", "257"],
+         {"sample": 0, "checkpoint_interval": 0, "eval_interval": 0, "grad_clip": 0.0,
+          "dropout": 0.0, "seed": 0, "vocab_size": 257}),
+        (["train-gpt", "--learning-rate", "1e-3", "--dropout", "0.999", "--beta2", "0.99"],
+         {"learning_rate": 1e-3, "dropout": 0.999}),
+        (["generate", "--temperature", "0", "--top-p", "1", "--top-k", "1", "--seed", "0"],
+         {"temperature": 0.0, "top_p": 1.0, "top_k": 1}),
+        (["generate", "--top-p", "1e-9", "--max-new-tokens", "1"], {"top_p": 1e-9}),
+        (["eval-icl", "--episodes", "1"], {"episodes": 1}),
+        (["rlhf", "ppo", "--beta", "0", "--iters", "1"], {"beta": 0.0, "iters": 1}),
+        (["rlhf", "all", "--seed", "0", "--jobs", "1"], {"seed": 0, "jobs": 1}),
+        (["train-diffusion", "--timesteps", "100000", "--ema-decay", "0"],
+         {"timesteps": 100_000, "ema_decay": 0.0}),
+        (["train-diffusion", "--timesteps", "1", "--hidden", "1", "--depth", "1"],
+         {"timesteps": 1, "hidden": 1}),
+        (["sample-diffusion", "--eta", "0", "--rows", "2"], {"eta": 0.0, "rows": 2}),
+        (["sample-diffusion", "--eta", "1", "--columns", "1"], {"eta": 1.0, "columns": 1}),
+        (["text2im", CAPTION, "--scale", "0", "--n", "1"], {"scale": 0.0, "n": 1}),
+        (["train-text2im", "--p-uncond", "0", "--cell-weight", "0", "--attn-levels", ""],
+         {"p_uncond": 0.0, "cell_weight": 0.0, "attn_levels": ""}),
+        (["train-text2im", "--p-uncond", "1", "--attn-levels", "0", "--mults", "1,2"],
+         {"p_uncond": 1.0, "attn_levels": "0", "mults": "1,2"}),
+        (["demo", "--seed", "0"], {"seed": 0}),
+    ],
+)  # fmt: skip
+def test_good_edge_values_still_parse(argv, expected):
+    args = build_parser().parse_args(argv)
+    assert {k: getattr(args, k) for k in expected} == expected
+
+
+def test_the_helpers_say_what_they_want():
+    with pytest.raises(argparse.ArgumentTypeError, match=r"must be a finite number > 0, got 'nan'"):
+        cli_args.positive_float("nan")
+    with pytest.raises(argparse.ArgumentTypeError, match="non-negative integer"):
+        cli_args.seed("-1")
+    with pytest.raises(argparse.ArgumentTypeError, match=r"in 1 \.\. 100,000"):
+        cli_args.int_range(1, 100_000)("100001")
+    assert cli_args.finite_float("-2.5") == -2.5
+    assert cli_args.int_list(0, empty_ok=True)(" ") == " "
+
+
+# ----------------------------------------------------------------------------- absurd sizes
+
+
+def test_a_checkpoint_with_an_absurd_T_is_refused_in_one_line(tmp_path, capsys):
+    arrays, config = checkpoint.load(
+        ROOT / "minigen" / "assets" / "diffusion_swissroll.safetensors"
+    )
+    config["schedule"]["num_train_timesteps"] = 10**10  # 74 GiB of betas
+    bad = checkpoint.save(tmp_path / "bigT.safetensors", arrays, config)
+    out = tmp_path / "s.png"
+    assert main(["sample-diffusion", "--checkpoint", str(bad), "--out", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "T must be an integer in 1 .. 100,000" in err[0], err
+    assert not out.exists()
