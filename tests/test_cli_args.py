@@ -1,10 +1,11 @@
-"""Every number of the command line checked at the door, and one line (never a traceback) for
-an absurd T."""
+"""Every number of the command line checked at the door, resuming with the same command, and
+one line (never a traceback) for an absurd T."""
 
 from __future__ import annotations
 
 import argparse
 import inspect
+import json
 from pathlib import Path
 
 import pytest
@@ -216,6 +217,38 @@ def test_the_helpers_say_what_they_want():
         cli_args.int_range(1, 100_000)("100001")
     assert cli_args.finite_float("-2.5") == -2.5
     assert cli_args.int_list(0, empty_ok=True)(" ") == " "
+
+
+# ----------------------------------------------------------------------------- resume
+
+TEXT = "the cat sat on the mat. the dog sat on the log. " * 40
+GPT = ["--corpus", "corpus.txt", "--out", "gpt", "--max-iters", "2", "--eval-iters", "1",
+       "--eval-interval", "0", "--sample", "0", "--n-layer", "1", "--n-head", "2", "--n-embd",
+       "16", "--block-size", "16", "--batch-size", "4", "--tokenizer", "char", "--preset",
+       "small", "--learning-rate", "1e-3", "--seed", "7"]  # fmt: skip
+
+
+def test_resume_takes_the_same_command_and_names_what_differs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "corpus.txt").write_text(TEXT)
+    assert main(["train-gpt", *GPT]) == 0
+    assert json.loads((tmp_path / "gpt" / "config.json").read_text())["meta"]["preset"] == "small"
+    # the same command, with --max-iters raised (the last one wins) and other workers
+    assert main(["train-gpt", *GPT, "--resume", "--max-iters", "3", "--workers", "1"]) == 0
+    assert json.loads((tmp_path / "gpt" / "trainer_state.json").read_text())["step"] == 3
+    capsys.readouterr()
+    changed = [*GPT, "--resume", "--max-iters", "4", "--batch-size", "8", "--seed", "8",
+               "--learning-rate", "2e-3", "--tokenizer", "bpe", "--preset", "gpt2", "--no-bias"]  # fmt: skip
+    assert main(["train-gpt", *changed]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("minigen: error:"), err
+    for part in ("only --max-iters", "--batch-size 8 (the checkpoint has 4)",
+                 "--seed 8 (the checkpoint has 7)", "--learning-rate 0.002 (the checkpoint has 0.001)",
+                 "--tokenizer bpe (the checkpoint has char)", "--preset gpt2 (the checkpoint has small)",
+                 "--no-bias (the checkpoint has biases)"):  # fmt: skip
+        assert part in err[0], err[0]
+    assert "--max-iters 4" not in err[0]
+    assert json.loads((tmp_path / "gpt" / "trainer_state.json").read_text())["step"] == 3
 
 
 # ----------------------------------------------------------------------------- absurd sizes

@@ -35,13 +35,15 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument("--corpus", default="stdlib",
                    help="stdlib (Python's own sources, offline), shakespeare, or a text file")  # fmt: skip
-    p.add_argument("--tokenizer", choices=("char", "bpe"), default="char")
-    p.add_argument("--vocab-size", type=num.int_at_least(257), default=512,
+    p.add_argument(
+        "--tokenizer", choices=("char", "bpe"), help="characters or byte-level BPE (char)"
+    )
+    p.add_argument("--vocab-size", type=num.int_at_least(257),
                    help="BPE vocabulary size, >= 257: the 256 bytes and <|endoftext|> (512)")  # fmt: skip
     p.add_argument("--out", default="minigen-gpt", help="checkpoint folder (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
     p.add_argument("--force", action="store_true", help="overwrite a checkpoint in --out")
-    p.add_argument("--preset", default="small", help="model preset (small, gpt2, ...)")
+    p.add_argument("--preset", help="model preset: small, gpt2, ... (small)")
     model_help = {
         "n_layer": "attention blocks",
         "n_head": "heads per block",
@@ -129,36 +131,38 @@ def train_gpt(args: argparse.Namespace) -> int:
         shards = int(train_config.get("shards", 1))
         return default_workers(shards) if args.workers is None else args.workers
 
-    text = load_corpus(args.corpus)
+    kind = "char" if args.tokenizer is None else args.tokenizer
+    vocab_size = 512 if args.vocab_size is None else args.vocab_size
+    name = "small" if args.preset is None else args.preset
     given = {n: getattr(args, n) for n in _MODEL_ARGS if getattr(args, n) is not None}
     train_given = {n: getattr(args, n) for n in args.train_args if getattr(args, n) is not None}
+    if not args.resume:  # a preset or a shape that cannot be fails before the corpus is read
+        preset(name, **given)
+        TrainConfig(**train_given)
+    text = load_corpus(args.corpus)
     if args.resume:
         ck = load_checkpoint(args.out)
         model_cfg = ck.config.to_dict()
-        for name, value in given.items():
-            if model_cfg[name] != value:
+        for key, value in given.items():
+            if model_cfg[key] != value:
                 raise ValueError(
-                    f"--{name.replace('_', '-')} {value} does not match the checkpoint in "
-                    f"{args.out}, which has {name}={model_cfg[name]}"
+                    f"--{key.replace('_', '-')} {value} does not match the checkpoint in "
+                    f"{args.out}, which has {key}={model_cfg[key]}"
                 )
         if ck.meta.get("corpus_md5") not in (None, _md5(text)):
             raise ValueError(
                 f"the corpus {args.corpus!r} is not the one the checkpoint in {args.out} was "
                 f"trained on ({ck.meta.get('corpus')!r}, md5 {ck.meta['corpus_md5']})"
             )
-        others = sorted(set(train_given) - {"max_iters"})
-        if others:
-            raise ValueError(
-                f"--resume keeps the checkpoint's settings; only --max-iters may change, got {others}"
-            )
+        _check_resume(args, ck, train_given)
         tokenizer = ck.tokenizer
     else:
         if not args.force:
             check_writable(args.out)  # before the slow part: tokenizing
-        if args.tokenizer == "char":
+        if kind == "char":
             tokenizer = CharTokenizer.from_text(text)
         else:
-            tokenizer = ByteBPETokenizer.train(text, args.vocab_size, progress=True)
+            tokenizer = ByteBPETokenizer.train(text, vocab_size, progress=True)
     ids = np.asarray(tokenizer.encode(text), dtype=np.int64)
     train_ids, val_ids = train_val_split(ids)
     if args.resume:
@@ -166,10 +170,9 @@ def train_gpt(args: argparse.Namespace) -> int:
             args.out, train_ids, val_ids, train_given.get("max_iters"), workers(ck.train_config)
         )
     else:
-        config = preset(
-            args.preset, vocab_size=tokenizer.vocab_size, bias=not args.no_bias, **given
-        )
-        meta = {"corpus": str(args.corpus), "corpus_md5": _md5(text), "tokenizer": args.tokenizer}
+        config = preset(name, vocab_size=tokenizer.vocab_size, bias=not args.no_bias, **given)
+        meta = {"corpus": str(args.corpus), "corpus_md5": _md5(text), "tokenizer": kind,
+                "preset": name, **({"vocab_size": vocab_size} if kind == "bpe" else {})}  # fmt: skip
         tc = TrainConfig(**train_given)
         trainer = Trainer(
             config, tc, tokenizer, train_ids, val_ids, args.out, args.force, meta,
@@ -188,6 +191,59 @@ def train_gpt(args: argparse.Namespace) -> int:
         generate(model, tok, start, args.sample, 0.8, 40, on_text=_print)
         print()
     return 0
+
+
+def _check_resume(args: argparse.Namespace, ck: Any, train_given: dict[str, Any]) -> None:
+    """Refuse, in one line naming them and both values, the flags of a `--resume` whose values
+    differ from the checkpoint's (the same command that started a run continues it); only
+    --max-iters may change, and --workers (which does not change the losses)."""
+    from minigen.text.gpt import PRESETS
+    from minigen.text.tokenizers import CharTokenizer
+
+    def flag(name: str) -> str:
+        return "--" + name.replace("_", "-")
+
+    stored = ck.train_config
+    if stored is None and set(train_given) - {"max_iters"}:
+        raise ValueError(
+            f"the checkpoint in {args.out} records no training settings; with --resume only "
+            f"--max-iters may be given, got {sorted(map(flag, set(train_given) - {'max_iters'}))}"
+        )
+    differ = [
+        f"{flag(k)} {v} (the checkpoint has {stored.get(k)})"
+        for k, v in train_given.items()
+        if k != "max_iters" and (k not in stored or stored[k] != v)
+    ]
+    meta, model_cfg = ck.meta, ck.config.to_dict()
+    kind = meta.get("tokenizer") or ("char" if isinstance(ck.tokenizer, CharTokenizer) else "bpe")
+    if args.tokenizer is not None and args.tokenizer != kind:
+        differ.append(f"--tokenizer {args.tokenizer} (the checkpoint has {kind})")
+    if args.vocab_size is not None and kind == "bpe":  # a char tokenizer ignores it
+        vocab = meta.get("vocab_size", ck.tokenizer.vocab_size)
+        if args.vocab_size != vocab:
+            differ.append(f"--vocab-size {args.vocab_size} (the checkpoint has {vocab})")
+    if args.no_bias and model_cfg.get("bias", True):
+        differ.append("--no-bias (the checkpoint has biases)")
+    if args.preset is not None:
+        if "preset" in meta:
+            if args.preset != meta["preset"]:
+                differ.append(f"--preset {args.preset} (the checkpoint has {meta['preset']})")
+        elif args.preset not in PRESETS:
+            differ.append(
+                f"--preset {args.preset} (not a preset; choose one of {', '.join(PRESETS)})"
+            )
+        else:  # not recorded: the preset's shape, where no flag sets it, must be the checkpoint's
+            shape = PRESETS[args.preset].to_dict()
+            fixed = [k for k in _MODEL_ARGS if getattr(args, k) is None]
+            if any(shape[k] != model_cfg[k] for k in fixed):
+                differ.append(
+                    f"--preset {args.preset} (the checkpoint's shape is not the preset's)"
+                )
+    if differ:
+        raise ValueError(
+            f"--resume continues the checkpoint in {args.out} with its settings (only --max-iters "
+            f"may change); these differ: {', '.join(differ)}"
+        )
 
 
 def _print(piece: str) -> None:
