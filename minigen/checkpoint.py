@@ -84,17 +84,52 @@ def save(
 
 
 def load(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Load (arrays, config) from a safetensors file, with errors that name the file."""
+    """Load (arrays, config) from a safetensors file, with errors that name the file.
+
+    bfloat16 tensors (PyTorch's `torch.bfloat16`, which NumPy has no type for) are read from
+    the file's bytes and widened to float32, exactly: a bfloat16 is the top 16 bits of a
+    float32. A tensor of another type NumPy cannot hold is refused, naming it.
+    """
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
+
+    def widened(name: str) -> np.ndarray:
+        # the file: an 8-byte little-endian length N, N bytes of JSON header (per tensor its
+        # dtype, shape and data_offsets, counted from the end of the header), then the data
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            info = json.loads(f.read(n))[name]
+            dtype, shape, (begin, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
+            if dtype != "BF16":
+                raise CheckpointError(
+                    f"{path}: tensor {name!r} has dtype {dtype}, which NumPy cannot hold"
+                )
+            f.seek(8 + n + begin)
+            raw = f.read(end - begin)
+        if len(raw) != 2 * int(np.prod(shape)):
+            raise CheckpointError(
+                f"{path}: tensor {name!r} holds {len(raw)} bytes, not those of bfloat16 {shape}"
+            )
+        # float32 bits = bfloat16 bits << 16 (the low half of the mantissa is zero)
+        bits = np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16  # (size,)
+        return bits.view(np.float32).reshape(shape)
+
+    def tensor(f: Any, name: str) -> np.ndarray:
+        try:
+            return f.get_tensor(name)
+        except (TypeError, AttributeError):  # NumPy has no bfloat16 (nor float8) type
+            return widened(name)
+
     try:
         with safe_open(str(path), framework="numpy") as f:
             meta = f.metadata() or {}
-            arrays = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open API
+            arrays = {k: tensor(f, k) for k in f.keys()}  # noqa: SIM118 - safe_open API
     except (SafetensorError, OSError, ValueError) as e:
+        if isinstance(e, CheckpointError):
+            raise
         raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from None
     try:
         config = json.loads(meta.get("config", "{}"))

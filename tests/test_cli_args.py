@@ -1,13 +1,15 @@
 """Every number of the command line checked at the door, resuming with the same command, and
-one line (never a traceback) for an absurd T."""
+one line (never a traceback) for a bfloat16 checkpoint and an absurd T."""
 
 from __future__ import annotations
 
 import argparse
 import inspect
 import json
+import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from minigen import checkpoint, cli_args
@@ -249,6 +251,58 @@ def test_resume_takes_the_same_command_and_names_what_differs(tmp_path, monkeypa
         assert part in err[0], err[0]
     assert "--max-iters 4" not in err[0]
     assert json.loads((tmp_path / "gpt" / "trainer_state.json").read_text())["step"] == 3
+
+
+# ----------------------------------------------------------------------------- bfloat16
+
+
+def _bf16_bits(values: np.ndarray) -> np.ndarray:
+    return (np.asarray(values, np.float32).view(np.uint32) >> 16).astype("<u2")
+
+
+def _write_safetensors(path: Path, tensors: dict[str, tuple[str, tuple, bytes]]) -> Path:
+    """A safetensors file written by hand: header length, JSON header, data."""
+    header, data = {"__metadata__": {"format": "minigen", "config": '{"a": 1}'}}, b""
+    for name, (dtype, shape, raw) in tensors.items():
+        header[name] = {"dtype": dtype, "shape": list(shape),
+                        "data_offsets": [len(data), len(data) + len(raw)]}  # fmt: skip
+        data += raw
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data)
+    return path
+
+
+def test_a_bfloat16_checkpoint_loads_as_float32_without_torch(tmp_path):
+    w = np.array([[1.0, -2.5, 0.15625], [2.0**127, -0.0, 2.0**-100]], np.float32)  # bf16-exact
+    b = np.arange(3, dtype=np.float32)
+    path = _write_safetensors(tmp_path / "bf16.safetensors", {
+        "w": ("BF16", w.shape, _bf16_bits(w).tobytes()),
+        "b": ("F32", b.shape, b.tobytes()),
+        "s": ("BF16", (), _bf16_bits(np.float32(7.0)).tobytes()),
+    })  # fmt: skip
+    arrays, config = checkpoint.load(path)
+    assert config == {"a": 1}
+    assert arrays["w"].dtype == np.float32 and np.array_equal(arrays["w"], w)
+    assert np.array_equal(arrays["b"], b) and arrays["s"].shape == () and arrays["s"] == 7.0
+
+
+def test_a_tensor_numpy_cannot_hold_is_refused_naming_it(tmp_path):
+    path = _write_safetensors(tmp_path / "f8.safetensors", {"q": ("F8_E4M3", (4,), bytes(4))})
+    with pytest.raises(checkpoint.CheckpointError, match=r"f8\.safetensors: tensor 'q' has dtype F8_E4M3"):  # fmt: skip
+        checkpoint.load(path)
+
+
+def test_a_bfloat16_checkpoint_written_by_torch_loads_exactly(tmp_path):
+    torch = pytest.importorskip("torch")
+    st = pytest.importorskip("safetensors.torch")
+    w = torch.randn(5, 3, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    path = tmp_path / "torch_bf16.safetensors"
+    st.save_file({"w": w, "f": torch.ones(2)}, str(path), metadata={"config": "{}"})
+    arrays, _ = checkpoint.load(path)
+    assert arrays["w"].dtype == np.float32
+    assert np.array_equal(arrays["w"], w.float().numpy())
+    assert np.array_equal(arrays["f"], np.ones(2, np.float32))
 
 
 # ----------------------------------------------------------------------------- absurd sizes
