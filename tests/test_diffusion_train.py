@@ -263,7 +263,7 @@ def _assert_same_weights(a, b) -> None:
 
 @pytest.mark.parametrize("data", sorted(RESUME_CFGS))
 def test_a_run_stopped_and_resumed_equals_one_that_never_stopped(data, tmp_path):
-    from minigen.diffusion import load_run
+    from minigen.run_state import load_run
 
     cfg = RESUME_CFGS[data]
     seen = []
@@ -310,7 +310,7 @@ def test_the_run_state_refuses_other_settings_and_a_shorter_run(tmp_path):
     from dataclasses import asdict
 
     from minigen.checkpoint import CheckpointError
-    from minigen.diffusion import load_run, prepare_run
+    from minigen.run_state import load_run, prepare_run
 
     cfg = RESUME_CFGS["moons"]
     run = tmp_path / "m.run"
@@ -340,6 +340,7 @@ def test_train_diffusion_resumes_an_interrupted_run_and_is_the_only_writer(
 
     from minigen.cli import main
     from minigen.diffusion import training as tr
+    from minigen.run_state import load_run
 
     monkeypatch.delenv("MINIGEN_DEBUG", raising=False)
     args = ["train-diffusion", "--data", "moons", "--steps", "10", "--timesteps", "20",
@@ -358,7 +359,7 @@ def test_train_diffusion_resumes_an_interrupted_run_and_is_the_only_writer(
     monkeypatch.setattr(tr, "train", killed)
     assert main([*args, "--out", str(out)]) == 1 and "killed" in capsys.readouterr().err
     monkeypatch.setattr(tr, "train", real)
-    assert not out.exists() and tr.load_run(run).step == 6
+    assert not out.exists() and load_run(run).step == 6
 
     def one_line(argv) -> str:
         assert main(argv) == 1

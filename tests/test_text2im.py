@@ -428,7 +428,7 @@ def _assert_same(a: dict, b: dict) -> None:
 
 @pytest.mark.parametrize("kind", ["scenes", "cond"])
 def test_a_text2im_run_stopped_and_resumed_equals_one_that_never_stopped(kind, tmp_path):
-    from minigen.diffusion import load_run
+    from minigen.run_state import load_run
 
     extra = {**TINY_TEXT, **SHIPPED_COND} if kind == "cond" else {}
     cfg = Text2ImConfig(kind=kind, **TINY_RUN, **extra)
@@ -445,7 +445,7 @@ def test_a_text2im_run_stopped_and_resumed_equals_one_that_never_stopped(kind, t
 
 
 def test_a_diverging_text2im_run_keeps_the_weights_of_the_step_before(monkeypatch, tmp_path):
-    from minigen.diffusion import load_run
+    from minigen.run_state import load_run
     from minigen.synthesis import text2im as t2i
     from minigen.training import TrainingDiverged
 

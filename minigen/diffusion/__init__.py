@@ -26,16 +26,12 @@ from minigen.diffusion.schedulers import (
 from minigen.diffusion.training import (
     EMA,
     PREDICTIONS,
-    RunState,
     TrainConfig,
     TrainingDiverged,
     blas_threads,
     denoising_loss,
     diffusion_loss,
     draw_noise,
-    load_run,
-    prepare_run,
-    save_run,
     train,
 )
 from minigen.diffusion.unet import UNet
@@ -64,11 +60,6 @@ __all__ = [
     "PREDICTIONS",
     "train",
     "TrainingDiverged",
-    # resuming a run (train-diffusion and train-text2im write and read the same folder)
-    "RunState",
-    "save_run",
-    "load_run",
-    "prepare_run",
     "DiffusionModel",
     "Samples",
     "load_model",

@@ -21,6 +21,7 @@ from minigen import cli_args as num
 from minigen.diffusion import pipeline, plots, training
 from minigen.diffusion.schedule import MAX_TIMESTEPS
 from minigen.plotting import save_figure
+from minigen.run_state import prepare_run
 from minigen.runs import RunLock
 
 __all__ = ["add_commands", "train_cmd", "sample_cmd"]
@@ -56,7 +57,7 @@ def train_cmd(args: argparse.Namespace) -> int:
     )  # fmt: skip
     run_dir = f"{out}.run"  # the run's state every --checkpoint-interval steps, for --resume
     with RunLock(out), RunLock(run_dir):  # one writer; its folder writable before the first step
-        resume = training.prepare_run(run_dir, args.resume, args.force)
+        resume = prepare_run(run_dir, args.resume, args.force)
         if resume is not None:
             cfg = training.TrainConfig(**resume.config_for(asdict(cfg), _FLAGS))
         try:

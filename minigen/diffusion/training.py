@@ -21,7 +21,7 @@ than the last iterate (Ho et al. use a decay of 0.9999):
 
     w_ema <- d w_ema + (1 - d) w,      d = min(decay, (1 + k) / (10 + k)) at step k.
 
-A run can be resumed: `save_run` writes its state (the raw weights, the loop's state: AdamW's
+A run can be resumed: `minigen.run_state.save_run` writes its state (the raw weights, the loop's state: AdamW's
 moments, the EMA, the step, the losses, every generator; the config) into a folder as one
 transaction, and `train(..., resume=load_run(folder))` continues it bit for bit.
 
@@ -34,34 +34,30 @@ BLAS on one thread unless told otherwise (`blas_threads`; None leaves it alone).
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from minigen import checkpoint, nn, optim
 from minigen import functional as F
+from minigen import nn, optim
 from minigen import rng as _rng
 from minigen.backend import blas_threads
-from minigen.checkpoint import CheckpointError, atomic_write
 from minigen.diffusion.data import DiffusionData, Normalizer, load_digits, load_toy2d
 from minigen.diffusion.denoisers import MLPDenoiser
 from minigen.diffusion.schedule import NoiseSchedule
 from minigen.diffusion.unet import UNet
-from minigen.runs import RunLock, previous, transaction
+from minigen.run_state import RunState, save_run
 from minigen.tensor import Tensor
 from minigen.training import EMA, Every, Loop, Schedule, TrainingDiverged
 
 __all__ = [
     "DATASETS", "TrainConfig", "TrainResult", "EMA", "make_denoiser", "load_data",
     "diffusion_loss", "draw_noise", "denoising_loss", "PREDICTIONS", "train", "blas_threads",
-    "TrainingDiverged", "RunState", "save_run", "load_run", "prepare_run", "RUN_FILES",
+    "TrainingDiverged",
 ]  # fmt: skip
 
 PREDICTIONS = ("eps", "v")  # what a denoiser may predict: the noise, or v (Salimans & Ho 2022)
@@ -275,122 +271,3 @@ def _train(
     seconds = time.perf_counter() - start
     ema_model = loop.ema.copy_to(make_denoiser(config.model_config()))
     return TrainResult(ema_model, model, loop.losses, data.normalizer, config, seconds)
-
-
-# ----------------------------------------------------------------------- resuming a run
-
-RUN_FILES = {
-    "model": "model.safetensors",  # the raw weights (not the EMA's), with the step
-    "arrays": "trainer_state.safetensors",  # the loop's arrays: AdamW's moments, the EMA
-    "state": "trainer_state.json",  # the loop's JSON state: step, losses, generators
-    "config": "config.json",  # the run's training config
-}
-
-
-def save_run(
-    run_dir: str | os.PathLike, config: dict[str, Any], model: nn.Module, loop: Loop
-) -> Path:
-    """Write a run's state into the folder `run_dir` as one transaction (`minigen.runs`), so
-    that a run killed at any moment leaves the previous complete state."""
-    arrays, state = loop.state_dict()
-    step = {"step": state["step"]}
-    with RunLock(run_dir), transaction(run_dir, owned=RUN_FILES.values()) as tmp:
-        checkpoint.save(tmp / RUN_FILES["model"], model.state_dict(), step)
-        checkpoint.save(tmp / RUN_FILES["arrays"], arrays, step)
-        atomic_write(tmp / RUN_FILES["state"], json.dumps(state))
-        atomic_write(tmp / RUN_FILES["config"], json.dumps(config, indent=1))
-    return Path(run_dir)
-
-
-@dataclass
-class RunState:
-    """What `save_run` wrote: the config (a dict), the raw weights, the loop's state."""
-
-    config: dict[str, Any]
-    weights: dict[str, np.ndarray]
-    arrays: dict[str, np.ndarray]
-    state: dict[str, Any]
-    source: str = ""
-
-    @property
-    def step(self) -> int:
-        return int(self.state["step"])
-
-    def config_for(self, config: dict[str, Any], flags: dict[str, str] | None = None) -> dict:
-        """The run's config, for a resumed run asked for with `config`: the two must agree but
-        for `steps`, which may grow. Raises ValueError in one line naming the settings (by
-        their command-line `flags`, "--" + the name by default) that differ."""
-        config = json.loads(json.dumps(config))  # as stored: tuples as lists
-        flags = flags or {}
-        differ = [k for k in sorted(set(config) | set(self.config))
-                  if k != "steps" and config.get(k) != self.config.get(k)]  # fmt: skip
-        if differ:
-            what = ", ".join(
-                f"{flags.get(k, '--' + k.replace('_', '-'))} {self.config.get(k)!r} there, "
-                f"{config.get(k)!r} here" for k in differ
-            )  # fmt: skip
-            raise ValueError(f"--resume: the run in {self.source} has other settings ({what}); "
-                             "resume it with the same ones, or start over: --force without --resume")  # fmt: skip
-        if config.get("steps", 0) < self.config.get("steps", 0):
-            raise ValueError(
-                f"--resume: --steps {config.get('steps')} is below the {self.config['steps']} "
-                f"steps of the run in {self.source}; --steps may only grow"
-            )
-        return {**self.config, "steps": config.get("steps", self.config.get("steps"))}
-
-    def restore(self, model: nn.Module, loop: Loop) -> None:
-        """Put the weights into `model` and the state into `loop`; CheckpointError if they do
-        not fit."""
-        try:
-            model.load_state_dict(self.weights)
-            loop.load_state_dict(self.arrays, self.state)
-        except ValueError as e:
-            raise CheckpointError(f"{self.source}: {e}") from None
-
-
-def load_run(run_dir: str | os.PathLike) -> RunState:
-    """Read a run's state written by `save_run`; CheckpointError naming the file if a part is
-    missing, unreadable, or from another step than the others."""
-    run = Path(run_dir)
-    if not run.is_dir() and previous(run).is_dir():
-        run = previous(run)  # a save cut between its two renames
-    if not run.is_dir():
-        raise CheckpointError(f"no run to resume: {run} not found")
-    json_parts = {}
-    for key in ("state", "config"):
-        path = run / RUN_FILES[key]
-        try:
-            json_parts[key] = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{path}: not a readable run state ({e})") from None
-        if not isinstance(json_parts[key], dict):
-            raise CheckpointError(f"{path}: not a JSON object")
-    weights, wmeta = checkpoint.load(run / RUN_FILES["model"])
-    arrays, ameta = checkpoint.load(run / RUN_FILES["arrays"])
-    steps = {"weights": wmeta.get("step"), "arrays": ameta.get("step"),
-             "state": json_parts["state"].get("step")}  # fmt: skip
-    if len(set(map(str, steps.values()))) != 1:
-        raise CheckpointError(f"{run}: its files are from different steps {steps}")
-    return RunState(json_parts["config"], weights, arrays, json_parts["state"], str(run))
-
-
-def prepare_run(run_dir: str | os.PathLike, resume: bool, force: bool) -> RunState | None:
-    """A command's run folder: with `resume`, the state in it (ValueError in one line if there
-    is none); without, None for a fresh run, after removing an unfinished run's folder if
-    `force` (else ValueError: it is not overwritten without --force). Call it holding the
-    folder's RunLock."""
-    run = Path(run_dir)
-    there = [p for p in (run, previous(run)) if p.is_dir()]
-    if resume:
-        if not there:
-            raise ValueError(
-                f"--resume: no unfinished run in {run} (a run removes it when it ends)"
-            )
-        return load_run(run)
-    if there and not force:
-        raise ValueError(
-            f"{run} holds an unfinished run; pass --resume to continue it or --force to start over"
-        )
-    for p in there:
-        shutil.rmtree(p)
-    return None

@@ -21,9 +21,10 @@ import numpy as np
 
 from minigen import cli_args as num
 from minigen.backend import blas_threads
-from minigen.diffusion import PREDICTIONS, plot_losses, prepare_run
+from minigen.diffusion import PREDICTIONS, plot_losses
 from minigen.parallel import default_workers
 from minigen.plotting import save_figure
+from minigen.run_state import prepare_run
 from minigen.runs import RunLock
 from minigen.synthesis.checker import score_batch
 from minigen.synthesis.clip_train import save_clip, train_clip

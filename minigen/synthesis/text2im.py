@@ -51,15 +51,14 @@ from minigen.diffusion import (
     DiffusionModel,
     NoiseSchedule,
     Normalizer,
-    RunState,
     UNet,
     blas_threads,
     denoising_loss,
     draw_noise,
     load_model,
-    save_run,
 )
 from minigen.parallel import ShardedBackward
+from minigen.run_state import RunState, save_run
 from minigen.synthesis.caption_unet import CaptionUNet
 from minigen.synthesis.captions import (
     CaptionedScenes,

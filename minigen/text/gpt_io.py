@@ -1,20 +1,20 @@
 """GPT checkpoints: one directory, safetensors weights, JSON config, the tokenizer.
 
-    model.safetensors       the weights by parameter name (see `minigen.text.gpt`)
-    config.json             {"format": "minigen.gpt", "model": GPTConfig, "train": TrainConfig,
-                             "meta": {...}}
-    tokenizer.json          the tokenizer (`minigen.text.load_tokenizer` reads it)
-    optimizer.safetensors   AdamW's moments m and v (for resuming)
-    trainer_state.json      the step, the random generator's state and the loss history
-    loss.png                the loss curves so far
+    model.safetensors           the weights by parameter name (see `minigen.text.gpt`)
+    config.json                 {"format": "minigen.gpt", "model": GPTConfig, "train":
+                                 TrainConfig, "meta": {...}}
+    tokenizer.json              the tokenizer (`minigen.text.load_tokenizer` reads it)
+    trainer_state.safetensors   the training loop's arrays: AdamW's moments (for resuming)
+    trainer_state.json          the step, the losses and estimates, the generator's state
+    loss.png                    the loss curves so far
 
-The folder is written as one transaction (`minigen.runs.transaction`): every file into a
-staging folder beside it, then swapped in at once, so a reader (and `--resume`) only ever sees
-a complete checkpoint, and a run killed while saving leaves the previous one as it was. Each
-of model.safetensors, optimizer.safetensors and trainer_state.json still records the step, and
+The weights and the two trainer_state files are every resumable run's state, written and read
+by `minigen.run_state` (`write_state`, `read_state`). The folder is written as one transaction
+(`minigen.runs.transaction`): every file into a staging folder beside it, then swapped in at
+once, so a reader (and `--resume`) only ever sees a complete checkpoint, and a run killed while
+saving leaves the previous one as it was. The three state files still record the step, and
 loading checks that they agree (a folder assembled by hand from two runs is refused).
-A folder holding only the first three files (the shipped ones) is for inference.
-"""
+A folder holding only config, weights and tokenizer (the shipped ones) is for inference."""
 
 from __future__ import annotations
 
@@ -27,9 +27,11 @@ import numpy as np
 
 from minigen import checkpoint
 from minigen.checkpoint import CheckpointError, atomic_write
+from minigen.run_state import STATE_FILES, read_state, write_state
 from minigen.runs import previous, transaction
 from minigen.text.gpt import GPT, GPTConfig, param_shapes
 from minigen.text.tokenizers import load_tokenizer
+from minigen.training import Loop
 
 __all__ = [
     "CHECKPOINT_FILES",
@@ -45,11 +47,12 @@ CHECKPOINT_FILES = {
     "model": "model.safetensors",
     "config": "config.json",
     "tokenizer": "tokenizer.json",
-    "optimizer": "optimizer.safetensors",
-    "state": "trainer_state.json",
+    "arrays": STATE_FILES["arrays"],
+    "state": STATE_FILES["state"],
     "plot": "loss.png",
 }
 FORMAT = "minigen.gpt"
+OLD_OPTIMIZER_FILE = "optimizer.safetensors"  # the optimizer's moments, before minigen.run_state
 
 
 @dataclass
@@ -84,13 +87,14 @@ def save_checkpoint(
     model: GPT,
     tokenizer: Any,
     train_config: Any,
-    state: tuple[dict[str, np.ndarray], dict[str, Any]] | None = None,
+    loop: Loop | None = None,
     meta: dict[str, Any] | None = None,
+    extra_state: dict[str, Any] | None = None,
     plot: dict[str, list] | None = None,
 ) -> Path:
     """Write a checkpoint directory (see the module docstring) as one transaction; returns its
-    path. `state`: the training loop's (arrays, JSON state) from `Loop.state_dict`, for
-    resuming (None: an inference-only checkpoint); `plot`: the history to draw in loss.png."""
+    path. `loop`: the training loop whose state to keep for resuming, with `extra_state` in its
+    JSON (None: an inference-only checkpoint); `plot`: the history to draw in loss.png."""
     out = Path(out_dir)
     config = {
         "format": FORMAT,
@@ -98,15 +102,13 @@ def save_checkpoint(
         "train": asdict(train_config) if train_config is not None else None,
         "meta": meta or {},
     }
-    with transaction(out, owned=CHECKPOINT_FILES.values()) as tmp:
-        step = {"step": state[1]["step"]} if state is not None else {}
-        checkpoint.save(tmp / CHECKPOINT_FILES["model"], model.state_dict(), step)
+    with transaction(out, owned=[*CHECKPOINT_FILES.values(), OLD_OPTIMIZER_FILE]) as tmp:
+        if loop is not None:
+            write_state(tmp, model, loop, extra_state)
+        else:
+            checkpoint.save(tmp / CHECKPOINT_FILES["model"], model.state_dict())
         atomic_write(tmp / CHECKPOINT_FILES["config"], json.dumps(config, indent=1))
         tokenizer.save(tmp / CHECKPOINT_FILES["tokenizer"])
-        if state is not None:
-            arrays, loop_state = state
-            checkpoint.save(tmp / CHECKPOINT_FILES["optimizer"], arrays, step)
-            atomic_write(tmp / CHECKPOINT_FILES["state"], json.dumps(loop_state))
         if plot is not None:
             plot_losses(plot, tmp / CHECKPOINT_FILES["plot"])
     return out
@@ -170,29 +172,30 @@ def load_checkpoint(out_dir: str | Path, with_state: bool = False) -> Checkpoint
         )
     ck = Checkpoint(config, tc, tokenizer, weights, cfg.get("meta") or {})
     if with_state:
-        state_path = out / CHECKPOINT_FILES["state"]
-        state = _read_json(state_path)
-        opt_path = out / CHECKPOINT_FILES["optimizer"]
-        opt_arrays, ometa = checkpoint.load(opt_path)
-        if not isinstance(state, dict) or not isinstance(tc, dict):
-            raise CheckpointError(f"{state_path}: not a minigen trainer state (a JSON object)")
-        if "history" in state and "optimizer" in ometa:  # written before the one training loop
-            state = _state_of_old_format(state, ometa)
-            opt_arrays = {f"opt.{k}": v for k, v in opt_arrays.items()}
-        steps = {"weights": wmeta.get("step"), "optimizer": ometa.get("step"),
-                 "state": state.get("step")}  # fmt: skip
-        if len(set(map(str, steps.values()))) != 1:
-            raise CheckpointError(
-                f"{out}: its files are from different steps {steps} (assembled from two runs?)"
-            )
-        ck.state, ck.opt_arrays = state, opt_arrays
+        if not isinstance(tc, dict):
+            raise CheckpointError(f"{cfg_path}: no training settings to resume with")
+        if (out / OLD_OPTIMIZER_FILE).is_file():  # written before the one training loop
+            ck.state, ck.opt_arrays = _read_old_state(out, wmeta)
+        else:
+            _, ck.opt_arrays, ck.state = read_state(out)
     return ck
 
 
-def _state_of_old_format(state: dict[str, Any], ometa: dict[str, Any]) -> dict[str, Any]:
-    """A trainer state written before `minigen.training.Loop`, in its format."""
+def _read_old_state(out: Path, wmeta: dict[str, Any]) -> tuple[dict[str, Any], dict]:
+    """The trainer state of a checkpoint written before `minigen.training.Loop`, converted."""
+    state_path = out / CHECKPOINT_FILES["state"]
+    state = _read_json(state_path)
+    opt_arrays, ometa = checkpoint.load(out / OLD_OPTIMIZER_FILE)
+    if not isinstance(state, dict) or "optimizer" not in ometa:
+        raise CheckpointError(f"{state_path}: not a minigen trainer state (a JSON object)")
+    steps = {"weights": wmeta.get("step"), "optimizer": ometa.get("step"),
+             "state": state.get("step")}  # fmt: skip
+    if len(set(map(str, steps.values()))) != 1:
+        raise CheckpointError(
+            f"{out}: its files are from different steps {steps} (assembled from two runs?)"
+        )
     history = state.get("history") or {}
-    return {
+    new = {
         "step": state.get("step"),
         "losses": history.get("loss", []),
         "eval": history.get("eval", []),
@@ -200,6 +203,7 @@ def _state_of_old_format(state: dict[str, Any], ometa: dict[str, Any]) -> dict[s
         "rng": state.get("rng"),
         "generators": {},
     }
+    return new, {f"opt.{k}": v for k, v in opt_arrays.items()}
 
 
 def load_gpt(out_dir: str | Path) -> tuple[GPT, Any, Checkpoint]:

@@ -331,11 +331,8 @@ class Trainer:
         path = Path(out_dir) if out_dir is not None else self.out_dir
         if path is None:
             raise ValueError("Trainer.save: no out_dir given")
-        state = None
-        if not inference_only:
-            arrays, loop_state = self.loop.state_dict()
-            state = (arrays, {**loop_state, "eval": self.evals})
+        loop = None if inference_only else self.loop
         with RunLock(path):
-            save_checkpoint(path, self.model, self.tokenizer, self.tc, state, self.meta,
-                            plot=self.history)  # fmt: skip
+            save_checkpoint(path, self.model, self.tokenizer, self.tc, loop, self.meta,
+                            {"eval": self.evals}, self.history)  # fmt: skip
         return path
