@@ -18,15 +18,19 @@ Every sub-command prints one line `minigen: error: ...` and exits with status 1
 when its input is wrong (a missing file, a bad shape, a config that does not
 fit); set MINIGEN_DEBUG=1 to see the full traceback instead. A number outside
 its flag's range (`minigen.cli_args`) is refused before anything runs, in
-argparse's line naming the flag, with status 2.
+argparse's line naming the flag, with status 2. Ctrl-C ends in one line
+`minigen: interrupted`, status 130.
 """
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import os
 import sys
+import threading
 from collections.abc import Sequence
+from typing import Any
 
 from minigen import __version__
 from minigen import cli_args as num
@@ -98,11 +102,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupts_not_ignored(hook: Any) -> Any:
+    """An unraisable-exception hook that does not let Ctrl-C be lost: a KeyboardInterrupt that
+    lands where Python ignores exceptions (a ctypes callback such as Numba's compiler's, a
+    __del__) would print a traceback and let the command run on; it is raised again instead,
+    in the main thread, a moment later (once out of the place that ignores it)."""
+
+    def on_unraisable(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            again = threading.Timer(0.05, _thread.interrupt_main)
+            again.daemon = True
+            again.start()
+        else:
+            hook(unraisable)
+
+    return on_unraisable
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = _interrupts_not_ignored(previous_hook)
     try:
+        args = build_parser().parse_args(argv)  # a bad flag: argparse's line, exit status 2
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # worker processes ignore Ctrl-C: this is the one report
+        # an interrupt that went through exec(<string>) (SciPy's imports run some) leaves
+        # CPython marked to kill itself with SIGINT at exit, even once caught (exit status -2,
+        # not 130); running a string resets the mark
+        exec("pass")
         print("minigen: interrupted", file=sys.stderr)
         return 130
     except (ValueError, OSError, KeyError, RuntimeError) as e:
@@ -110,6 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"minigen: error: {e}", file=sys.stderr)
         return 1
+    finally:
+        sys.unraisablehook = previous_hook
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,6 +18,10 @@ order (shard 1, then 2, ...), so one process (`workers=1`, the shards computed o
 other here) and S processes give bit-identical gradients. The number of shards is part of a
 training recipe (it changes the rounding of the sum); the number of workers is not.
 
+Ctrl-C stops the caller only: a worker starts with SIGINT ignored (a terminal's Ctrl-C signals
+the whole process group), and the caller, which gets the KeyboardInterrupt, stops its workers.
+`Lane` runs one function in such a process (a second lane of a pipeline).
+
 The workers run on the caller's backend ("numpy" or "numba": the parameters must be NumPy
 arrays) with its default dtype. The two callables must be picklable (top-level functions, or `functools.partial` of one):
     build() -> Module               a model with the same parameters, in the same order;
@@ -28,6 +32,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -39,7 +45,7 @@ from minigen import rng as _rng
 from minigen.backend import blas_threads
 from minigen.tensor import Tensor, get_default_dtype, set_default_dtype
 
-__all__ = ["ShardedBackward", "check_workers", "default_workers"]
+__all__ = ["ShardedBackward", "Lane", "check_workers", "default_workers"]
 
 
 def default_workers(shards: int) -> int:
@@ -52,6 +58,21 @@ def check_workers(shards: int, workers: int) -> None:
     """Refuse a number of workers outside 1 .. shards."""
     if not 1 <= workers <= shards:
         raise ValueError(f"workers must lie in 1 .. shards ({shards}), got {workers}")
+
+
+def _start(proc: Any) -> None:
+    """Start a process with SIGINT ignored. It inherits the disposition (through exec too, and
+    Python leaves an ignored SIGINT ignored), so Ctrl-C, which a terminal sends to the whole
+    process group, interrupts only this process; from the first instruction of the child on,
+    not only once its target runs (an import interrupted before would print a traceback)."""
+    if threading.current_thread() is not threading.main_thread():
+        proc.start()  # signal.signal works in the main thread only; the worker ignores it itself
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        proc.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # (parameter, offset, size, shape): where each parameter lives in one flat vector
@@ -107,7 +128,9 @@ def _worker(
     threads: int | None,
     settings: tuple[str, str],
 ) -> None:
-    """A worker process: build a replica, then answer (shard index, shard) jobs until None."""
+    """A worker process: build a replica, then answer (shard index, shard) jobs until None.
+    It ignores Ctrl-C: the parent stops it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         backend.use(settings[0])  # the parent's backend and default dtype
         set_default_dtype(settings[1])
@@ -123,7 +146,7 @@ def _worker(
         while True:
             try:
                 jobs = conn.recv()
-            except (EOFError, KeyboardInterrupt):
+            except EOFError:  # the parent is gone
                 return
             if jobs is None:
                 return
@@ -132,8 +155,6 @@ def _worker(
                 conn.send(
                     ("ok", [_shard_grad(model, slots, loss, s, grads_flat[k - 1]) for k, s in jobs])
                 )
-            except KeyboardInterrupt:
-                return
             except BaseException:  # noqa: BLE001
                 conn.send(("error", traceback.format_exc()))
 
@@ -221,15 +242,15 @@ class ShardedBackward:
                     ),
                     daemon=True,
                 )
-                proc.start()
+                _start(proc)
                 child.close()
                 self._conns.append(parent)
                 self._procs.append(proc)
             for conn in self._conns:
                 status, payload = self._receive(conn)
                 self._check(payload, "a worker's build()")
-        except BaseException:
-            self.close()
+        except BaseException as e:
+            self.close(wait=not isinstance(e, KeyboardInterrupt))
             raise
 
     def _check(self, signature: list[Any], who: str) -> None:
@@ -252,6 +273,13 @@ class ShardedBackward:
 
     def __call__(self, shards: Sequence[Any]) -> float:
         """Add grad sum_k loss(model, shards[k]) to the model's gradients; the summed loss."""
+        try:
+            return self._call(shards)
+        except KeyboardInterrupt:  # Ctrl-C: the workers ignore it; their shards are moot
+            self.close(wait=False)
+            raise
+
+    def _call(self, shards: Sequence[Any]) -> float:
         if len(shards) != self.shards:
             raise ValueError(f"ShardedBackward: expected {self.shards} shards, got {len(shards)}")
         if self.workers > 1 and not self._conns:
@@ -293,21 +321,117 @@ class ShardedBackward:
                     p.grad += g
         return float(first.item()) + sum(value for value, _ in rest)
 
-    def close(self) -> None:
-        """Stop the workers (also on `with` exit, and at interpreter exit: they are daemons)."""
-        for conn in self._conns:
+    def close(self, wait: bool = True) -> None:
+        """Stop the workers (also on `with` exit, and at interpreter exit: they are daemons):
+        each ends when its job is done, or at once (terminated) unless `wait`."""
+        for conn in self._conns if wait else ():
             try:
                 conn.send(None)
             except (OSError, BrokenPipeError):
                 pass
         for proc in self._procs:
-            proc.join(timeout=10)
+            proc.join(timeout=10 if wait else 0)
             if proc.is_alive():
                 proc.terminate()
                 proc.join()
+        for conn in self._conns:
+            conn.close()
         self._conns, self._procs = [], []
 
     def __enter__(self) -> ShardedBackward:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close(wait=not isinstance(exc[1], KeyboardInterrupt))
+
+
+class _LaneTraceback(Exception):
+    """The traceback of a lane's exception, as text (the cause of the exception re-raised)."""
+
+
+class _Stopped(BaseException):
+    """Raised in a lane by SIGTERM (`Lane.close`): its finally blocks run (a file being written
+    is removed), then it ends without a word."""
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise _Stopped
+
+
+def _lane_main(fn: Callable[..., Any], args: tuple[Any, ...], conn: Any) -> None:
+    """A lane's process: fn(*args), its value or its exception (and traceback) sent back;
+    Ctrl-C ignored, SIGTERM a quiet stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        try:
+            answer: tuple[str, Any, str] = ("ok", fn(*args), "")
+        except _Stopped:
+            raise
+        except BaseException as e:  # noqa: BLE001 - everything goes back to the parent
+            answer = ("error", e, traceback.format_exc())
+        try:
+            conn.send(answer)
+        except _Stopped:
+            raise
+        except Exception as e:  # noqa: BLE001 - what does not pickle goes back as text
+            what = "its value" if answer[0] == "ok" else f"its exception {answer[1]!r}"
+            conn.send(("error", RuntimeError(f"{what} could not be sent back ({e})"), answer[2]))
+    except _Stopped:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    finally:
+        conn.close()
+
+
+class Lane:
+    """fn(*args) in a process of its own ("spawn": a fresh interpreter), beside this one.
+
+        with Lane(train_dpo, run) as lane:
+            ...                        # this process goes on with other work
+            lane.result()              # fn's value; fn's exception is raised here
+
+    The lane ignores Ctrl-C: this process gets the KeyboardInterrupt and, leaving the `with`
+    block (or calling `close`), stops the lane at once. `fn` and `args` must be picklable.
+    """
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked BLAS state
+        self._conn, child = ctx.Pipe(duplex=False)
+        self._proc = ctx.Process(target=_lane_main, args=(fn, args, child))
+        self.name = getattr(fn, "__name__", "a lane")
+        try:
+            _start(self._proc)
+        finally:
+            child.close()
+
+    def result(self) -> Any:
+        """Wait for fn to end; its value, or its exception raised here."""
+        try:
+            status, payload, text = self._conn.recv()
+        except EOFError:
+            self._proc.join()
+            raise RuntimeError(
+                f"{self.name}: its process died (exit code {self._proc.exitcode})"
+            ) from None
+        self._proc.join()
+        if status == "error":
+            raise payload from (
+                _LaneTraceback(f"in {self.name}'s process:\n{text}") if text else None
+            )
+        return payload
+
+    def close(self) -> None:
+        """Stop the lane now if it still runs (SIGTERM: its finally blocks run; then SIGKILL
+        if it has not ended within 10 s)."""
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join(timeout=10)
+            if self._proc.is_alive():
+                self._proc.kill()
+        self._proc.join()
+        self._conn.close()
+
+    def __enter__(self) -> Lane:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -1,12 +1,17 @@
 """Every number of the command line checked at the door, resuming with the same command, and
-one line (never a traceback) for a bfloat16 checkpoint and an absurd T."""
+one line (never a traceback) for a bfloat16 checkpoint, an absurd T, and Ctrl-C."""
 
 from __future__ import annotations
 
 import argparse
 import inspect
 import json
+import os
+import signal
 import struct
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -319,3 +324,139 @@ def test_a_checkpoint_with_an_absurd_T_is_refused_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "T must be an integer in 1 .. 100,000" in err[0], err
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- Ctrl-C
+
+
+def _interrupt(argv: list[str], marker: str, delay: float, cwd: Path) -> tuple[int, str]:
+    """Run the CLI in a process group of its own, wait for `marker` on its output, then send
+    SIGINT to the whole group (what a terminal's Ctrl-C does); its exit status and stderr."""
+    env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONPATH": str(ROOT)}
+    env.pop("MINIGEN_DEBUG", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "minigen.cli", *argv], cwd=cwd, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    seen, start = "", time.monotonic()
+    try:
+        while marker not in seen:
+            line = proc.stdout.readline()
+            if not line:
+                pytest.fail(f"{argv} ended before {marker!r}:\n{seen}")
+            seen += line
+            assert time.monotonic() - start < 60, seen
+        time.sleep(delay)
+        os.killpg(proc.pid, signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode, seen + rest
+
+
+needs_posix = pytest.mark.skipif(not hasattr(os, "killpg"), reason="process groups are POSIX")
+
+
+@needs_posix
+@pytest.mark.parametrize("delay", [0.2, 0.8])  # the DPO lane starting, then training
+def test_ctrl_c_during_rlhf_all_with_its_dpo_lane_is_one_line(tmp_path, delay):
+    argv = ["rlhf", "all", "--fast", "--out", str(tmp_path / "run")]
+    code, out = _interrupt(argv, "comparisons in", delay, tmp_path)
+    assert code == 130, out
+    assert "minigen: interrupted" in out and "Traceback" not in out, out
+    assert out.count("minigen: interrupted") == 1
+
+
+@needs_posix
+def test_ctrl_c_during_sharded_training_is_one_line(tmp_path):
+    (tmp_path / "corpus.txt").write_text(TEXT)
+    argv = ["train-gpt", "--corpus", "corpus.txt", "--max-iters", "100000", "--shards", "2",
+            "--workers", "2", "--sample", "0", "--batch-size", "4", "--n-layer", "1",
+            "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--eval-interval", "0",
+            "--eval-iters", "1", "--dropout", "0"]  # fmt: skip
+    code, out = _interrupt(argv, "GPT of", 1.0, tmp_path)  # the workers started
+    assert code == 130, out
+    assert "minigen: interrupted" in out and "Traceback" not in out, out
+
+
+def _run_command(tmp_path: Path, body: str) -> subprocess.CompletedProcess:
+    """`minigen.cli.main` running a command whose body is `body` (Python, indented 4), as
+    `python -m` runs it."""
+    script = tmp_path / "command.py"
+    script.write_text(
+        "import argparse, ctypes, os, signal, sys, time\n"
+        "import minigen.cli as cli\n"
+        "def command(args):\n"
+        f"{body}"
+        "    print('ran on')\n"
+        "class Parser:\n"
+        "    def parse_args(self, argv):\n"
+        "        return argparse.Namespace(func=command)\n"
+        "cli.build_parser = Parser\n"
+        "sys.exit(cli.main([]))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "command"], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+
+
+def test_an_interrupt_where_python_ignores_exceptions_is_raised_again(tmp_path):
+    """A KeyboardInterrupt inside a ctypes callback (Numba's compiler calls some) is printed
+    and dropped by Python; the CLI raises it again."""
+    out = _run_command(
+        tmp_path,
+        "    def hit():\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "        time.sleep(0.01)\n"
+        "    ctypes.CFUNCTYPE(None)(hit)()\n"
+        "    start = time.monotonic()\n"
+        "    while time.monotonic() - start < 5:\n"
+        "        pass\n",
+    )
+    assert out.returncode == 130, out
+    assert out.stderr == "minigen: interrupted\n" and "ran on" not in out.stdout
+
+
+def test_an_interrupt_through_exec_of_a_string_still_exits_130(tmp_path):
+    """CPython marks an interrupt that leaves exec(<string>) (SciPy's imports run some) to
+    kill the process with SIGINT at exit, even once caught: the CLI clears the mark."""
+    out = _run_command(tmp_path, "    exec('raise KeyboardInterrupt')\n")
+    assert out.returncode == 130, out
+    assert out.stderr == "minigen: interrupted\n"
+
+
+# ----------------------------------------------------------------------------- Lane
+
+
+def _square(x: int) -> int:
+    return x * x
+
+
+def _fail(message: str) -> None:
+    raise ValueError(message)
+
+
+def _sleep(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def test_a_lane_returns_its_value_and_raises_its_error_here():
+    from minigen.parallel import Lane
+
+    with Lane(_square, 7) as lane:
+        assert lane.result() == 49
+    with Lane(_fail, "no comparisons") as lane, pytest.raises(ValueError, match="no comparisons"):
+        lane.result()
+
+
+def test_closing_a_lane_stops_it_at_once():
+    from minigen.parallel import Lane
+
+    start = time.monotonic()
+    with Lane(_sleep, 60) as lane:
+        pass
+    assert time.monotonic() - start < 20 and not lane._proc.is_alive()
+    assert lane._proc.exitcode is not None

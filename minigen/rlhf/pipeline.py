@@ -15,10 +15,8 @@ threads only contend, the more so on a shared machine).
 from __future__ import annotations
 
 import json
-import multiprocessing
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from typing import Any
 from minigen import backend
 from minigen.backend import blas_threads
 from minigen.checkpoint import atomic_write
+from minigen.parallel import Lane
 from minigen.rlhf import io
 from minigen.rlhf.config import RLHFConfig
 from minigen.rlhf.evaluate import evaluate, results_table
@@ -298,8 +297,9 @@ def run_all(
 
     With `jobs=2` the stages after the comparisons run in two lanes, one per core: the
     reward model then both PPO runs here, and DPO (which needs the comparisons, not the
-    reward model) in a second process. Every stage seeds itself, so the checkpoints are the
-    same as with `jobs=1`, one stage after another."""
+    reward model) in a second process (`minigen.parallel.Lane`: Ctrl-C stops it, and only this
+    process reports it). Every stage seeds itself, so the checkpoints are the same as with
+    `jobs=1`, one stage after another."""
     if jobs not in (1, 2):
         raise ValueError(f"run_all: jobs must be 1 or 2, got {jobs}")
     t0 = time.perf_counter()
@@ -315,10 +315,8 @@ def run_all(
     if jobs == 1:
         reward_lane()
         run_dpo(run, force, verbose, progress)
-    else:
-        spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked BLAS state
-        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as lane:
-            dpo_lane = lane.submit(_dpo_lane, str(run), force, verbose)
+    else:  # DPO in a fresh interpreter (no forked BLAS state), stopped at once on Ctrl-C
+        with Lane(_dpo_lane, str(run), force, verbose) as dpo_lane:
             reward_lane()
             dpo_lane.result()  # re-raises an error of the DPO lane here
     rows = run_eval(run, verbose=verbose, progress=progress)
