@@ -16,7 +16,7 @@
 
 Every sub-command prints one line `minigen: error: ...` and exits with status 1
 when its input is wrong (a missing file, a bad shape, a config that does not
-fit); set MINIGEN_DEBUG=1 to see the full traceback instead. A number outside
+fit) or memory runs out; set MINIGEN_DEBUG=1 to see the full traceback instead. A number outside
 its flag's range (`minigen.cli_args`) is refused before anything runs, in
 argparse's line naming the flag, with status 2. Ctrl-C ends in one line
 `minigen: interrupted`, status 130.
@@ -132,10 +132,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         exec("pass")
         print("minigen: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError, KeyError, RuntimeError) as e:
+    except (ValueError, OSError, KeyError, RuntimeError, MemoryError) as e:
         if os.environ.get("MINIGEN_DEBUG"):
             raise
-        print(f"minigen: error: {e}", file=sys.stderr)
+        why = str(e)
+        if isinstance(e, MemoryError):
+            why = f"out of memory ({why})" if why else "out of memory"
+        print(f"minigen: error: {why}", file=sys.stderr)
         return 1
     finally:
         sys.unraisablehook = previous_hook

@@ -326,6 +326,19 @@ def test_a_checkpoint_with_an_absurd_T_is_refused_in_one_line(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_memory_errors_are_one_line(monkeypatch, capsys):
+    import minigen.text.fewshot_commands as fc
+
+    def hungry(args):
+        raise MemoryError("Unable to allocate 74.5 GiB for an array")
+
+    monkeypatch.setattr(fc, "eval_icl_cmd", hungry)  # what `eval-icl` runs
+    assert main(["eval-icl"]) == 1
+    assert capsys.readouterr().err == (
+        "minigen: error: out of memory (Unable to allocate 74.5 GiB for an array)\n"
+    )
+
+
 # ----------------------------------------------------------------------------- Ctrl-C
 
 
