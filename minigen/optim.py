@@ -122,6 +122,8 @@ class Optimizer:
         return arrays, {"step_count": self.step_count, "param_groups": hyper}
 
     def load_state_dict(self, arrays: dict[str, Any], meta: dict[str, Any]) -> None:
+        """Restore `state_dict`'s output; ValueError naming what is missing or malformed."""
+        _check_meta(meta, self.param_groups)
         if len(meta["param_groups"]) != len(self.param_groups):
             raise ValueError(
                 f"optimizer state has {len(meta['param_groups'])} parameter groups, "
@@ -139,6 +141,29 @@ class Optimizer:
         for group, saved in zip(self.param_groups, meta["param_groups"], strict=True):
             group.update(saved)
         self.step_count = int(meta["step_count"])
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_meta(meta: Any, groups: list[dict[str, Any]]) -> None:
+    """Raise ValueError unless `meta` is an optimizer state for these parameter groups: a step
+    count and, per group, every hyper-parameter of ours as a finite number (or a list of them)."""
+    if not isinstance(meta, dict) or not isinstance(meta.get("param_groups"), list):
+        raise ValueError("optimizer state: not a dict with a list 'param_groups'")
+    if not _is_number(meta.get("step_count")):
+        raise ValueError(f"optimizer state: step_count {meta.get('step_count')!r} is not a number")
+    for i, (saved, group) in enumerate(zip(meta["param_groups"], groups, strict=False)):
+        if not isinstance(saved, dict):
+            raise ValueError(f"optimizer state: parameter group {i} is not a dict")
+        for key in group:
+            if key == "params":
+                continue
+            v = saved.get(key)
+            ok = _is_number(v) or (isinstance(v, list | tuple) and all(map(_is_number, v)))
+            if not ok:
+                raise ValueError(f"optimizer state: group {i}'s {key} is {v!r}, not a number")
 
 
 class SGD(Optimizer):

@@ -291,10 +291,15 @@ class Loop:
                 f"the trainer state has generators {sorted(gens)}, the trainer {sorted(self.generators)}"
             )
         opt_arrays = {k[4:]: v for k, v in arrays.items() if k.startswith("opt.")}
-        self.opt.load_state_dict(opt_arrays, opt_meta)
-        if self.ema is not None:
-            ema = {k[4:]: v for k, v in arrays.items() if k.startswith("ema.")}
-            self.ema.load_state_dict(ema, state.get("ema_updates", 0))
+        try:
+            self.opt.load_state_dict(opt_arrays, opt_meta)
+            if self.ema is not None:
+                ema = {k[4:]: v for k, v in arrays.items() if k.startswith("ema.")}
+                self.ema.load_state_dict(ema, state["ema_updates"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(
+                f"the trainer state does not fit the optimizer or the EMA ({e})"
+            ) from None
         try:
             _rng.set_state(rng_state)
             for k, g in self.generators.items():

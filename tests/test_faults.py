@@ -335,6 +335,10 @@ def test_divergence_from_the_command_line_is_one_line_and_exit_1(workdir):
         lambda s: {**s, "eval": 3},
         lambda s: {**s, "rng": {"bit_generator": "PCG64", "state": "x"}},
         lambda s: [s],
+        lambda s: {**s, "optimizer": "x"},
+        lambda s: {**s, "optimizer": {**s["optimizer"], "param_groups": None}},
+        lambda s: {**s, "optimizer": {**s["optimizer"], "param_groups": [{"lr": "x"}] * 2}},
+        lambda s: {k: v for k, v in s.items() if k != "eval"},
     ],
 )
 def test_a_hand_edited_trainer_state_is_refused_in_one_line(tmp_path, edit):

@@ -218,7 +218,7 @@ class Trainer:
             self.loop.load_state_dict(ck.opt_arrays, ck.state)
         except ValueError as e:
             raise CheckpointError(f"{out_dir}: {e}") from None
-        evals = ck.state.get("eval", [])
+        evals = ck.state.get("eval")
         if not isinstance(evals, list) or not all(
             isinstance(e, dict) and {"step", "train", "val"} <= set(e) for e in evals
         ):
