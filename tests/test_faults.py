@@ -270,6 +270,20 @@ def test_a_second_run_into_the_same_out_stops_at_once(workdir):
         holder.wait()
 
 
+@pytest.mark.parametrize(
+    "argv", [["rlhf", "sft", "--out", "busy"], ["train-icl", "--fast", "--out", "busy"]]
+)
+def test_every_trainer_stops_at_once_when_its_out_is_taken(workdir, argv):
+    holder = hold_lock(workdir, workdir / "busy", 60)
+    try:
+        r = run(workdir, *argv)
+        assert r.returncode == 1 and f"pid {holder.pid}" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_a_killed_runs_lock_does_not_block_the_next(tmp_path):
     holder = hold_lock(tmp_path, tmp_path / "ck", 60)
     holder.kill()  # SIGKILL: the lock file stays, the kernel drops its flock

@@ -75,10 +75,12 @@ def add_commands(sub: Any) -> None:
 def run_stage(args: argparse.Namespace) -> int:
     from minigen.rlhf import pipeline
     from minigen.rlhf.config import RLHFConfig
+    from minigen.runs import RunLock
 
     progress = not args.quiet
     force = getattr(args, "force", False)
-    with pipeline.blas_threads(1):
+    # one run at a time writes into a run folder (a second stops at once, naming the first)
+    with RunLock(args.out), pipeline.blas_threads(1):
         if args.stage in ("pretrain", "all"):
             cfg = (RLHFConfig.fast if args.fast else RLHFConfig)(seed=args.seed)
             if args.stage == "pretrain":
