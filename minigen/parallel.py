@@ -20,7 +20,7 @@ training recipe (it changes the rounding of the sum); the number of workers is n
 
 Ctrl-C stops the caller only: a worker starts with SIGINT ignored (a terminal's Ctrl-C signals
 the whole process group), and the caller, which gets the KeyboardInterrupt, stops its workers.
-`Lane` runs one function in such a process (a second lane of a pipeline).
+`minigen.lane.Lane` runs one function in such a process (a second lane of a pipeline).
 
 The workers run on the caller's backend ("numpy" or "numba": the parameters must be NumPy
 arrays) with its default dtype. The two callables must be picklable (top-level functions, or `functools.partial` of one):
@@ -45,7 +45,7 @@ from minigen import rng as _rng
 from minigen.backend import blas_threads
 from minigen.tensor import Tensor, get_default_dtype, set_default_dtype
 
-__all__ = ["ShardedBackward", "Lane", "check_workers", "default_workers"]
+__all__ = ["ShardedBackward", "check_workers", "default_workers", "start_ignoring_ctrl_c"]
 
 
 def default_workers(shards: int) -> int:
@@ -60,7 +60,7 @@ def check_workers(shards: int, workers: int) -> None:
         raise ValueError(f"workers must lie in 1 .. shards ({shards}), got {workers}")
 
 
-def _start(proc: Any) -> None:
+def start_ignoring_ctrl_c(proc: Any) -> None:
     """Start a process with SIGINT ignored. It inherits the disposition (through exec too, and
     Python leaves an ignored SIGINT ignored), so Ctrl-C, which a terminal sends to the whole
     process group, interrupts only this process; from the first instruction of the child on,
@@ -242,7 +242,7 @@ class ShardedBackward:
                     ),
                     daemon=True,
                 )
-                _start(proc)
+                start_ignoring_ctrl_c(proc)
                 child.close()
                 self._conns.append(parent)
                 self._procs.append(proc)
@@ -343,96 +343,3 @@ class ShardedBackward:
 
     def __exit__(self, *exc: object) -> None:
         self.close(wait=not isinstance(exc[1], KeyboardInterrupt))
-
-
-class _LaneTraceback(Exception):
-    """The traceback of a lane's exception, as text (the cause of the exception re-raised)."""
-
-
-class _Stopped(BaseException):
-    """Raised in a lane by SIGTERM (`Lane.close`): its finally blocks run (a file being written
-    is removed), then it ends without a word."""
-
-
-def _stop(signum: int, frame: Any) -> None:
-    raise _Stopped
-
-
-def _lane_main(fn: Callable[..., Any], args: tuple[Any, ...], conn: Any) -> None:
-    """A lane's process: fn(*args), its value or its exception (and traceback) sent back;
-    Ctrl-C ignored, SIGTERM a quiet stop."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _stop)
-    try:
-        try:
-            answer: tuple[str, Any, str] = ("ok", fn(*args), "")
-        except _Stopped:
-            raise
-        except BaseException as e:  # noqa: BLE001 - everything goes back to the parent
-            answer = ("error", e, traceback.format_exc())
-        try:
-            conn.send(answer)
-        except _Stopped:
-            raise
-        except Exception as e:  # noqa: BLE001 - what does not pickle goes back as text
-            what = "its value" if answer[0] == "ok" else f"its exception {answer[1]!r}"
-            conn.send(("error", RuntimeError(f"{what} could not be sent back ({e})"), answer[2]))
-    except _Stopped:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    finally:
-        conn.close()
-
-
-class Lane:
-    """fn(*args) in a process of its own ("spawn": a fresh interpreter), beside this one.
-
-        with Lane(train_dpo, run) as lane:
-            ...                        # this process goes on with other work
-            lane.result()              # fn's value; fn's exception is raised here
-
-    The lane ignores Ctrl-C: this process gets the KeyboardInterrupt and, leaving the `with`
-    block (or calling `close`), stops the lane at once. `fn` and `args` must be picklable.
-    """
-
-    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
-        ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked BLAS state
-        self._conn, child = ctx.Pipe(duplex=False)
-        self._proc = ctx.Process(target=_lane_main, args=(fn, args, child))
-        self.name = getattr(fn, "__name__", "a lane")
-        try:
-            _start(self._proc)
-        finally:
-            child.close()
-
-    def result(self) -> Any:
-        """Wait for fn to end; its value, or its exception raised here."""
-        try:
-            status, payload, text = self._conn.recv()
-        except EOFError:
-            self._proc.join()
-            raise RuntimeError(
-                f"{self.name}: its process died (exit code {self._proc.exitcode})"
-            ) from None
-        self._proc.join()
-        if status == "error":
-            raise payload from (
-                _LaneTraceback(f"in {self.name}'s process:\n{text}") if text else None
-            )
-        return payload
-
-    def close(self) -> None:
-        """Stop the lane now if it still runs (SIGTERM: its finally blocks run; then SIGKILL
-        if it has not ended within 10 s)."""
-        if self._proc.is_alive():
-            self._proc.terminate()
-            self._proc.join(timeout=10)
-            if self._proc.is_alive():
-                self._proc.kill()
-        self._proc.join()
-        self._conn.close()
-
-    def __enter__(self) -> Lane:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

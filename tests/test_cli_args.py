@@ -457,7 +457,7 @@ def _sleep(seconds: float) -> None:
 
 
 def test_a_lane_returns_its_value_and_raises_its_error_here():
-    from minigen.parallel import Lane
+    from minigen.lane import Lane
 
     with Lane(_square, 7) as lane:
         assert lane.result() == 49
@@ -466,7 +466,7 @@ def test_a_lane_returns_its_value_and_raises_its_error_here():
 
 
 def test_closing_a_lane_stops_it_at_once():
-    from minigen.parallel import Lane
+    from minigen.lane import Lane
 
     start = time.monotonic()
     with Lane(_sleep, 60) as lane:

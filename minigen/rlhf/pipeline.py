@@ -24,7 +24,7 @@ from typing import Any
 from minigen import backend
 from minigen.backend import blas_threads
 from minigen.checkpoint import atomic_write
-from minigen.parallel import Lane
+from minigen.lane import Lane
 from minigen.rlhf import io
 from minigen.rlhf.config import RLHFConfig
 from minigen.rlhf.evaluate import evaluate, results_table
@@ -297,7 +297,7 @@ def run_all(
 
     With `jobs=2` the stages after the comparisons run in two lanes, one per core: the
     reward model then both PPO runs here, and DPO (which needs the comparisons, not the
-    reward model) in a second process (`minigen.parallel.Lane`: Ctrl-C stops it, and only this
+    reward model) in a second process (`minigen.lane.Lane`: Ctrl-C stops it, and only this
     process reports it). Every stage seeds itself, so the checkpoints are the same as with
     `jobs=1`, one stage after another."""
     if jobs not in (1, 2):
