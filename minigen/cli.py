@@ -88,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_diffusion_commands(sub)
     # -- end of §7.2 ---------------------------------------------------------------------------
 
-    # -- §7.1 few-shot: fewshot, train-icl, eval-icl (minigen/text/fewshot_commands.py) -------
-    from minigen.text.fewshot_commands import add_commands as add_fewshot_commands
+    # -- §7.1 few-shot: fewshot, train-icl, eval-icl (minigen/text/fewshot/commands.py) -------
+    from minigen.text.fewshot.commands import add_commands as add_fewshot_commands
 
     add_fewshot_commands(sub)
     # -- end of §7.1 few-shot ------------------------------------------------------------------

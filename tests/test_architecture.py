@@ -52,7 +52,8 @@ def test_imports_point_down(path):
             pytest.fail(f"{path.relative_to(ROOT)}: the core imports the part {mod}")
         if target != layer and len(parts) > 3:  # minigen.<part>.<module>.<name>: internals
             pytest.fail(f"{path.relative_to(ROOT)}: imports {mod}, an internal of another part")
-        if target != layer and len(parts) == 3 and (ROOT / target / f"{parts[2]}.py").exists():
+        inner = ROOT / target / parts[2] if len(parts) == 3 else None  # a module or subpackage
+        if target != layer and inner and (inner.with_suffix(".py").exists() or inner.is_dir()):
             pytest.fail(f"{path.relative_to(ROOT)}: imports {mod}, an internal of another part")
 
 

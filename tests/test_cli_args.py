@@ -170,10 +170,10 @@ def test_no_command_replaces_a_number_by_its_default_with_or():
     import minigen.rlhf.commands
     import minigen.synthesis.commands
     import minigen.text.commands
-    import minigen.text.fewshot_commands
+    import minigen.text.fewshot.commands
 
     modules = [minigen.demo, minigen.diffusion.commands, minigen.rlhf.commands,
-               minigen.synthesis.commands, minigen.text.commands, minigen.text.fewshot_commands]  # fmt: skip
+               minigen.synthesis.commands, minigen.text.commands, minigen.text.fewshot.commands]  # fmt: skip
     sources = "".join(inspect.getsource(m) for m in modules)
     for command, a in _numeric_actions():
         assert f"args.{a.dest} or " not in sources, (command, a.dest)
@@ -327,7 +327,7 @@ def test_a_checkpoint_with_an_absurd_T_is_refused_in_one_line(tmp_path, capsys):
 
 
 def test_memory_errors_are_one_line(monkeypatch, capsys):
-    import minigen.text.fewshot_commands as fc
+    import minigen.text.fewshot.commands as fc
 
     def hungry(args):
         raise MemoryError("Unable to allocate 74.5 GiB for an array")

@@ -1,4 +1,4 @@
-"""The few-shot runner (minigen.text.fewshot) and `minigen fewshot`: Figure 7.1's prompts,
+"""The few-shot runner (minigen.text.fewshot.prompts) and `minigen fewshot`: Figure 7.1's prompts,
 greedy answers up to the separator, scoring, bold continuations, errors."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from hypothesis import given
 from minigen.cli import main
 from minigen.tensor import Tensor
 from minigen.text import CharTokenizer
-from minigen.text.fewshot import (
+from minigen.text.fewshot.prompts import (
     FIGURE_7_1,
     FewShotPrompt,
     Prediction,
@@ -191,7 +191,7 @@ def gpt2_dir(tmp_path_factory):
     byte-level BPE trained here: what `--model <dir>` reads for real GPT-2 weights."""
     from minigen import rng
     from minigen.text import GPT, ByteBPETokenizer, GPTConfig, stdlib_corpus
-    from minigen.text.hf_gpt2 import save_gpt2
+    from minigen.text.hf.gpt2 import save_gpt2
 
     bpe = ByteBPETokenizer.train(stdlib_corpus()[:20_000] + FIGURE_FIRST, 320)
     rng.manual_seed(0)
@@ -211,7 +211,7 @@ def naive_greedy(model, ids: list[int], n: int) -> list[int]:
 
 
 def test_predict_is_the_greedy_continuation_of_a_gpt2(gpt2_dir, figure):
-    from minigen.text.hf_gpt2 import load_gpt2
+    from minigen.text.hf.gpt2 import load_gpt2
 
     model, tok = load_gpt2(gpt2_dir)
     for p in figure[::2]:

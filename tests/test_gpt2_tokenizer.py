@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 
 from minigen.text import ByteBPETokenizer, stdlib_corpus
-from minigen.text.gpt2_tokenizer import (
+from minigen.text.hf.gpt2_tokenizer import (
     _CLASSES,
     EOT,
     GPT2_PATTERN,

@@ -1,4 +1,4 @@
-"""GPT-2's weights in and out of minigen (minigen.text.hf_gpt2).
+"""GPT-2's weights in and out of minigen (minigen.text.hf.gpt2).
 
 Oracle: a small random GPT2LMHeadModel from transformers, saved with save_pretrained, must
 give minigen the same logits in float32; minigen's export must load back in transformers
@@ -21,7 +21,7 @@ from minigen.checkpoint import CheckpointError
 from minigen.cli import main
 from minigen.tensor import no_grad
 from minigen.text import ByteBPETokenizer, stdlib_corpus
-from minigen.text.hf_gpt2 import gpt2_config, load_gpt2, read_safetensors, save_gpt2
+from minigen.text.hf.gpt2 import gpt2_config, load_gpt2, read_safetensors, save_gpt2
 
 VOCAB = 300  # the tokenizer's 299 tokens, and one id more in the model (a padded vocabulary)
 

@@ -1,4 +1,4 @@
-"""In-context learning (minigen.text.icl): the episodes, their tokens, the trainer's blocks,
+"""In-context learning (minigen.text.fewshot.icl): the episodes, their tokens, the trainer's blocks,
 the accuracy-against-shots measure, and the small model shipped in minigen/assets/icl-gpt."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from hypothesis import given
 
 from minigen.cli import main
 from minigen.text import load_gpt
-from minigen.text.icl import (
+from minigen.text.fewshot.icl import (
     ICL_CHECKPOINT,
     MAX_SHOTS,
     ICLTask,
@@ -23,7 +23,7 @@ from minigen.text.icl import (
     shot_accuracy,
     train_icl,
 )
-from minigen.text.icl_circuit import (
+from minigen.text.fewshot.icl_circuit import (
     GROUPS,
     ablation,
     forward_with_attention,
@@ -81,7 +81,7 @@ def test_labels_mean_nothing_across_episodes():
 
 
 def test_trainer_blocks_are_whole_episodes():
-    from minigen.text.icl import EpisodeTrainer
+    from minigen.text.fewshot.icl import EpisodeTrainer
 
     cfg, tc = icl_recipe(fast=True)
     train, val = make_splits(TASK, 40, 10, seed=0)

@@ -21,7 +21,7 @@ from minigen.text import (
     tokenizer_from_dict,
     train_bpe,
 )
-from minigen.text.gpt2_tokenizer import EOT, bytes_to_unicode, pretokenize
+from minigen.text.hf.gpt2_tokenizer import EOT, bytes_to_unicode, pretokenize
 from tests.strategies import assigned_texts, texts
 
 REPO = Path(__file__).resolve().parents[1]

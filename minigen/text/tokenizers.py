@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from minigen.checkpoint import atomic_write
-from minigen.text.gpt2_tokenizer import (
+from minigen.text.hf.gpt2_tokenizer import (
     EOT,
     bpe_merge,
     bytes_to_unicode,

@@ -78,7 +78,7 @@ def add_commands(sub: Any) -> None:
 
 
 def _icl_dir(name: str) -> Path:
-    from minigen.text.icl import ICL_CHECKPOINT
+    from minigen.text.fewshot.icl import ICL_CHECKPOINT
 
     return ICL_CHECKPOINT if name == "icl-gpt" and not Path(name).exists() else Path(name)
 
@@ -98,7 +98,7 @@ def _is_minigen_checkpoint(path: Path) -> bool:
 def load_model(name: str) -> tuple[Any, Any]:
     """(model, tokenizer) from a GPT-2 directory or hub name, a minigen checkpoint, or icl-gpt."""
     from minigen.text.gpt_io import load_gpt
-    from minigen.text.hf_gpt2 import load_gpt2
+    from minigen.text.hf.gpt2 import load_gpt2
 
     path = _icl_dir(name)
     if path.is_dir() and _is_minigen_checkpoint(path):
@@ -111,7 +111,13 @@ def load_model(name: str) -> tuple[Any, Any]:
 
 
 def fewshot_cmd(args: argparse.Namespace) -> int:
-    from minigen.text.fewshot import FewShotPrompt, build_prompt, load_prompts, predict, show
+    from minigen.text.fewshot.prompts import (
+        FewShotPrompt,
+        build_prompt,
+        load_prompts,
+        predict,
+        show,
+    )
 
     if args.query:
         prompts = [FewShotPrompt(tuple(map(tuple, args.demo or [])), q) for q in args.query]
@@ -139,9 +145,9 @@ def fewshot_cmd(args: argparse.Namespace) -> int:
 def _report(model: Any, task: Any, episodes: int, out: Path | None) -> None:
     import numpy as np
 
-    from minigen.text.icl import sample_episode, shot_accuracy
-    from minigen.text.icl_circuit import GROUPS, ablation, query_attention
-    from minigen.text.icl_plots import accuracy_table, plot_attention, plot_shot_accuracy
+    from minigen.text.fewshot.icl import sample_episode, shot_accuracy
+    from minigen.text.fewshot.icl_circuit import GROUPS, ablation, query_attention
+    from minigen.text.fewshot.icl_plots import accuracy_table, plot_attention, plot_shot_accuracy
 
     model.eval()
     results = [shot_accuracy(model, task, n, episodes) for n in (2, 3, 4)]
@@ -167,8 +173,8 @@ def train_icl_cmd(args: argparse.Namespace) -> int:
 
     from tqdm.auto import tqdm
 
-    from minigen.text.icl import ICLTask, icl_recipe, train_icl
-    from minigen.text.icl_plots import plot_emergence
+    from minigen.text.fewshot.icl import ICLTask, icl_recipe, train_icl
+    from minigen.text.fewshot.icl_plots import plot_emergence
 
     config, tc = icl_recipe(fast=args.fast)
     changes = {k: v for k, v in (("max_iters", args.max_iters), ("seed", args.seed)) if v is not None}  # fmt: skip
@@ -188,8 +194,8 @@ def train_icl_cmd(args: argparse.Namespace) -> int:
 
 
 def eval_icl_cmd(args: argparse.Namespace) -> int:
+    from minigen.text.fewshot.icl import ICLTask
     from minigen.text.gpt_io import load_gpt
-    from minigen.text.icl import ICLTask
 
     model, tokenizer, ck = load_gpt(_icl_dir(args.ckpt))
     task = ICLTask(**{**ck.meta.get("task", {}), "ways": tuple(ck.meta.get("task", {}).get("ways", (2, 3, 4)))})  # fmt: skip

@@ -23,7 +23,7 @@ otherwise guesses among the n - m labels not yet seen (m: distinct inputs seen):
 
     acc*_k = E[ 1{query seen in k pairs} + 1{not seen} / (n - m_k) ].
 
-The mechanism (`minigen.text.icl_circuit`, measured by attention ablations on the shipped
+The mechanism (`minigen.text.fewshot.icl_circuit`, measured by attention ablations on the shipped
 model) is a two-step look-up akin to an *induction head* (Olsson et al. 2022): in block 1
 the query's question gathers the answers before it; in block 2 it attends to the earlier
 questions of the same letter. Both steps are necessary; reading the same-letter answers in
@@ -44,7 +44,7 @@ import numpy as np
 
 from minigen.runs import RunLock
 from minigen.tensor import no_grad
-from minigen.text.fewshot import FIGURE_7_1
+from minigen.text.fewshot.prompts import FIGURE_7_1
 from minigen.text.gpt import GPT, GPTConfig
 from minigen.text.gpt_io import check_writable
 from minigen.text.tokenizers import PieceTokenizer
@@ -61,7 +61,7 @@ __all__ = [
     "ICL_CHECKPOINT",
 ]
 
-ICL_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "icl-gpt"
+ICL_CHECKPOINT = Path(__file__).resolve().parents[2] / "assets" / "icl-gpt"
 MAX_SHOTS = 8
 
 

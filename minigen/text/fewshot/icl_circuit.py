@@ -1,4 +1,4 @@
-"""How the in-context learner of `minigen.text.icl` answers: where its query looks, and what
+"""How the in-context learner of `minigen.text.fewshot.icl` answers: where its query looks, and what
 breaks when it may not look there (attention ablations).
 
 The query is the question of pair 9 ("I: x, O:" at position 16 of a 9-pair episode) whose
@@ -29,9 +29,9 @@ from collections.abc import Callable
 import numpy as np
 
 from minigen.tensor import Tensor, no_grad
+from minigen.text.fewshot.icl import MAX_SHOTS, ICLTask, episode_ids, sample_episode
 from minigen.text.gpt import GPT
 from minigen.text.gpt_ops import attention_weights, embed_tokens, split_heads, tied_lm_head
-from minigen.text.icl import MAX_SHOTS, ICLTask, episode_ids, sample_episode
 
 __all__ = ["GROUPS", "forward_with_attention", "seen_queries", "query_attention", "ablation"]
 

@@ -1,5 +1,5 @@
 """Figures of in-context learning: accuracy against shots, its emergence during training, and
-the attention maps of the two heads of its look-up (`minigen.text.icl_circuit`)."""
+the attention maps of the two heads of its look-up (`minigen.text.fewshot.icl_circuit`)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
+from minigen.text.fewshot.icl import Episode, ICLTask, ShotAccuracy, episode_ids
+from minigen.text.fewshot.icl_circuit import GROUPS, query_attention
 from minigen.text.gpt import GPT
-from minigen.text.icl import Episode, ICLTask, ShotAccuracy, episode_ids
-from minigen.text.icl_circuit import GROUPS, query_attention
 
 __all__ = ["accuracy_table", "plot_shot_accuracy", "plot_emergence", "plot_attention"]
 

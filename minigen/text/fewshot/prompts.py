@@ -44,7 +44,7 @@ __all__ = [
     "show",
 ]
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets" / "fewshot"
+ASSETS = Path(__file__).resolve().parents[2] / "assets" / "fewshot"
 
 
 @dataclass(frozen=True)
