@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 import minigen
 from minigen import Tensor, nn, no_grad, optim
 from minigen import functional as F
-from minigen.plotting import save_figure
+from minigen.plotting import plot_losses, save_figure
 from minigen.toy2d import spirals
 
 __all__ = ["MLP", "train_classifier", "plot_decision_boundary", "run"]
@@ -131,7 +131,9 @@ def gpt_step(out: Path, fast: bool, seed: int, steps: int | None = None) -> dict
     tc = mt.TrainConfig(steps, batch_size=12, warmup_iters=steps // 10, eval_interval=0, seed=seed)
     trainer = mt.Trainer(config, tc, tok, *mt.train_val_split(ids))
     trainer.run()
-    path = mt.plot_losses(trainer.history, out / "gpt_loss.png")
+    h = trainer.history
+    fig = plot_losses(h["loss"], ylabel=mt.LOSS_LABEL, estimates=h["eval"])
+    path = save_figure(fig, out / "gpt_loss.png")
     sample = mt.generate(trainer.model, tok, "def ", 160, temperature=0.8, top_k=20)
     val = trainer.history["eval"][-1]["val"]
     print(f"    {config.num_params():,} parameters, val loss {val:.3f} -> {path}")

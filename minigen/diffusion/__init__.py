@@ -14,7 +14,7 @@ from minigen.diffusion.data import DiffusionData, Normalizer, load_digits, load_
 from minigen.diffusion.denoisers import MLPDenoiser, timestep_embedding
 from minigen.diffusion.pipeline import DiffusionModel, Samples, make_scheduler
 from minigen.diffusion.pipeline import load as load_model
-from minigen.diffusion.plots import image_grid, plot_losses
+from minigen.diffusion.plots import LOSS_LABEL, image_grid
 from minigen.diffusion.schedule import NoiseSchedule, cosine_betas, linear_betas
 from minigen.diffusion.schedulers import (
     DDIMScheduler,
@@ -66,6 +66,6 @@ __all__ = [
     # used by text-to-image synthesis (minigen.synthesis)
     "make_scheduler",
     "blas_threads",
-    "plot_losses",
+    "LOSS_LABEL",
     "image_grid",
 ]

@@ -20,7 +20,7 @@ from typing import Any
 from minigen import cli_args as num
 from minigen.diffusion import pipeline, plots, training
 from minigen.diffusion.schedule import MAX_TIMESTEPS
-from minigen.plotting import save_figure
+from minigen.plotting import plot_losses, save_figure
 from minigen.run_state import prepare_run
 from minigen.runs import RunLock
 
@@ -66,7 +66,9 @@ def train_cmd(args: argparse.Namespace) -> int:
         except FloatingPointError as e:  # the loss went NaN: the weights before it are kept
             raise RuntimeError(str(e)) from None
         path = pipeline.DiffusionModel.from_training(result).save(out)
-        save_figure(plots.plot_losses(result.losses, f"L_simple on {args.data}"), loss_png)
+        title = f"L_simple on {args.data}"
+        fig = plot_losses(result.losses, title, plots.LOSS_LABEL, log_scale=True)
+        save_figure(fig, loss_png)
         shutil.rmtree(run_dir, ignore_errors=True)  # the run is complete in --out
     final = sum(result.losses[-100:]) / len(result.losses[-100:])
     print(f"trained {cfg.steps} steps in {result.seconds:.0f}s, final loss {final:.4f} -> {path}")

@@ -1,4 +1,4 @@
-"""Figures of §7.2: samples (points or an image grid), training loss, and Figure 7.2.
+"""Figures of §7.2: samples (points or an image grid) and Figure 7.2.
 
 Figure 7.2 of the book shows image synthesis by denoising diffusion: "each sample
 starts as a white noise x_T (top), and is gradually de-noised by sampling
@@ -16,27 +16,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["plot_losses", "plot_points", "image_grid", "figure_7_2", "point_trajectories"]
+__all__ = ["LOSS_LABEL", "plot_points", "image_grid", "figure_7_2", "point_trajectories"]
 
 PIXEL_RANGE = (0.0, 16.0)  # the digits' pixel values
-
-
-def plot_losses(losses: Sequence[float], title: str = "training loss", window: int = 50) -> Any:
-    """The loss per step (faint) and its moving average over `window` steps."""
-    import matplotlib.pyplot as plt
-
-    y = np.asarray(losses, dtype=np.float64)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(y, lw=0.5, alpha=0.35, label="per step")
-    if len(y) >= window:
-        avg = np.convolve(y, np.ones(window) / window, mode="valid")
-        ax.plot(np.arange(window - 1, len(y)), avg, lw=1.5, label=f"mean of {window}")
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel(r"$\|\epsilon - \epsilon_\theta(x_t, t)\|^2$")
-    ax.set_title(title)
-    ax.legend()
-    return fig
+# the y axis of a denoiser's loss curve (`minigen.plotting.plot_losses`, on a log scale)
+LOSS_LABEL = r"$\|\epsilon - \epsilon_\theta(x_t, t)\|^2$"
 
 
 def plot_points(

@@ -21,9 +21,9 @@ import numpy as np
 
 from minigen import cli_args as num
 from minigen.backend import blas_threads
-from minigen.diffusion import PREDICTIONS, plot_losses
+from minigen.diffusion import LOSS_LABEL, PREDICTIONS
 from minigen.parallel import default_workers
-from minigen.plotting import save_figure
+from minigen.plotting import plot_losses, save_figure
 from minigen.run_state import prepare_run
 from minigen.runs import RunLock
 from minigen.synthesis.checker import score_batch
@@ -113,7 +113,8 @@ def train_cmd(args: argparse.Namespace) -> int:
         except FloatingPointError as e:  # a NaN: the weights before it are kept in OUT.run/
             raise RuntimeError(str(e)) from None
         path = save_text2im(result, out, half=args.half)
-        save_figure(plot_losses(result.losses, f"L_simple, text2im {args.model}"), loss_png)
+        title = f"L_simple, text2im {args.model}"
+        save_figure(plot_losses(result.losses, title, LOSS_LABEL, log_scale=True), loss_png)
         shutil.rmtree(run_dir, ignore_errors=True)  # the run is complete in --out
     final = float(np.mean(result.losses[-100:]))
     print(
@@ -132,7 +133,9 @@ def _train_clip(args: argparse.Namespace, out: str, loss_png: str) -> int:
                             n_train=args.n_train, seed=args.seed, progress=not args.quiet)  # fmt: skip
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     path = save_clip(result.model, out, {**result.settings, "seconds": round(seconds, 1)})
-    save_figure(plot_losses(result.losses, "contrastive loss, CLIP"), loss_png)
+    title, ylabel = "contrastive loss, CLIP", "cross-entropy (nats)"
+    fig = plot_losses(result.losses, title, ylabel, log_scale=True)
+    save_figure(fig, loss_png)
     print(
         f"trained {args.steps} steps in {seconds:.0f}s ({cpu:.0f}s of CPU), last 50 steps: loss "
         f"{np.mean(result.losses[-50:]):.3f}, in-batch accuracy "

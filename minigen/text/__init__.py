@@ -8,7 +8,7 @@ from minigen.text.corpus import (
     train_val_split,
 )
 from minigen.text.gpt import GPT, PRESETS, GPTConfig, KVCache, flops_per_token, preset
-from minigen.text.gpt_io import load_checkpoint, load_gpt, plot_losses
+from minigen.text.gpt_io import LOSS_LABEL, load_checkpoint, load_gpt
 from minigen.text.sampling import generate, generate_ids, next_token_probs, stream_text
 from minigen.text.tokenizers import (
     ByteBPETokenizer,
@@ -40,7 +40,7 @@ __all__ = [
     "TrainConfig",
     "load_gpt",
     "load_checkpoint",
-    "plot_losses",
+    "LOSS_LABEL",
     "generate",
     "stream_text",
     "generate_ids",

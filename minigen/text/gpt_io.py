@@ -27,6 +27,7 @@ import numpy as np
 
 from minigen import checkpoint
 from minigen.checkpoint import CheckpointError, atomic_write
+from minigen.plotting import plot_losses, save_figure
 from minigen.run_state import STATE_FILES, read_state, write_state
 from minigen.runs import previous, transaction
 from minigen.text.gpt import GPT, GPTConfig, param_shapes
@@ -40,7 +41,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "load_gpt",
-    "plot_losses",
+    "LOSS_LABEL",
 ]
 
 CHECKPOINT_FILES = {
@@ -52,6 +53,7 @@ CHECKPOINT_FILES = {
     "plot": "loss.png",
 }
 FORMAT = "minigen.gpt"
+LOSS_LABEL = "cross-entropy (nats / token)"  # the y axis of loss.png
 OLD_OPTIMIZER_FILE = "optimizer.safetensors"  # the optimizer's moments, before minigen.run_state
 
 
@@ -110,7 +112,8 @@ def save_checkpoint(
         atomic_write(tmp / CHECKPOINT_FILES["config"], json.dumps(config, indent=1))
         tokenizer.save(tmp / CHECKPOINT_FILES["tokenizer"])
         if plot is not None:
-            plot_losses(plot, tmp / CHECKPOINT_FILES["plot"])
+            fig = plot_losses(plot["loss"], ylabel=LOSS_LABEL, estimates=plot.get("eval", []))
+            save_figure(fig, tmp / CHECKPOINT_FILES["plot"])
     return out
 
 
@@ -213,28 +216,3 @@ def load_gpt(out_dir: str | Path) -> tuple[GPT, Any, Checkpoint]:
     model.load_state_dict(ck.weights)
     model.eval()
     return model, ck.tokenizer, ck
-
-
-def plot_losses(history: dict[str, list], path: str | Path) -> Path:
-    """The training loss per step (and its running mean), and the train/val estimates."""
-    import matplotlib.pyplot as plt
-
-    from minigen.plotting import save_figure
-
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    loss = np.asarray(history["loss"], dtype=float)
-    steps = np.arange(1, len(loss) + 1)
-    ax.plot(steps, loss, lw=0.5, alpha=0.4, color="C0", label="batch loss")
-    if len(loss) >= 20:
-        w = max(1, len(loss) // 50)
-        ax.plot(steps[w - 1 :], np.convolve(loss, np.ones(w) / w, "valid"), color="C0", lw=1)
-    ev = history.get("eval", [])
-    if ev:
-        s = [e["step"] for e in ev]
-        ax.plot(s, [e["train"] for e in ev], "o-", color="C1", ms=3, label="train (estimate)")
-        ax.plot(s, [e["val"] for e in ev], "s-", color="C3", ms=3, label="validation")
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy (nats / token)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return save_figure(fig, path)
