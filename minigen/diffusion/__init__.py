@@ -12,7 +12,7 @@ samplers (Eq. 7.1 and DDIM), `data` the normalised data sets, `denoisers` and
 
 from minigen.diffusion.data import DiffusionData, Normalizer, load_digits, load_toy2d
 from minigen.diffusion.denoisers import MLPDenoiser, timestep_embedding
-from minigen.diffusion.pipeline import DiffusionModel, Samples, make_scheduler
+from minigen.diffusion.pipeline import SAMPLERS, DiffusionModel, Samples, make_scheduler
 from minigen.diffusion.pipeline import load as load_model
 from minigen.diffusion.plots import LOSS_LABEL, image_grid
 from minigen.diffusion.schedule import NoiseSchedule, cosine_betas, linear_betas
@@ -65,6 +65,7 @@ __all__ = [
     "load_model",
     # used by text-to-image synthesis (minigen.synthesis)
     "make_scheduler",
+    "SAMPLERS",
     "blas_threads",
     "LOSS_LABEL",
     "image_grid",

@@ -32,13 +32,13 @@ from minigen.tensor import Tensor, no_grad
 
 __all__ = [
     "FORMAT", "SHIPPED", "DiffusionModel", "Samples", "save", "load", "resolve_checkpoint",
-    "make_scheduler",
+    "make_scheduler", "SAMPLERS",
 ]  # fmt: skip
 
 FORMAT = "minigen.diffusion"
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 SHIPPED = {"swissroll": "diffusion_swissroll.safetensors", "digits": "diffusion_digits.safetensors"}
-SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = ("ddpm", "ddim")  # the schedulers of `schedulers.py`, by name
 
 
 @dataclass

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from minigen.diffusion import DiffusionModel, blas_threads, make_scheduler
+from minigen.diffusion import SAMPLERS, DiffusionModel, blas_threads, make_scheduler
 from minigen.synthesis.captions import encode, parse_caption
 from minigen.synthesis.clip import CLIP
 from minigen.synthesis.clip_train import load_clip
@@ -41,10 +41,9 @@ from minigen.synthesis.text2im import (
 from minigen.synthesis.xunet import Caption
 from minigen.tensor import Tensor, no_grad
 
-__all__ = ["METHODS", "SAMPLERS", "DEFAULT_SCALE", "DEFAULT_STEPS", "Text2Im", "plot_samples"]
+__all__ = ["METHODS", "DEFAULT_SCALE", "DEFAULT_STEPS", "Text2Im", "plot_samples"]
 
 METHODS = ("clip", "cfg", "none")
-SAMPLERS = ("ddpm", "ddim")
 DEFAULT_SCALE = {"clip": 100.0, "cfg": 3.0, "none": 0.0}
 # DDPM over 100 of the T = 1000 timesteps (strided) by default: with the shipped denoisers,
 # 50 deterministic DDIM steps leave speckles of colour the checker reads as objects
