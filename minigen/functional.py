@@ -4,9 +4,10 @@
 many NumPy passes its math takes, so the Python overhead stays per op, not per
 elementary operation. The array-level math is kept in plain functions
 (`softmax_forward`, `layer_norm_backward`, `attention_forward`, ...) that take and
-return arrays. They are the NumPy entries of the backend's dispatch table: the ops
-call them through `backend.kernels[name]`, so `backend.use("numba")` or `"cupy"` runs
-the fused kernels of `minigen_kernels` instead (which its `reference.py` holds to these).
+return arrays. They are the NumPy references of the fused ops (minigen/dispatch.py): the
+ops call them through `dispatch.pick(softmax_forward)(...)`, so `backend.use("numba")` or
+`"cupy"` runs the fused kernels of `minigen_kernels` instead (held to these by its
+`reference.py`).
 
 Softmax over the last axis, with m = max_j x_j for stability:
     softmax(x)_i = e^{x_i - m} / sum_j e^{x_j - m}
@@ -23,14 +24,15 @@ from typing import Any
 
 import numpy as np
 
-from minigen import backend, rng
+from minigen import backend, dispatch, rng
 from minigen.conv import avg_pool2d, conv2d, group_norm, upsample_nearest2d
+from minigen.normalize import normalize_backward, normalize_forward
 from minigen.ops import _constant, gelu, relu, sigmoid, silu, tanh, unbroadcast
 from minigen.tensor import Tensor, node
 
 __all__ = [
     "relu", "gelu", "silu", "sigmoid", "tanh", "logsigmoid", "softmax", "log_softmax",
-    "cross_entropy", "mse_loss", "linear", "layer_norm", "embedding", "dropout",
+    "cross_entropy", "mse_loss", "linear", "layer_norm", "embedding", "dropout", "attention",
     "scaled_dot_product_attention", "causal_mask", "conv2d", "group_norm", "avg_pool2d",
     "upsample_nearest2d",
 ]  # fmt: skip
@@ -66,14 +68,14 @@ def log_softmax_backward(y: Any, dy: Any, axis: int = -1) -> Any:
 
 
 def softmax(x: Tensor, axis: int = -1) -> Tensor:
-    K = backend.kernels  # the dispatch table: NumPy, or the selected backend's kernels
-    y, backward = K["softmax_forward"](x.data, axis), K["softmax_backward"]
+    # softmax_forward, or the selected backend's kernel for it (minigen/dispatch.py)
+    y, backward = dispatch.pick(softmax_forward)(x.data, axis), dispatch.pick(softmax_backward)
     return node(y, (x,), lambda g: (backward(y, g, axis),))
 
 
 def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
-    K = backend.kernels
-    y, backward = K["log_softmax_forward"](x.data, axis), K["log_softmax_backward"]
+    y = dispatch.pick(log_softmax_forward)(x.data, axis)
+    backward = dispatch.pick(log_softmax_backward)
     return node(y, (x,), lambda g: (backward(y, g, axis),))
 
 
@@ -112,7 +114,7 @@ def cross_entropy(
     if bool(((t < 0) | (t >= C))[valid].any()):
         raise ValueError(f"cross_entropy: a target lies outside [0, {C}) (and is not ignore_index)")
     t_safe = xp.where(valid, t, 0)[..., None]  # (..., 1)
-    logp = backend.kernels["log_softmax_forward"](x, -1)  # (..., C)
+    logp = dispatch.pick(log_softmax_forward)(x, -1)  # (..., C)
     # the loss of one example: -log p(target) = -log softmax(x)_target
     nll = -xp.take_along_axis(logp, t_safe, axis=-1)[..., 0] * valid  # (...)
     n = int(valid.sum()) if reduction == "mean" else 1
@@ -177,36 +179,6 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return node(y, parents, backward if bias is not None else lambda g: backward(g)[:2])
 
 
-def _mean_last(x: Any) -> Any:
-    """x.mean(axis=-1, keepdims=True) as a matrix-vector product x (1/n, ..., 1/n): the
-    same sum, but BLAS runs it far faster than NumPy's reduction along short rows."""
-    n = x.shape[-1]
-    return (x @ backend.array_module(x).full(n, 1 / n, dtype=x.dtype))[..., None]
-
-
-def _mean_of_product(a: Any, b: Any) -> Any:
-    """(a * b).mean(axis=-1, keepdims=True), without the temporary a * b."""
-    return backend.array_module(a).einsum("...i,...i->...", a, b)[..., None] / a.shape[-1]
-
-
-def normalize_forward(x: Any, eps: float) -> tuple[Any, Any]:
-    """(x - mean) / sqrt(var + eps) over the last axis; returns (xhat, rstd)."""
-    xp = backend.array_module(x)
-    xc = x - _mean_last(x)
-    rstd = 1 / xp.sqrt(_mean_of_product(xc, xc) + eps)  # (..., 1)
-    xc *= rstd
-    return xc, rstd
-
-
-def normalize_backward(dxhat: Any, xhat: Any, rstd: Any) -> Any:
-    # dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)), means over the last axis
-    dx = xhat * _mean_of_product(dxhat, xhat)
-    dx += _mean_last(dxhat)
-    backend.array_module(dx).subtract(dxhat, dx, out=dx)
-    dx *= rstd
-    return dx
-
-
 def layer_norm_forward(x: Any, w: Any, b: Any, eps: float) -> tuple[Any, Any]:
     """(y, saved): y = xhat w + b, and saved = (xhat, rstd), what the backward reads."""
     xhat, rstd = normalize_forward(x, eps)
@@ -236,9 +208,9 @@ def layer_norm(
         if p is not None and p.shape != (C,):
             raise ValueError(f"layer_norm: {name} has shape {p.shape}, expected ({C},)")
     w = weight.data if weight is not None else None
-    K = backend.kernels
-    y, saved = K["layer_norm_forward"](x.data, w, bias.data if bias is not None else None, eps)
-    layer_norm_bwd = K["layer_norm_backward"]
+    b = bias.data if bias is not None else None
+    y, saved = dispatch.pick(layer_norm_forward)(x.data, w, b, eps)
+    layer_norm_bwd = dispatch.pick(layer_norm_backward)
     parents = tuple(t for t in (x, weight, bias) if t is not None)
 
     def backward(g):
@@ -282,52 +254,77 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True, gen: Any = None) -
 
 
 def causal_mask(T: int, S: int, xp: Any = np) -> Any:
-    """(T, S) booleans, True where query i may attend to key j: j <= i + (S - T).
-
-    With S == T this is the lower triangle; with S > T (cached keys from earlier
-    steps), the T queries are the last T positions of the sequence.
-    """
+    """(T, S) booleans, True where query i may attend to key j: j <= i + (S - T) (the lower
+    triangle when S == T; with S > T cached keys, the queries are the last T positions)."""
     return xp.tri(T, S, S - T, dtype=bool)
+
+
+def attention(
+    q: Tensor, k: Tensor, v: Tensor, mask: Any = None, scale: float | None = None
+) -> Tensor:
+    """The plain reference, softmax(q k^T * scale + M) v, in three of minigen's ops (autograd
+    gives the gradients): q (B, H, T, d), k (B, H, S, d), v (B, H, S, dv) -> (B, H, T, dv).
+    `scale` s defaults to 1 / sqrt(d); `mask` M, broadcastable to (..., T, S), is boolean
+    (True = may attend, e.g. `causal_mask(T, S)`) or additive. The models run the same fused,
+    `scaled_dot_product_attention` (backward derived in `attention_backward`; tested equal).
+    """
+    s = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    m = 0.0 if mask is None else _constant(mask.data if isinstance(mask, Tensor) else mask)
+    if mask is not None and m.dtype == bool:  # True (may attend): M = 0; False: M = -inf
+        m = backend.array_module(m).where(m, 0.0, -math.inf).astype(q.dtype)  # (..., T, S)
+    kT = k.swapaxes(-1, -2)  # K^T (B, H, d, S)
+    # Att(Q, K, V) = softmax(Q K^T s + M) V
+    return softmax(q @ kT * s + m) @ v  # P = softmax(S) (B, H, T, S), times V: (B, H, T, dv)
 
 
 def attention_forward(
     q: Any, k: Any, v: Any, scale: float, is_causal: bool, mask: Any = None, keep: Any = None
 ) -> tuple[Any, Any]:
-    """softmax(q k^T * scale + M) v; returns (y, att).
-
-    `keep` is a dropout mask on the attention weights, already scaled by 1 / (1 - p):
-    then y = (att * keep) v.
-    """
+    """`attention` fused on arrays: (O, P) = (y, att), with `is_causal` (`causal_mask`'s M),
+    `mask` (boolean or additive) and `keep`, a dropout mask on P scaled by 1 / (1 - p)."""
     xp = backend.array_module(q)
-    # The scores are kept transposed, s^T (..., S, T) with one key per row, so that the
-    # softmax over the keys reduces over a leading axis: NumPy vectorises that across the
-    # queries, where a reduction along short last-axis rows is several times slower.
-    sT = k @ (q * scale).swapaxes(-1, -2)  # (..., S, T) = (Q K^T / sqrt(d))^T
+    # S^T = K (Q s)^T: the scores transposed, one key per row, so that the softmax over the
+    # keys reduces over a leading axis, which NumPy vectorises across the queries (several
+    # times faster than along short last-axis rows); then + M^T
+    sT = k @ (q * scale).swapaxes(-1, -2)  # (..., S, T)
     S, T = sT.shape[-2:]
     if is_causal:
         sT += xp.where(causal_mask(T, S, xp).T, 0, -xp.inf).astype(sT.dtype)  # + M^T
     if mask is not None:
-        mT = _transpose_last2(mask)
+        mT = (mask[None, :] if mask.ndim < 2 else mask).swapaxes(-1, -2)  # a 1-D mask is (1, S)
         sT = xp.where(mT, sT, -xp.inf) if mask.dtype == bool else sT + mT
-    att = softmax_forward(sT, axis=-2).swapaxes(-1, -2)  # (..., T, S), a view
+    # P = softmax(S): each query's softmax runs down a column of S^T (axis -2)
+    att = softmax_forward(sT, axis=-2).swapaxes(-1, -2)  # P (..., T, S), a view
+    # O = P V, or (P * keep) V with dropout
     return (att if keep is None else att * keep) @ v, att  # (..., T, Dv), (..., T, S)
-
-
-def _transpose_last2(m: Any) -> Any:
-    """m with its last two axes swapped, a 1-D (S,) mask read as (1, S)."""
-    return (m[None, :] if m.ndim < 2 else m).swapaxes(-1, -2)
 
 
 def attention_backward(
     dy: Any, q: Any, k: Any, v: Any, att: Any, scale: float, keep: Any = None
 ) -> tuple[Any, Any, Any]:
+    """dQ, dK, dV of `attention` from dO = dy and P = att, derived as llm.c does. Per head,
+    with s = scale: S = Q K^T s + M (T, S), P = softmax(S) along rows, O = P V (T, dv); back
+    one step at a time (* elementwise, rowsum keeps the axis):
+        O = P V          =>  dV = P^T dO,  dP = dO V^T               (S, dv), (T, S)
+        P = softmax(S)   =>  dS = P * (dP - rowsum(dP * P))           (T, S)
+            as dP_ij/dS_ik = P_ij (delta_jk - P_ik): dS_ik = sum_j dP_ij P_ij (delta_jk - P_ik)
+        S = Q K^T s + M  =>  dQ = dS K s,  dK = dS^T Q s              (T, d), (S, d)
+    A hidden key has P = 0, so dS = 0 there. With dropout, dV = (P * keep)^T dO and
+    dP = (dO V^T) * keep. dP and dS are held transposed (..., S, T), as the scores in
+    `attention_forward`, so that the rowsum runs over axis -2.
+    """
+    # dV = P^T dO
     dv = (att if keep is None else att * keep).swapaxes(-1, -2) @ dy  # (..., S, Dv)
-    dattT = v @ dy.swapaxes(-1, -2)  # (..., S, T), transposed as in the forward
+    # dP = dO V^T, held transposed: dP^T = V dO^T
+    dpT = v @ dy.swapaxes(-1, -2)  # (..., S, T)
     if keep is not None:
-        dattT *= keep.swapaxes(-1, -2)  # through the dropout
-    dsT = softmax_backward(att.swapaxes(-1, -2), dattT, axis=-2)  # through the softmax
+        dpT *= keep.swapaxes(-1, -2)  # through the dropout
+    # dS = P * (dP - rowsum(dP * P)), on the transposes: the sum over axis -2
+    dsT = softmax_backward(att.swapaxes(-1, -2), dpT, axis=-2)  # dS^T (..., S, T)
+    # dQ = dS K s
     dq = dsT.swapaxes(-1, -2) @ k  # (..., T, D)
-    dq *= scale  # and the scale
+    dq *= scale
+    # dK = dS^T Q s
     dk = dsT @ q  # (..., S, D)
     dk *= scale
     return dq, dk, dv
@@ -341,10 +338,9 @@ def scaled_dot_product_attention(
     attn_mask: Any = None,
     scale: float | None = None,
 ) -> Tensor:
-    """Attention as one fused node: q (..., T, D), k (..., S, D), v (..., S, Dv) -> (..., T, Dv).
-
-    `attn_mask` is a boolean array (True = may attend) or an additive float array,
-    broadcastable to (..., T, S).
+    """Attention as one fused node, PyTorch's signature: q (..., T, D), k (..., S, D),
+    v (..., S, Dv) -> (..., T, Dv), the same values and gradients as the plain `attention`.
+    `attn_mask`: boolean (True = may attend) or additive, broadcastable to (..., T, S).
     """
     qd, kd, vd = q.data, k.data, v.data
     if qd.shape[-1] != kd.shape[-1] or kd.shape[-2] != vd.shape[-2]:
@@ -355,9 +351,9 @@ def scaled_dot_product_attention(
     scale = 1 / math.sqrt(qd.shape[-1]) if scale is None else scale
     mask = attn_mask.data if isinstance(attn_mask, Tensor) else attn_mask
     mask = _constant(mask)  # a NumPy mask follows the backend (onto the GPU with "cupy")
-    K = backend.kernels
-    y, att = K["attention_forward"](qd, kd, vd, scale, is_causal, mask)
-    attention_bwd = K["attention_backward"]
+    # `attention` fused: attention_forward, or the selected backend's kernel; O and P
+    y, att = dispatch.pick(attention_forward)(qd, kd, vd, scale, is_causal, mask)  # (..., T, Dv)
+    attention_bwd = dispatch.pick(attention_backward)
 
     def backward(g):
         dq, dk, dv = attention_bwd(g, qd, kd, vd, att, scale)
@@ -366,10 +362,20 @@ def scaled_dot_product_attention(
     return node(y, (q, k, v), backward)
 
 
-# ----------------------------------------------------------------------------- dispatch
-# These NumPy functions are the default entries of the dispatch table (backend.kernels).
-for _fn in (
-    softmax_forward, softmax_backward, log_softmax_forward, log_softmax_backward,
-    attention_forward, attention_backward, layer_norm_forward, layer_norm_backward,
-):  # fmt: skip
-    backend.register_kernel(_fn.__name__, _fn)
+# ----------------------------------------------------------------------------- transitional
+# text/gpt_ops.py still reads the attention entries of the old name-keyed table,
+# backend.kernels (issue 20 moves it to dispatch.pick); these two go with that line.
+
+
+def _attention_forward_on_backend(*args: Any, **kwargs: Any) -> Any:
+    return dispatch.pick(attention_forward)(*args, **kwargs)
+
+
+def _attention_backward_on_backend(*args: Any, **kwargs: Any) -> Any:
+    return dispatch.pick(attention_backward)(*args, **kwargs)
+
+
+backend.kernels = {
+    "attention_forward": _attention_forward_on_backend,
+    "attention_backward": _attention_backward_on_backend,
+}

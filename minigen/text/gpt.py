@@ -163,6 +163,9 @@ def flops_per_token(c: GPTConfig, context: int | None = None, training: bool = T
 
 
 class CausalSelfAttention(nn.Module):
+    """Att(h) = concat_j(softmax(Q_j K_j^T / sqrt(d / n_head) + M) V_j) W^O: per head, the plain
+    `minigen.functional.attention` with M = `causal_mask`; run fused by `causal_self_attention`."""
+
     def __init__(self, c: GPTConfig) -> None:
         self.c_attn = nn.Linear(c.n_embd, 3 * c.n_embd, bias=c.bias)
         self.c_proj = nn.Linear(c.n_embd, c.n_embd, bias=c.bias)
@@ -171,6 +174,7 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: Tensor, cache: Any = None) -> Tensor:
         qkv = self.c_attn(x)  # (B, T, 3d): queries, keys and values of every head
         p = self.dropout if self.training else 0.0
+        # each head: softmax(Q K^T / sqrt(hs) + M) V (F.attention), fused over the heads
         y = causal_self_attention(qkv, self.n_head, dropout=p, cache=cache)  # (B, T, d)
         return F.dropout(self.c_proj(y), p, self.training)
 

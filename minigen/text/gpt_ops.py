@@ -3,9 +3,9 @@
 - `embed_tokens`: h^0 = E[x_t] + P[start + t], one node for both embeddings;
 - `causal_self_attention`: from the packed projections (q, k, v of every head side by side,
   the output of c_attn) to the heads' outputs merged back, attention batched over the heads
-  (the math is `minigen.functional.attention_forward` / `attention_backward`); with a
-  `KVCache`, the keys and values of earlier positions are reused, so a new token costs
-  O(context) instead of O(context^2);
+  (the math reads plainly in `minigen.functional.attention`; this runs its fused kernels,
+  `attention_forward` / `attention_backward`); with a `KVCache`, the keys and values of
+  earlier positions are reused, so a new token costs O(context) instead of O(context^2);
 - `tied_lm_head`: logits = x E^T with the token embedding E (the head shares its weights).
 """
 
@@ -132,11 +132,11 @@ def causal_self_attention(
     """Multi-head causal self-attention from packed projections: (B, T, 3d) -> (B, T, d).
 
     The heads split d into n_head slices of hs = d / n_head; each head attends with
-    softmax(q k^T / sqrt(hs) + M) v (`F.attention_forward`), all heads in one batched matmul,
-    and the heads' outputs are concatenated back into d. `dropout` zeroes attention weights
-    (scaled by 1 / (1 - dropout)), drawn from `gen` or minigen's generator. With
-    `cache = (KVCache, layer)` the new keys and values are appended to the layer's cache and
-    the queries attend to every cached position.
+    softmax(q k^T / sqrt(hs) + M) v, the plain `F.attention` with M = `F.causal_mask`, all
+    heads in one batched matmul, and the heads' outputs are concatenated back into d.
+    `dropout` zeroes attention weights (scaled by 1 / (1 - dropout)), drawn from `gen` or
+    minigen's generator. With `cache = (KVCache, layer)` the new keys and values are appended
+    to the layer's cache and the queries attend to every cached position.
     """
     a = qkv.data
     B, T, C3 = a.shape
@@ -153,14 +153,15 @@ def causal_self_attention(
         S = k.shape[2]
         keep = (rng.rand(B, n_head, T, S, dtype=a.dtype, gen=gen) >= dropout) * (1 / (1 - dropout))
         keep = keep.astype(a.dtype)
-    # F.attention_forward, or the selected backend's kernels (backend.kernels: the dispatch table)
+    # softmax(q k^T / sqrt(hs) + M) v: read it plainly in F.attention; fused here (y and the
+    # weights att), F.attention_forward or the selected backend's (backend.kernels)
     y, att = backend.kernels["attention_forward"](q, k, v, scale, True, keep=keep)  # (B, nh, T, hs)
     out = y.transpose(0, 2, 1, 3).reshape(B, T, C3 // 3)  # (B, T, d)
     attention_backward = backend.kernels["attention_backward"]
 
     def backward(g):  # g (B, T, d)
         gy = g.reshape(B, T, n_head, hs).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
-        dq, dk, dv = attention_backward(gy, q, k, v, att, scale, keep=keep)
+        dq, dk, dv = attention_backward(gy, q, k, v, att, scale, keep=keep)  # F.attention_backward
         dqkv = backend.array_module(g).empty((B, T, 3, n_head, hs), dtype=g.dtype)
         for j, d in enumerate((dq, dk, dv)):
             dqkv[:, :, j] = d.transpose(0, 2, 1, 3)  # (B, T, nh, hs)
