@@ -375,3 +375,32 @@ def shard_splits(draw: st.DrawFn, max_batch: int = 9) -> tuple[int, int, int]:
     """(batch B, shards S <= B, seed) of a step whose gradient is summed over shards."""
     batch = draw(st.integers(1, max_batch))
     return batch, draw(st.integers(1, batch)), draw(st.integers(0, 2**16))
+
+
+# ----------------------------------------------------------------------------- attention (plain)
+
+
+@st.composite
+def attention_problems(draw: st.DrawFn) -> dict[str, Any]:
+    """An attention q (B, H, T, d), k (B, H, S, d), v (B, H, S, dv) with T = 1 among the sizes,
+    its mask M ("none"; "causal", with S >= T; a boolean (T, S) or (S,) mask in which every
+    query sees a key; or an additive float (T, S) mask) and its scale (None: 1 / sqrt(d))."""
+    B, H, T, d, dv = (draw(st.integers(1, n)) for n in (2, 3, 5, 4, 3))
+    kind = draw(st.sampled_from(["none", "causal", "boolean", "boolean 1-D", "additive"]))
+    S = draw(st.integers(T if kind == "causal" else 1, T + 3))
+    mask = None
+    if kind.startswith("boolean"):
+        rows = 1 if kind.endswith("1-D") else T
+        mask = draw(hnp.arrays(bool, (rows, S)))
+        seen = draw(st.lists(st.integers(0, S - 1), min_size=rows, max_size=rows))
+        mask[np.arange(rows), seen] = True  # every query sees some key
+        mask = mask[0] if kind.endswith("1-D") else mask
+    elif kind == "additive":
+        mask = draw(arrays((T, S)))
+    scale = draw(st.none() | floats(0.1, 2.0))
+    return {
+        "shapes": ((B, H, T, d), (B, H, S, d), (B, H, S, dv)),
+        "kind": kind,
+        "mask": mask,
+        "scale": scale,
+    }
