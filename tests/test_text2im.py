@@ -12,12 +12,20 @@ import pytest
 import minigen
 from minigen import default_dtype
 from minigen.cli import main
-from minigen.diffusion import DiffusionModel, NoiseSchedule, Normalizer, UNet, make_scheduler
+from minigen.diffusion import (
+    DiffusionModel,
+    NoiseSchedule,
+    Normalizer,
+    UNet,
+    blas_threads,
+    make_scheduler,
+    sample_loop,
+)
 from minigen.gradcheck import gradcheck
 from minigen.synthesis import captions as C
 from minigen.synthesis.clip import CLIP, CLIPConfig
 from minigen.synthesis.clip_train import load_clip, save_clip
-from minigen.synthesis.guidance import cfg_eps, clip_grad, guided_loop, guided_step
+from minigen.synthesis.guidance import cfg_eps, clip_grad, guided_step
 from minigen.synthesis.sampling import METHODS, Text2Im
 from minigen.synthesis.text2im import (
     ASSETS,
@@ -79,6 +87,24 @@ def test_clip_guidance_with_scale_zero_is_unguided_sampling(models, sampler):
     library = scenes.sample(3, clip_sample=True, **kw).x  # minigen.diffusion's own sampler
     assert np.array_equal(guided, unguided) and np.array_equal(guided, library)
     assert not np.allclose(t2i.sample(CAPTION, 3, method="clip", scale=300.0, **kw), unguided)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_clip_guided_sampling_is_the_guided_step_from_x_T_to_x_0(models, sampler):
+    """Text2Im's CLIP guidance equals a hand-written chain x_T -> x_0 of `guided_step`s."""
+    clip, scenes, cond = models
+    eta = 0.5 if sampler == "ddim" else 0.0
+    got = Text2Im(clip, scenes, cond).sample(
+        CAPTION, 2, method="clip", scale=300.0, sampler=sampler, steps=6, seed=4, eta=eta
+    )
+    sched = make_scheduler(SCHEDULE, sampler, 6, clip_sample=True)
+    gen = np.random.default_rng(4)
+    x = gen.standard_normal((2, 3, 16, 16), dtype=np.float32)  # x_T
+    with blas_threads(1):  # as Text2Im.sample runs (the sums' order is BLAS's)
+        for t in (int(t) for t in sched.timesteps):
+            grad = clip_grad(clip, x, t, CAPTION)
+            x = guided_step(sched, scenes.eps(x, t), t, x, grad, 300.0, gen, eta)  # x_{t-1}
+    np.testing.assert_array_equal(got, x)
 
 
 def _score(clip, x, t, caption):
@@ -151,7 +177,7 @@ def test_cfg_sampling_extrapolates_from_the_null_to_the_caption(models, w):
 
     gen = np.random.default_rng(3)
     x_T = gen.standard_normal((2, 3, 16, 16), dtype=np.float32)
-    want = guided_loop(make_scheduler(SCHEDULE, "ddim", 5, clip_sample=True), eps, x_T, gen)
+    want = sample_loop(make_scheduler(SCHEDULE, "ddim", 5, clip_sample=True), eps, x_T, gen)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 

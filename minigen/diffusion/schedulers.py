@@ -375,14 +375,20 @@ def sample_loop(
     progress: bool = False,
     dtype: Any = np.float64,
     callback: Callable[[int, int, Any], None] | None = None,
+    step: Callable[..., Any] | None = None,
     **step_kwargs: Any,
 ) -> Any:
     """Denoise `x_T` over `scheduler.timesteps`; `denoiser(x_t, t)` returns its prediction.
 
+    The one sampling loop of minigen: Eq. 7.1's chain from x_T down to x_0 (or DDIM's).
     `x_T` is the starting noise, or a shape to draw it from N(0, I) in `dtype` with
     `generator` (default: minigen.rng.generator(), which also draws every step's noise).
     `callback(i, t, x)` sees the sample after step i (at timestep t), e.g. to record
-    a trajectory. Extra keywords go to `step` (e.g. eta for DDIM).
+    a trajectory. Extra keywords go to the step (e.g. eta for DDIM). Guided sampling
+    plugs in here: it changes the prediction inside `denoiser` (classifier-free guidance)
+    or replaces the step, `step(model_output, t, x_t, generator, **step_kwargs) -> x_{t-1}`
+    (CLIP guidance's `minigen.synthesis.guidance.guided_step`); the default is
+    `scheduler.step(...).prev_sample`.
     """
     gen = generator if generator is not None else _rng.generator()
     if isinstance(x_T, tuple):
@@ -393,8 +399,10 @@ def sample_loop(
         from tqdm.auto import tqdm
 
         timesteps = tqdm(timesteps, desc=type(scheduler).__name__, leave=False)
+    if step is None:
+        step = lambda out, t, x, g, **kw: scheduler.step(out, t, x, generator=g, **kw).prev_sample
     for i, t in enumerate(timesteps):
-        x = scheduler.step(denoiser(x, int(t)), int(t), x, generator=gen, **step_kwargs).prev_sample
+        x = step(denoiser(x, int(t)), int(t), x, gen, **step_kwargs)  # x_t -> x_{t-1}
         if callback is not None:
             callback(i, int(t), x)
     return x

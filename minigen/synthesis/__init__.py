@@ -58,7 +58,6 @@ from minigen.synthesis.guidance import (
     clip_grad,
     clip_guided_eps,
     clip_guided_mean,
-    guided_loop,
     guided_step,
 )
 from minigen.synthesis.sampling import DEFAULT_SCALE, METHODS, Text2Im, plot_samples
@@ -128,7 +127,6 @@ __all__ = [
     "clip_guided_eps",
     "cfg_eps",
     "guided_step",
-    "guided_loop",
     "CaptionUNet",
     "Caption",
     "CrossAttnUNet",

@@ -23,12 +23,15 @@ and without the caption (`text2im.py`) is evaluated both ways and extrapolated,
     eps_hat = eps_theta(x_t, t, null) + w (eps_theta(x_t, t, c) - eps_theta(x_t, t, null)),
 
 w = 0 the unconditional model, w = 1 the conditional one, w > 1 beyond it.
+
+Both plug into the one sampling loop, `minigen.diffusion.sample_loop`: classifier-free guidance
+as the prediction its denoiser returns, CLIP guidance as its step (`guided_step`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -45,7 +48,6 @@ __all__ = [
     "clip_guided_eps",
     "cfg_eps",
     "guided_step",
-    "guided_loop",
 ]
 
 
@@ -116,6 +118,7 @@ def guided_step(
 ) -> np.ndarray:
     """One CLIP-guided step from x_t: DDPM moves the mean of Eq. 7.1, DDIM the noise.
 
+    `sample_loop`'s `step` hook, with `grad` = clip_grad(x_t, t) (see `sampling.Text2Im`).
     The noise z is drawn from `generator` exactly as the unguided step draws it, so with
     s = 0 the two samplers give the same samples for the same seed.
     """
@@ -132,31 +135,3 @@ def guided_step(
     z = generator.standard_normal(x_t.shape, dtype=x_t.dtype)  # as DDPMScheduler.step draws it
     # x_{t-1} = guided mean + sigma_t z
     return mean + sigma_t * z
-
-
-def guided_loop(
-    scheduler: DDPMScheduler | DDIMScheduler,
-    eps_fn: Callable[[np.ndarray, int], np.ndarray],
-    x_T: np.ndarray,
-    generator: np.random.Generator,
-    grad_fn: Callable[[np.ndarray, int], np.ndarray] | None = None,
-    scale: float = 0.0,
-    eta: float = 0.0,
-    progress: bool = False,
-) -> np.ndarray:
-    """Denoise x_T over the scheduler's timesteps; with `grad_fn` (x_t, t -> g) CLIP-guided."""
-    timesteps: Any = scheduler.timesteps
-    if progress:
-        from tqdm.auto import tqdm
-
-        timesteps = tqdm(timesteps, desc="text2im", leave=False)
-    kw = {"eta": eta} if isinstance(scheduler, DDIMScheduler) else {}
-    x = x_T
-    for t in (int(t) for t in timesteps):
-        with no_grad():
-            eps = eps_fn(x, t)
-        if grad_fn is None:
-            x = scheduler.step(eps, t, x, generator=generator, **kw).prev_sample
-        else:
-            x = guided_step(scheduler, eps, t, x, grad_fn(x, t), scale, generator, eta)
-    return x

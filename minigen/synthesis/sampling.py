@@ -5,12 +5,13 @@
     x = t2i.sample("a red circle above a blue square", 8, method="cfg", scale=3.0)
     # x: (8, 3, 16, 16) in [-1, 1]; score_batch(x, [caption] * 8, value_range=(-1, 1))
 
-Three methods, one sampler loop (`guidance.guided_loop`), DDPM (Eq. 7.1) or DDIM:
+Three methods, one sampling loop (`minigen.diffusion.sample_loop`), DDPM (Eq. 7.1) or DDIM:
 
 - "none": the unconditional scene model, the caption ignored (the baseline);
 - "clip": the unconditional model, its steps moved along the noise-aware CLIP's gradient of
-  z_img(x_t, t) . z_txt(c), scale s (`guidance.clip_guided_mean` / `clip_guided_eps`);
-- "cfg": the conditional model, eps_uncond + w (eps_cond - eps_uncond), scale w.
+  z_img(x_t, t) . z_txt(c), scale s (the loop's step is `guidance.guided_step`);
+- "cfg": the conditional model, eps_uncond + w (eps_cond - eps_uncond), scale w (the loop's
+  denoiser returns `guidance.cfg_eps`).
 
 x_T and every step's noise come from `seed`: the same seed gives the same images, and CLIP
 guidance with s = 0 gives exactly the unguided images.
@@ -24,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from minigen.diffusion import SAMPLERS, DiffusionModel, blas_threads, make_scheduler
+from minigen.diffusion import SAMPLERS, DiffusionModel, blas_threads, make_scheduler, sample_loop
 from minigen.synthesis.captions import encode, parse_caption
 from minigen.synthesis.clip import CLIP
 from minigen.synthesis.clip_train import load_clip
-from minigen.synthesis.guidance import cfg_eps, clip_grad, guided_loop
+from minigen.synthesis.guidance import cfg_eps, clip_grad, guided_step
 from minigen.synthesis.scenes import plot_grid
 from minigen.synthesis.text2im import (
     SCENE_RANGE,
@@ -107,17 +108,19 @@ class Text2Im:
         gen = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         # x_T ~ N(0, I), drawn as DiffusionModel.sample draws it
         x_T = gen.standard_normal((n, *SCENE_SHAPE), dtype=np.float32)  # (n, 3, 16, 16)
-        grad_fn = None
-        if method == "cfg":
-            eps_fn = _cfg_eps_fn(model, tokens, n, s, gen)
-        else:
-            eps_fn = model.eps
+        eps_fn = _cfg_eps_fn(model, tokens, n, s, gen) if method == "cfg" else model.eps
+        step = None  # the scheduler's own step
         if method == "clip":
             clip = self.clip
             _check_same_schedule(clip, schedule)
-            grad_fn = lambda x, t: clip_grad(clip, x, t, tokens)
+
+            def clip_step(eps: Any, t: int, x: Any, g: np.random.Generator, **kw: Any) -> Any:
+                return guided_step(sched, eps, t, x, clip_grad(clip, x, t, tokens), s, g, **kw)
+
+            step = clip_step
+        kw = {"eta": eta} if sampler == "ddim" else {}
         with blas_threads(threads), np.errstate(over="ignore", invalid="ignore"):
-            return guided_loop(sched, eps_fn, x_T, gen, grad_fn, s, eta, progress)
+            return sample_loop(sched, eps_fn, x_T, gen, progress=progress, step=step, **kw)
 
 
 def check_request(
@@ -170,7 +173,8 @@ def _cfg_eps_fn(
         both = Caption.concat([null, e])  # 2n rows: null first
 
     def eps_fn(x: np.ndarray, t: int) -> np.ndarray:
-        out = model.denoiser(Tensor(np.concatenate([x, x])), t, both).data  # (2n, 3, H, W)
+        with no_grad():
+            out = model.denoiser(Tensor(np.concatenate([x, x])), t, both).data  # (2n, 3, H, W)
         return cfg_eps(out[:n], out[n:], w)  # (n, 3, H, W)
 
     return eps_fn
