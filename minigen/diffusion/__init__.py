@@ -12,7 +12,13 @@ samplers (Eq. 7.1 and DDIM), `data` the normalised data sets, `denoisers` and
 
 from minigen.diffusion.data import DiffusionData, Normalizer, load_digits, load_toy2d
 from minigen.diffusion.denoisers import MLPDenoiser, timestep_embedding
-from minigen.diffusion.pipeline import SAMPLERS, DiffusionModel, Samples, make_scheduler
+from minigen.diffusion.pipeline import (
+    SAMPLERS,
+    DiffusionModel,
+    Samples,
+    make_scheduler,
+    resolve_checkpoint,
+)
 from minigen.diffusion.pipeline import load as load_model
 from minigen.diffusion.plots import LOSS_LABEL, image_grid
 from minigen.diffusion.schedule import NoiseSchedule, cosine_betas, linear_betas
@@ -66,6 +72,7 @@ __all__ = [
     # used by text-to-image synthesis (minigen.synthesis)
     "make_scheduler",
     "SAMPLERS",
+    "resolve_checkpoint",
     "blas_threads",
     "LOSS_LABEL",
     "image_grid",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -227,15 +228,20 @@ def save(model: DiffusionModel, path: str | os.PathLike) -> Path:
     return model.save(path)
 
 
-def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
-    """A checkpoint path, or the file of a shipped checkpoint named "swissroll" or "digits"."""
+def resolve_checkpoint(
+    name_or_path: str | os.PathLike, shipped: Mapping[str, str] = SHIPPED, what: str = ""
+) -> Path:
+    """A checkpoint path, or the file in minigen/assets of a shipped checkpoint by its name in
+    `shipped` (diffusion's "swissroll" and "digits" by default; text to image passes its own,
+    and `what` names them in the error)."""
     p = Path(name_or_path)
     if p.is_file():
         return p
-    if str(name_or_path) in SHIPPED:
-        return ASSETS / SHIPPED[str(name_or_path)]
+    if str(name_or_path) in shipped:
+        return ASSETS / shipped[str(name_or_path)]
+    names = ", ".join(shipped)
     raise checkpoint.CheckpointError(
-        f"checkpoint file not found: {p} (shipped checkpoints: {', '.join(SHIPPED)})"
+        f"checkpoint file not found: {p} (shipped {what + ' ' if what else ''}checkpoints: {names})"
     )
 
 
