@@ -124,8 +124,9 @@ def test_caption_unet_with_a_cell_map_loss_and_every_gradient(backend_name, dtyp
     map painted on the pixels, cross-attention, and the map's cross-entropy added to the loss."""
     from minigen.synthesis import captions as C
     from minigen.synthesis import scenes as SC
+    from minigen.synthesis.caption_unet import CaptionUNet
+    from minigen.synthesis.cells import token_cells
     from minigen.synthesis.clip import CLIPConfig
-    from minigen.synthesis.text2im import CaptionUNet
 
     def run(name):
         with backend.using(name):
@@ -139,7 +140,7 @@ def test_caption_unet_with_a_cell_map_loss_and_every_gradient(backend_name, dtyp
             tokens = C.encode_batch(["a red circle left of a blue square", "a cyan cross"])
             objects = [[SC.SceneObject("red", "circle", 1, 0), SC.SceneObject("blue", "square", 1, 2)],
                        [SC.SceneObject("cyan", "cross", 0, 1)]]  # fmt: skip
-            cells = C.token_cells(tokens, SC.from_objects(objects))  # (2, L)
+            cells = token_cells(tokens, SC.from_objects(objects))  # (2, L)
             e = model.embed(tokens, np.array([False, True]), cells)
             loss = F.mse_loss(model(Tensor(x), g.integers(0, 1000, 2), e), eps)
             loss = loss + model.cell_loss(e, cells)

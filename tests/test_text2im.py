@@ -23,21 +23,20 @@ from minigen.diffusion import (
 )
 from minigen.gradcheck import gradcheck
 from minigen.synthesis import captions as C
+from minigen.synthesis.caption_unet import CaptionUNet
 from minigen.synthesis.clip import CLIP, CLIPConfig
 from minigen.synthesis.clip_train import load_clip, save_clip
 from minigen.synthesis.guidance import cfg_eps, clip_grad, guided_step
 from minigen.synthesis.sampling import METHODS, Text2Im
-from minigen.synthesis.text2im import (
+from minigen.synthesis.text2im import caption_dropout, train_text2im
+from minigen.synthesis.text2im_config import Text2ImConfig
+from minigen.synthesis.text2im_io import (
     ASSETS,
     SHIPPED,
-    CaptionUNet,
     CondModel,
-    Text2ImConfig,
-    caption_dropout,
     load_cond,
     load_scenes,
     save_text2im,
-    train_text2im,
 )
 from minigen.tensor import no_grad
 
@@ -407,23 +406,26 @@ def test_the_demo_writes_a_captioned_grid(tmp_path, capsys):
 
 
 def test_mirror_pairs_are_scenes_and_their_mirrors_with_the_same_noise_level():
+    from minigen.synthesis.mirrors import mirror_pairs, mirror_safe, mirror_tokens
     from minigen.synthesis.scenes import mirror
-    from minigen.synthesis.text2im import _mirror_batch, mirror_safe, scene_data
+    from minigen.synthesis.text2im import draw_batch, scene_data
 
     data = scene_data(400)
     pool = mirror_safe(data, 0)
     split = C.make_split(0, 0, 0)
     for i in range(len(data)):  # no mirrored caption the pool keeps asserts a held-out relation
-        mirrored = C.parse_caption(C.decode(C.mirror_tokens(data.tokens[i])))
+        mirrored = C.parse_caption(C.decode(mirror_tokens(data.tokens[i])))
         held = C.is_held_out(mirrored, split.held_out_things, split.held_out_relations)
         assert (i in set(pool)) == (not held)
     assert 0 < len(data) - len(pool) < len(data) // 10  # some, not many, are left out
-    b = _mirror_batch(
-        data, pool, np.random.default_rng(0), 8, 0.5, NoiseSchedule.make("linear", 1000)
+    half = draw_batch(
+        data, pool, 8, np.random.default_rng(0), NoiseSchedule.make("linear", 1000), 0.5
     )
+    b = mirror_pairs(half)
+    assert all(np.array_equal(b[k][:8], half[k]) for k in half)
     np.testing.assert_array_equal(b["x0"][8:], mirror(b["x0"][:8]))
     np.testing.assert_array_equal(b["eps"][8:], mirror(b["eps"][:8]))
-    np.testing.assert_array_equal(b["tokens"][8:], C.mirror_tokens(b["tokens"][:8]))
+    np.testing.assert_array_equal(b["tokens"][8:], mirror_tokens(b["tokens"][:8]))
     np.testing.assert_array_equal(b["t"][8:], b["t"][:8])
     np.testing.assert_array_equal(b["drop"][8:], b["drop"][:8])
     with pytest.raises(ValueError, match="mirror_pairs"):

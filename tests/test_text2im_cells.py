@@ -1,6 +1,6 @@
 """The caption's cell map: where each caption token's object is, as the (bidirectional) caption
 encoder predicts it, and the map of the grid the conditional U-Net reads (text2im.CaptionUNet
-with cells, captions.token_cells, xunet.cell_painter)."""
+with cells, cells.token_cells, xunet.cell_painter)."""
 
 from __future__ import annotations
 
@@ -14,19 +14,13 @@ from minigen import default_dtype
 from minigen.diffusion import NoiseSchedule
 from minigen.synthesis import captions as C
 from minigen.synthesis import scenes as S
-from minigen.synthesis.caption_unet import CELL_DIM
+from minigen.synthesis.caption_unet import CELL_DIM, CaptionUNet
+from minigen.synthesis.cells import NOWHERE, is_mention, token_cells
 from minigen.synthesis.clip import CLIPConfig, TextEncoder
-from minigen.synthesis.text2im import (
-    CaptionUNet,
-    CondModel,
-    Text2ImConfig,
-    _mirror_batch,
-    load_cond,
-    mirror_safe,
-    save_cond,
-    scene_data,
-    train_text2im,
-)
+from minigen.synthesis.mirrors import mirror_pairs, mirror_safe, mirror_token_cells, mirror_tokens
+from minigen.synthesis.text2im import draw_batch, scene_data, train_text2im
+from minigen.synthesis.text2im_config import Text2ImConfig
+from minigen.synthesis.text2im_io import CondModel, load_cond, save_cond
 from minigen.synthesis.xunet import Caption, cell_painter
 from minigen.tensor import no_grad
 from tests.strategies import scene_objects
@@ -52,9 +46,9 @@ def _captioned(objects, seed):
 @given(objects=scene_objects(distinct_things=True), seed=st.integers(0, 2**16))
 def test_each_mentions_words_point_at_its_objects_cell_and_the_rest_nowhere(objects, seed):
     caption, tokens, sc = _captioned(objects, seed)
-    got = C.token_cells(tokens, sc)[0]  # (L,)
+    got = token_cells(tokens, sc)[0]  # (L,)
     words = ["<bos>", *caption.split(), "<eos>"]
-    want = [C.NOWHERE] * len(words) + [-100] * (tokens.shape[1] - len(words))
+    want = [NOWHERE] * len(words) + [-100] * (tokens.shape[1] - len(words))
     for i in range(1, len(words) - 2):
         if words[i] == "a":  # a <colour> <shape>
             (o,) = [o for o in objects if (o.colour, o.shape) == (words[i + 1], words[i + 2])]
@@ -62,15 +56,15 @@ def test_each_mentions_words_point_at_its_objects_cell_and_the_rest_nowhere(obje
     np.testing.assert_array_equal(got, want)
     # the mirrored caption of the mirrored scene: columns reversed, the words in place
     mirrored = [S.SceneObject(o.colour, o.shape, o.row, S.GRID - 1 - o.col) for o in objects]
-    back = C.token_cells(C.mirror_tokens(tokens), S.from_objects([mirrored]))
-    np.testing.assert_array_equal(C.mirror_token_cells(got[None]), back)
+    back = token_cells(mirror_tokens(tokens), S.from_objects([mirrored]))
+    np.testing.assert_array_equal(mirror_token_cells(got[None]), back)
 
 
 def test_a_mention_of_a_thing_the_scene_holds_twice_has_no_target():
     objects = [S.SceneObject("red", "circle", 0, 0), S.SceneObject("red", "circle", 2, 2)]
     tokens = C.encode_batch(["a red circle"])
-    np.testing.assert_array_equal(C.token_cells(tokens, S.from_objects([objects]))[0, :5],
-                                  [C.NOWHERE, C.NOWHERE, -100, -100, C.NOWHERE])  # fmt: skip
+    np.testing.assert_array_equal(token_cells(tokens, S.from_objects([objects]))[0, :5],
+                                  [NOWHERE, NOWHERE, -100, -100, NOWHERE])  # fmt: skip
 
 
 @given(objects=scene_objects(), size=st.sampled_from([15, 16, 17, 20, 24]))
@@ -116,7 +110,7 @@ CAPS = ["a red circle left of a blue square", "a green cross"]
 
 def test_the_map_holds_each_words_vector_in_its_objects_cell_and_nothing_if_dropped(net):
     tokens = C.encode_batch(CAPS)
-    cells = C.token_cells(tokens, S.from_objects(RED_LEFT))  # (2, L)
+    cells = token_cells(tokens, S.from_objects(RED_LEFT))  # (2, L)
     with no_grad():
         e = net.embed(tokens, np.array([False, True]), cells)
         h, eos = net.text.states(tokens)
@@ -144,8 +138,8 @@ def test_the_map_holds_each_words_vector_in_its_objects_cell_and_nothing_if_drop
 
 def test_the_cell_loss_is_the_cross_entropy_over_the_tokens_with_a_target(net):
     tokens = C.encode_batch(CAPS)
-    target = C.token_cells(tokens, S.from_objects(RED_LEFT))  # (2, L)
-    assert target[0, 2] == 3 and target[1, 3] == 1 and target[0, 1] == C.NOWHERE
+    target = token_cells(tokens, S.from_objects(RED_LEFT))  # (2, L)
+    assert target[0, 2] == 3 and target[1, 3] == 1 and target[0, 1] == NOWHERE
     with no_grad():
         e = net.embed(tokens, None, target)
         got = float(net.cell_loss(e, target).item())
@@ -168,12 +162,12 @@ def test_place_draws_one_free_cell_per_object_from_its_distribution(net):
         z = net.cell_where(net.text.states(tokens[:2])[0]).data[:, :, :G2]  # (2, L', G^2)
     cells = net.place(tokens, np.random.default_rng(0))
     np.testing.assert_array_equal(cells, net.place(tokens, np.random.default_rng(0)))
-    mention = C.is_mention(tokens)
+    mention = is_mention(tokens)
     np.testing.assert_array_equal(np.flatnonzero(mention[0]), [2, 7])
     assert (cells[:, 2] == cells[:, 3]).all() and (cells[:, 7] == cells[:, 8]).all()
     assert (cells[::2, 2] != cells[::2, 7]).all()  # two objects never share a cell
     other = ~(mention | np.roll(mention, 1, axis=1)) & (tokens != C.PAD)
-    assert (cells[other] == C.NOWHERE).all() and (cells[tokens == C.PAD] == -100).all()
+    assert (cells[other] == NOWHERE).all() and (cells[tokens == C.PAD] == -100).all()
     # the first object's cell follows its colour word's P_j (200 draws per caption)
     for row, j in ((0, 2), (1, 2)):
         p = np.exp(z[row, j] - z[row, j].max())
@@ -184,8 +178,8 @@ def test_place_draws_one_free_cell_per_object_from_its_distribution(net):
 
 def test_the_map_reaches_eps_and_the_cell_loss_trains_the_encoder_alone(net):
     tokens = C.encode_batch([CAPS[0]] * 2)
-    cells = C.token_cells(tokens, S.from_objects([RED_LEFT[0]] * 2))
-    moved = C.mirror_token_cells(cells)
+    cells = token_cells(tokens, S.from_objects([RED_LEFT[0]] * 2))
+    moved = mirror_token_cells(cells)
     gen = np.random.default_rng(0)
     x, t = gen.standard_normal((2, 3, 16, 16)), np.array([500, 500])
     with no_grad():
@@ -201,12 +195,12 @@ def test_the_map_reaches_eps_and_the_cell_loss_trains_the_encoder_alone(net):
 
 def test_mirror_pairs_carry_the_mirrored_cells():
     data = scene_data(400)
-    cells = C.token_cells(data.tokens, data.scenes)
+    cells = token_cells(data.tokens, data.scenes)
     pool = mirror_safe(data, 0)
     sched = NoiseSchedule.make("linear", 1000)
-    b = _mirror_batch(data, pool, np.random.default_rng(0), 8, 0.1, sched, cells)
-    np.testing.assert_array_equal(b["cells"][8:], C.mirror_token_cells(b["cells"][:8]))
-    plain = _mirror_batch(data, pool, np.random.default_rng(0), 8, 0.1, sched)
+    b = mirror_pairs(draw_batch(data, pool, 8, np.random.default_rng(0), sched, 0.1, cells))
+    np.testing.assert_array_equal(b["cells"][8:], mirror_token_cells(b["cells"][:8]))
+    plain = mirror_pairs(draw_batch(data, pool, 8, np.random.default_rng(0), sched, 0.1))
     assert "cells" not in plain and all(np.array_equal(plain[k], b[k]) for k in plain)
     rows = [int(np.flatnonzero((data.images == x).all((1, 2, 3)))[0]) for x in b["x0"][:8]]
     np.testing.assert_array_equal(b["cells"][:8], cells[rows])
@@ -224,7 +218,7 @@ def test_a_cell_map_model_trains_saves_and_loads(tmp_path):
     back = load_cond(path).denoiser
     tokens = C.encode_batch(["a red circle left of a blue square"])
     x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
-    cells = C.token_cells(tokens, S.from_objects([RED_LEFT[0]]))
+    cells = token_cells(tokens, S.from_objects([RED_LEFT[0]]))
     with no_grad():
         np.testing.assert_array_equal(
             back(x, [10], back.embed(tokens, None, cells)).data,

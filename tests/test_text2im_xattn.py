@@ -11,8 +11,9 @@ from minigen import checkpoint, default_dtype
 from minigen.checkpoint import CheckpointError
 from minigen.gradcheck import gradcheck
 from minigen.synthesis import captions as C
+from minigen.synthesis.caption_unet import CaptionUNet
 from minigen.synthesis.clip import CLIPConfig
-from minigen.synthesis.text2im import CaptionUNet, load_cond
+from minigen.synthesis.text2im_io import load_cond
 from minigen.synthesis.xunet import Caption, CrossAttention, CrossAttnUNet
 from minigen.tensor import Tensor, no_grad
 
@@ -175,7 +176,7 @@ def test_an_old_format_conditional_checkpoint_is_refused_with_a_clear_error(net,
 
 
 def test_a_half_checkpoint_is_half_the_size_and_rounds_each_weight_once(net, tmp_path):
-    from minigen.synthesis.text2im import CondModel, save_cond
+    from minigen.synthesis.text2im_io import CondModel, save_cond
 
     schedule = {"name": "linear", "num_train_timesteps": 100}
     full = save_cond(CondModel(net, schedule), tmp_path / "full.safetensors")

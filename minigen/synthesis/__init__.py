@@ -11,6 +11,7 @@ g = clip_grad(clip, x_t, t, "a red circle")         # grad_x (z_img(x_t, t) . z_
 x = Text2Im().sample("a red circle above a blue square", 8, method="clip")  # shipped models
 """
 
+from minigen.synthesis.caption_unet import CaptionUNet
 from minigen.synthesis.captions import (
     BOS,
     EOS,
@@ -70,18 +71,9 @@ from minigen.synthesis.scenes import (
     generate,
     plot_grid,
 )
-from minigen.synthesis.text2im import (
-    CaptionUNet,
-    CondModel,
-    Text2ImConfig,
-    Text2ImResult,
-    caption_dropout,
-    load_cond,
-    load_scenes,
-    save_text2im,
-    scene_data,
-    train_text2im,
-)
+from minigen.synthesis.text2im import caption_dropout, scene_data, train_text2im
+from minigen.synthesis.text2im_config import Text2ImConfig, Text2ImResult
+from minigen.synthesis.text2im_io import CondModel, load_cond, load_scenes, save_text2im
 from minigen.synthesis.xunet import Caption, CrossAttnUNet
 
 __all__ = [

@@ -16,7 +16,8 @@ from minigen import backend, nn
 from minigen import functional as F
 from minigen.diffusion import PREDICTIONS, NoiseSchedule
 from minigen.shape_ops import concatenate
-from minigen.synthesis.captions import IGNORE, NOWHERE, encode, is_mention, parse_caption
+from minigen.synthesis.captions import encode, parse_caption
+from minigen.synthesis.cells import IGNORE, NOWHERE, is_mention
 from minigen.synthesis.clip import CLIPConfig, TextEncoder
 from minigen.synthesis.scenes import GRID
 from minigen.synthesis.xunet import Caption, CrossAttnUNet
@@ -50,7 +51,7 @@ class CaptionUNet(nn.Module):
     so a cell holds v(colour) + v(shape), whatever the words around them: a blue cross is
     v(blue) + v(cross) though no training caption pairs them. Training fits P_j to where the
     scene has the object that token j names (`cell_loss`, cross-entropy against
-    `captions.token_cells`) and places each object in its own cell; sampling draws the cells
+    `cells.token_cells`) and places each object in its own cell; sampling draws the cells
     from P_j (`place`). A dropped caption's map is empty.
     """
 
@@ -107,7 +108,7 @@ class CaptionUNet(nn.Module):
     def embed(self, tokens: Any, drop: Any = None, cells: Any = None) -> Caption:
         """The Caption of token ids (B, L), the null caption where drop (B,) is True; with
         tokens None, `drop` is a number n of rows, all null. A model with a cell map needs the
-        cell of each token's object, (B, L) ints as `captions.token_cells` gives them (the
+        cell of each token's object, (B, L) ints as `cells.token_cells` gives them (the
         training scene's) or as `place` draws them (sampling)."""
         D, dt = self.text_config.width, self.null.dtype
         if tokens is None:  # the null caption for a batch of `drop` (an int) rows
@@ -136,7 +137,7 @@ class CaptionUNet(nn.Module):
         if cells is None:
             raise ValueError(
                 "CaptionUNet.embed: a model with a cell map needs the cell of each token's "
-                "object: captions.token_cells (training) or CaptionUNet.place (sampling)"
+                "object: cells.token_cells (training) or CaptionUNet.place (sampling)"
             )
         cells = np.asarray(cells)
         if cells.shape != np.shape(tokens):
@@ -191,7 +192,7 @@ class CaptionUNet(nn.Module):
 
     def cell_loss(self, e: Caption, target: np.ndarray) -> Tensor:
         """Cross-entropy of where `embed`'s tokens put their objects (P_j) against where they
-        are, (B, L) from `captions.token_cells` (IGNORE: no target), over the tokens that have one."""
+        are, (B, L) from `cells.token_cells` (IGNORE: no target), over the tokens that have one."""
         L = e.cell_logits.shape[1]
         # -log P_j[cell of token j's object], averaged over tokens
         return F.cross_entropy(e.cell_logits, np.asarray(target)[:, :L])

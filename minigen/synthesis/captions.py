@@ -33,7 +33,6 @@ import numpy as np
 
 from minigen.synthesis.scenes import (
     COLOURS,
-    GRID,
     SHAPES,
     SceneObject,
     Scenes,
@@ -59,12 +58,6 @@ __all__ = [
     "encode",
     "encode_batch",
     "decode",
-    "mirror_tokens",
-    "NOWHERE",
-    "IGNORE",
-    "token_cells",
-    "is_mention",
-    "mirror_token_cells",
     "CaptionedScenes",
     "Split",
     "caption_scenes",
@@ -244,53 +237,6 @@ def encode_batch(captions: Sequence[str], max_len: int = MAX_LEN) -> np.ndarray:
     out = np.full((len(captions), max_len), PAD, dtype=np.int64)  # (N, L)
     for i, c in enumerate(captions):
         out[i] = encode(c, max_len)
-    return out
-
-
-def mirror_tokens(tokens: np.ndarray) -> np.ndarray:
-    """The caption of the mirrored scene (`scenes.mirror`): "left" and "right" swapped."""
-    left, right = _ID["left"], _ID["right"]
-    out = np.array(tokens, copy=True)
-    out[tokens == left], out[tokens == right] = right, left
-    return out
-
-
-NOWHERE = GRID * GRID  # the class of a token that names no object: cells are 0 .. GRID^2 - 1
-IGNORE = -100  # no target: padding, or an object the scene holds twice
-
-
-def token_cells(tokens: np.ndarray, scenes: Scenes) -> np.ndarray:
-    """Where each token's object is, (N, L) ints: for the colour and the shape word of "a
-    <colour> <shape>", the grid cell row * GRID + col of the one object of that colour and shape
-    in the scene; NOWHERE for every other token of the caption (<bos> .. <eos>); IGNORE (-100)
-    for <pad>, and for a mention that fits several objects."""
-    out = np.full(tokens.shape, NOWHERE, dtype=np.int64)  # (N, L)
-    out[tokens == PAD] = IGNORE
-    for n, i in zip(*np.nonzero(is_mention(tokens)), strict=True):
-        colour, shape = VOCAB[tokens[n, i]], VOCAB[tokens[n, i + 1]]
-        fits = [o for o in scenes.objects(n) if o.colour == colour and o.shape == shape]
-        cell = fits[0].row * GRID + fits[0].col if len(fits) == 1 else IGNORE
-        out[n, i] = out[n, i + 1] = cell
-    return out
-
-
-def is_mention(tokens: np.ndarray) -> np.ndarray:
-    """(..., L) bool: True at the colour word of each "<colour> <shape>" (the shape word next)."""
-    tokens = np.asarray(tokens)
-    colour = np.isin(tokens, [_ID[c] for c in COLOURS])
-    shape = np.isin(tokens, [_ID[s] for s in SHAPES])
-    out = np.zeros(tokens.shape, dtype=bool)
-    out[..., :-1] = colour[..., :-1] & shape[..., 1:]
-    return out
-
-
-def mirror_token_cells(cells: np.ndarray) -> np.ndarray:
-    """`token_cells` of the mirrored scene and caption: column k goes to GRID - 1 - k (the
-    tokens keep their places: "left" and "right" are one word each)."""
-    out = np.array(cells, copy=True)
-    inside = (cells >= 0) & (cells < NOWHERE)
-    row, col = cells[inside] // GRID, cells[inside] % GRID
-    out[inside] = row * GRID + (GRID - 1 - col)
     return out
 
 

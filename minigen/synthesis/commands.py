@@ -29,13 +29,9 @@ from minigen.runs import RunLock
 from minigen.synthesis.checker import score_batch
 from minigen.synthesis.clip_train import save_clip, train_clip
 from minigen.synthesis.sampling import DEFAULT_SCALE, Text2Im, check_request, plot_samples
-from minigen.synthesis.text2im import (
-    KINDS,
-    SCENE_RANGE,
-    Text2ImConfig,
-    save_text2im,
-    train_text2im,
-)
+from minigen.synthesis.text2im import train_text2im
+from minigen.synthesis.text2im_config import KINDS, SCENE_RANGE, Text2ImConfig
+from minigen.synthesis.text2im_io import save_text2im
 
 __all__ = ["add_commands", "text2im_cmd", "train_cmd"]
 

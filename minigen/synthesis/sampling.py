@@ -31,14 +31,8 @@ from minigen.synthesis.clip import CLIP
 from minigen.synthesis.clip_train import load_clip
 from minigen.synthesis.guidance import cfg_eps, clip_grad, guided_step
 from minigen.synthesis.scenes import plot_grid
-from minigen.synthesis.text2im import (
-    SCENE_RANGE,
-    SCENE_SHAPE,
-    CondModel,
-    load_cond,
-    load_scenes,
-    resolve,
-)
+from minigen.synthesis.text2im_config import SCENE_RANGE, SCENE_SHAPE
+from minigen.synthesis.text2im_io import CondModel, load_cond, load_scenes, resolve
 from minigen.synthesis.xunet import Caption
 from minigen.tensor import Tensor, no_grad
 

@@ -24,77 +24,42 @@ loss of Ho et al. (2020) with an EMA of the weights:
 
   With `cell_weight` > 0 (the shipped model) the caption encoder reads both ways and also says
   where each mentioned object is, a map of the grid the U-Net reads (`caption_unet.py`), taught
-  by the scenes themselves (`captions.token_cells`: which cell holds the object each word names):
+  by the scenes themselves (`cells.token_cells`: which cell holds the object each word names):
 
       L = L_simple + lambda * mean_j CE(P_j, cell of token j's object)
 
 The training scenes are those of `make_split` (seed 0), the same as CLIP's: held-out
-combinations never appear, so scores on held-out captions measure composition.
+combinations never appear, so scores on held-out captions measure composition. The runs'
+configs are in `text2im_config.py`, the mirror pairs in `mirrors.py`, the checkpoints and the
+shipped models in `text2im_io.py`.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from minigen import checkpoint, nn, optim
+from minigen import nn, optim
 from minigen import rng as _rng
-from minigen.checkpoint import CheckpointError
-from minigen.diffusion import (
-    PREDICTIONS,
-    DiffusionModel,
-    NoiseSchedule,
-    Normalizer,
-    UNet,
-    blas_threads,
-    denoising_loss,
-    draw_noise,
-    load_model,
-)
+from minigen.diffusion import NoiseSchedule, blas_threads, denoising_loss, draw_noise
 from minigen.parallel import ShardedBackward
 from minigen.run_state import RunState, save_run
 from minigen.synthesis.caption_unet import CaptionUNet
-from minigen.synthesis.captions import (
-    CaptionedScenes,
-    decode,
-    is_held_out,
-    make_split,
-    mirror_token_cells,
-    mirror_tokens,
-    parse_caption,
-    token_cells,
-)
-from minigen.synthesis.clip import CLIPConfig
+from minigen.synthesis.captions import CaptionedScenes, make_split
+from minigen.synthesis.cells import token_cells
 from minigen.synthesis.clip_train import load_clip
-from minigen.synthesis.scenes import mirror
-from minigen.synthesis.xunet import CrossAttnUNet
+from minigen.synthesis.mirrors import mirror_pairs, mirror_safe
+from minigen.synthesis.text2im_config import SCENE_RANGE, SCENE_SHAPE, Text2ImConfig, Text2ImResult
+from minigen.synthesis.text2im_io import load_cond, resolve
 from minigen.tensor import Tensor
 from minigen.training import Every, Loop, Schedule
 
-__all__ = [
-    "SCENE_RANGE", "SCENE_SHAPE", "ASSETS", "SHIPPED", "CaptionUNet", "Text2ImConfig",
-    "Text2ImResult", "caption_dropout", "scene_data", "train_text2im", "CondModel",
-    "save_text2im", "save_cond", "load_scenes", "load_cond", "resolve",
-]  # fmt: skip
-
-SCENE_RANGE = (-1.0, 1.0)
-SCENE_SHAPE = (3, 16, 16)
-FORMAT = "minigen.text2im"
-# 2: the caption through cross-attention and FiLM (xunet.py); 1 (refused): one pooled vector
-VERSION = 2
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
-SHIPPED = {
-    "clip": "text2im_clip.safetensors",
-    "scenes": "text2im_scenes.safetensors",
-    "cond": "text2im_cond.safetensors",
-}
-KINDS = ("scenes", "cond")
+__all__ = ["caption_dropout", "scene_data", "draw_batch", "train_text2im"]
 
 
 def caption_dropout(batch: int, p: float, generator: np.random.Generator) -> np.ndarray:
@@ -102,100 +67,6 @@ def caption_dropout(batch: int, p: float, generator: np.random.Generator) -> np.
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"the caption-dropout probability must lie in [0, 1], got {p}")
     return generator.random(batch) < p
-
-
-@dataclass
-class Text2ImConfig:
-    """A training run of a scene denoiser: `kind` "scenes" (unconditional) or "cond"."""
-
-    kind: str = "scenes"
-    steps: int = 2000
-    batch_size: int = 64
-    lr: float = 2e-3
-    warmup: int = 100
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    base_channels: int = 16
-    channel_mults: tuple[int, ...] = (1, 2, 2)
-    p_uncond: float = 0.1  # cond only: the caption-dropout probability
-    text_width: int = 64  # cond only: the caption encoder
-    text_layers: int = 2
-    text_heads: int = 4
-    embed_dim: int = 64
-    n_train: int = 20000
-    data_seed: int = 0
-    seed: int = 0
-    schedule: str = "linear"
-    num_train_timesteps: int = 1000
-    heads: int = 4  # cond only: heads of the cross-attention blocks
-    attn_levels: tuple[int, ...] = (1, 2)  # cond only: levels (0 = 16x16) with cross-attention
-    text_init: str | None = None  # cond only: start the caption encoder from this CLIP's text tower
-    init: str | None = None  # cond only: start every weight from this conditional checkpoint
-    snr_gamma: float | None = None  # min-SNR-gamma loss weighting (None: L_simple)
-    prediction: str = "eps"  # cond only: the U-Net predicts eps, or v (Salimans & Ho 2022)
-    shards: int = 1  # each batch's gradient as the sum of this many shards' (minigen.parallel)
-    mirror_pairs: bool = False  # cond only: half of each batch the mirrors of the other half
-    cell_weight: float = 0.0  # cond only: > 0 adds the cell map, its cross-entropy so weighted
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"unknown model kind {self.kind!r}; choose one of {list(KINDS)}")
-        for name in ("steps", "batch_size", "n_train", "base_channels", "shards"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.snr_gamma is not None and not self.snr_gamma > 0:
-            raise ValueError(f"snr_gamma must be positive, got {self.snr_gamma}")
-        if self.prediction not in PREDICTIONS:
-            raise ValueError(f"unknown prediction {self.prediction!r}; choose one of {PREDICTIONS}")
-        if self.mirror_pairs and (self.kind != "cond" or self.batch_size % 2):
-            raise ValueError("mirror_pairs: a conditional model and an even batch size only")
-        if self.cell_weight < 0 or (self.cell_weight and self.kind != "cond"):
-            raise ValueError(
-                f"cell_weight: >= 0 and a conditional model only, got {self.cell_weight}"
-            )
-        if self.shards > self.batch_size:
-            raise ValueError(f"{self.shards} shards of a batch of {self.batch_size}: too many")
-        self.channel_mults = tuple(int(m) for m in self.channel_mults)
-        self.attn_levels = tuple(int(a) for a in self.attn_levels)
-
-    def unet_config(self) -> dict[str, Any]:
-        return {"kind": "unet", "image_size": SCENE_SHAPE[1], "in_channels": SCENE_SHAPE[0],
-                "base_channels": self.base_channels, "channel_mults": list(self.channel_mults)}  # fmt: skip
-
-    def make_model(self) -> nn.Module:
-        unet = self.unet_config()
-        if self.kind == "scenes":
-            return UNet(**{k: v for k, v in unet.items() if k != "kind"})
-        # the caption encoder: a CLIPConfig's text fields (its image fields go unused); the cell
-        # map reads the caption both ways
-        text = CLIPConfig(embed_dim=self.embed_dim, width=self.text_width, heads=self.text_heads,
-                          layers=self.text_layers, causal=not self.cell_weight)  # fmt: skip
-        unet = {**unet, "kind": CrossAttnUNet.kind, "heads": self.heads,
-                "attn_levels": list(self.attn_levels)}  # fmt: skip
-        schedule = {"name": self.schedule, "num_train_timesteps": self.num_train_timesteps}
-        return CaptionUNet(unet, text.to_dict(), self.p_uncond, self.prediction, schedule,
-                           cells=self.cell_weight > 0)  # fmt: skip
-
-
-@dataclass
-class Text2ImResult:
-    """A trained denoiser (EMA weights), its losses, the run's config and wall time."""
-
-    model: nn.Module
-    losses: list[float]
-    config: Text2ImConfig
-    seconds: float  # wall time
-    cpu_seconds: float = 0.0  # the process's CPU time (wall time on a machine nobody shares)
-
-    @property
-    def schedule(self) -> dict[str, Any]:
-        c = self.config
-        return {"name": c.schedule, "num_train_timesteps": c.num_train_timesteps}
-
-    def train_record(self) -> dict[str, Any]:
-        return {**asdict(self.config), "seconds": round(self.seconds, 1),
-                "cpu_seconds": round(self.cpu_seconds, 1),
-                "final_loss": float(np.mean(self.losses[-100:]))}  # fmt: skip
 
 
 def scene_data(n: int = 20000, seed: int = 0) -> CaptionedScenes:
@@ -269,38 +140,23 @@ def _shard_loss(
     return loss if shard["share"] == 1 else loss * shard["share"]
 
 
-def mirror_safe(data: CaptionedScenes, data_seed: int) -> np.ndarray:
-    """The rows whose mirrored caption asserts no held-out relation of `make_split(..., data_seed)`
-    (the mirror of "yellow right of red" is "yellow left of red", which may be held out)."""
-    split = make_split(0, 0, data_seed)  # the held-out sets depend on the seed only
-    mirrored = [parse_caption(decode(t)) for t in mirror_tokens(data.tokens)]
-    held = [is_held_out(p, split.held_out_things, split.held_out_relations) for p in mirrored]
-    return np.flatnonzero(~np.array(held, dtype=bool))  # (n_safe,)
-
-
-def _mirror_batch(
-    data: CaptionedScenes, pool: np.ndarray, gen: np.random.Generator, n: int,
-    p_uncond: float, schedule: NoiseSchedule, cells: np.ndarray | None = None,
+def draw_batch(
+    data: CaptionedScenes, rows: np.ndarray, n: int, gen: np.random.Generator,
+    schedule: NoiseSchedule, p_uncond: float | None = None, cells: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:  # fmt: skip
-    """n scenes of `pool` and their mirrors (`scenes.mirror`, "left" and "right" swapped in the
-    caption), with the same t, the mirrored noise and the same caption dropout: pairs that
-    differ only by where things are and by the relation word, so the word's gradient is not
-    lost among everything else that differs between two scenes."""
-    idx = pool[gen.integers(0, len(pool), n)]  # (n,)
-    x0, tokens = data.images[idx], data.tokens[idx]  # (n, 3, 16, 16), (n, L)
-    t, eps = draw_noise(schedule, x0, gen)  # (n,), (n, 3, 16, 16)
-    drop = caption_dropout(n, p_uncond, gen)  # (n,)
-    extra = {}
-    if cells is not None:  # where each token's object is: in the mirror, columns reversed
-        extra["cells"] = np.concatenate([cells[idx], mirror_token_cells(cells[idx])])  # (2n, L)
-    return {
-        **extra,
-        "x0": np.concatenate([x0, mirror(x0)]),  # (2n, 3, 16, 16)
-        "tokens": np.concatenate([tokens, mirror_tokens(tokens)]),  # (2n, L)
-        "drop": np.concatenate([drop, drop]),  # (2n,)
-        "t": np.concatenate([t, t]),  # (2n,)
-        "eps": np.concatenate([eps, mirror(eps)]),  # (2n, 3, 16, 16)
-    }
+    """n training examples of `rows` of data, drawn with replacement: scenes x_0, their t and
+    noise eps, and for a conditional model (`p_uncond` given) their captions, which of them
+    are dropped, and their cell targets (`cells`: `cells.token_cells` of the data)."""
+    idx = rows[gen.integers(0, len(rows), n)]  # (n,)
+    batch = {"x0": data.images[idx]}  # (n, 3, 16, 16)
+    if p_uncond is not None:
+        batch["tokens"] = data.tokens[idx]  # (n, L)
+    if cells is not None:
+        batch["cells"] = cells[idx]  # (n, L)
+    batch["t"], batch["eps"] = draw_noise(schedule, batch["x0"], gen)  # (n,), (n, 3, 16, 16)
+    if p_uncond is not None:
+        batch["drop"] = caption_dropout(n, p_uncond, gen)  # (n,)
+    return batch
 
 
 def _train(
@@ -334,22 +190,15 @@ def _train(
     parts = np.array_split(np.arange(cfg.batch_size), cfg.shards)  # each shard's rows
     sharded = ShardedBackward(model, partial(Text2ImConfig.make_model, cfg), loss_fn, cfg.shards,
                               workers, threads)  # fmt: skip
-    pool = mirror_safe(data, cfg.data_seed) if cfg.mirror_pairs else None
+    pool = mirror_safe(data, cfg.data_seed) if cfg.mirror_pairs else np.arange(len(data))
+    p_uncond = cfg.p_uncond if cfg.kind == "cond" else None  # the scenes model reads no caption
 
     def step_fn(step: int) -> float:
+        # with mirror pairs, half a batch is drawn and the other half is its mirror
+        n = cfg.batch_size // 2 if cfg.mirror_pairs else cfg.batch_size
+        batch = draw_batch(data, pool, n, gen, schedule, p_uncond, cells)
         if cfg.mirror_pairs:
-            batch = _mirror_batch(data, pool, gen, cfg.batch_size // 2, cfg.p_uncond,
-                                  schedule, cells)  # fmt: skip
-        else:
-            idx = gen.integers(0, len(data), cfg.batch_size)  # (B,)
-            batch = {"x0": data.images[idx]}  # (B, 3, 16, 16)
-            if cfg.kind == "cond":
-                batch["tokens"] = data.tokens[idx]  # (B, L)
-                batch["drop"] = caption_dropout(len(idx), cfg.p_uncond, gen)  # (B,)
-            if cells is not None:
-                batch["cells"] = cells[idx]  # (B, L)
-            t, eps = draw_noise(schedule, batch["x0"], gen)  # (B,), (B, 3, 16, 16)
-            batch["t"], batch["eps"] = t, eps
+            batch = mirror_pairs(batch)  # (2n, ...) each
         opt.zero_grad()
         # grad L = sum_k grad((B_k / B) L_k), the shards' gradients summed into the parameters
         value = sharded(
@@ -367,92 +216,3 @@ def _train(
         loop.run(step_fn, hooks, until)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     return Text2ImResult(loop.ema.copy_to(cfg.make_model()).eval(), loop.losses, cfg, seconds, cpu)
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def save_text2im(result: Text2ImResult, path: str | os.PathLike, half: bool = False) -> Path:
-    """Write a trained denoiser: "scenes" as a `minigen.diffusion` checkpoint (so
-    `minigen sample-diffusion` reads it), "cond" with its text encoder and null caption
-    (`half`: its weights stored as float16, see `save_cond`)."""
-    if result.config.kind == "scenes":
-        identity = Normalizer(np.asarray(0.0), np.asarray(1.0))  # x_0 already in [-1, 1]
-        model = DiffusionModel(result.model, result.schedule, identity, "scenes", SCENE_SHAPE,
-                               {"train": result.train_record()})  # fmt: skip
-        return model.save(path)
-    return save_cond(CondModel.from_training(result), path, half)
-
-
-def save_cond(model: CondModel, path: str | os.PathLike, half: bool = False) -> Path:
-    """Write a conditional denoiser; `half` stores its weights as float16 (half the file,
-    read back into the model's float32: a relative rounding of at most 2^-11 per weight)."""
-    state = model.denoiser.state_dict()
-    if half:
-        state = {k: v.astype(np.float16) for k, v in state.items()}
-    meta = {"format": FORMAT, "version": VERSION, "model": model.denoiser.config,
-            "schedule": model.schedule, "train": model.config.get("train", {}),
-            "stored_dtype": "float16" if half else str(next(iter(state.values())).dtype)}  # fmt: skip
-    return checkpoint.save(path, state, meta)
-
-
-def resolve(name_or_path: str | os.PathLike) -> Path:
-    """A checkpoint file, or a shipped one by name (clip, scenes, cond)."""
-    p = Path(name_or_path)
-    if p.is_file():
-        return p
-    if str(name_or_path) in SHIPPED:
-        return ASSETS / SHIPPED[str(name_or_path)]
-    raise CheckpointError(
-        f"checkpoint file not found: {p} (shipped text-to-image checkpoints: {', '.join(SHIPPED)})"
-    )
-
-
-@dataclass
-class CondModel:
-    """The conditional denoiser of classifier-free guidance, with its noise schedule."""
-
-    denoiser: CaptionUNet
-    schedule: dict[str, Any]
-    config: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_training(cls, result: Text2ImResult) -> CondModel:
-        return cls(result.model, result.schedule, {"train": result.train_record()})
-
-
-def load_scenes(name_or_path: str | os.PathLike = "scenes") -> DiffusionModel:
-    """The unconditional scene model from a checkpoint (default: the shipped one)."""
-    path = resolve(name_or_path)
-    model = load_model(path)
-    if model.sample_shape != SCENE_SHAPE:
-        raise CheckpointError(
-            f"{path}: a diffusion model of samples {model.sample_shape}, not scenes {SCENE_SHAPE}"
-        )
-    return model
-
-
-def load_cond(name_or_path: str | os.PathLike = "cond") -> CondModel:
-    """The conditional scene model from a checkpoint (default: the shipped one)."""
-    path = resolve(name_or_path)
-    _, meta = checkpoint.load(path)
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(
-            f"{path} is not a conditional text-to-image checkpoint (format {meta.get('format')!r})"
-        )
-    if meta.get("version") != VERSION:
-        raise CheckpointError(
-            f"{path}: a conditional text-to-image checkpoint of format version "
-            f"{meta.get('version')!r}; this minigen reads version {VERSION} (the caption read by "
-            "cross-attention and FiLM): retrain it with `minigen train-text2im --model cond`"
-        )
-    try:
-        cfg = meta["model"]
-        schedule = dict(meta["schedule"])
-        denoiser = CaptionUNet(cfg["unet"], cfg["text"], cfg.get("p_uncond", 0.1),
-                               cfg.get("prediction", "eps"), schedule,
-                               cells=bool(cfg.get("cells", False)))  # fmt: skip
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: its config lacks or garbles {e}") from None
-    checkpoint.load_module(denoiser, path)
-    return CondModel(denoiser.eval(), schedule, {"train": meta.get("train", {})})
