@@ -1,5 +1,7 @@
 """§7.1 text synthesis: tokenizers, corpora, the GPT, its training and sampling."""
 
+from minigen.text.bpe import ByteBPETokenizer
+from minigen.text.char_tokenizers import CharTokenizer
 from minigen.text.corpus import (
     check_corpus_length,
     load_corpus,
@@ -9,14 +11,9 @@ from minigen.text.corpus import (
 )
 from minigen.text.gpt import GPT, PRESETS, GPTConfig, KVCache, flops_per_token, preset
 from minigen.text.gpt_io import LOSS_LABEL, load_checkpoint, load_gpt
+from minigen.text.hf.gpt2_tokenizer import train_bpe
 from minigen.text.sampling import generate, generate_ids, next_token_probs, stream_text
-from minigen.text.tokenizers import (
-    ByteBPETokenizer,
-    CharTokenizer,
-    load_tokenizer,
-    tokenizer_from_dict,
-    train_bpe,
-)
+from minigen.text.tokenizers import load_tokenizer, tokenizer_from_dict
 from minigen.text.train import TrainConfig, Trainer
 
 __all__ = [

@@ -44,10 +44,10 @@ import numpy as np
 
 from minigen.runs import RunLock
 from minigen.tensor import no_grad
+from minigen.text.char_tokenizers import PieceTokenizer
 from minigen.text.fewshot.prompts import FIGURE_7_1
 from minigen.text.gpt import GPT, GPTConfig
 from minigen.text.gpt_io import check_writable
-from minigen.text.tokenizers import PieceTokenizer
 from minigen.text.train import TrainConfig, Trainer
 
 __all__ = [

@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 
 from minigen.checkpoint import CheckpointError, atomic_write
+from minigen.text.bpe import ByteBPETokenizer
 from minigen.text.gpt import GPT, GPTConfig, param_shapes
-from minigen.text.tokenizers import ByteBPETokenizer
 
 __all__ = [
     "GPT2_FILES",

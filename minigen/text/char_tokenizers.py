@@ -1,0 +1,169 @@
+"""Tokenizers of a fixed vocabulary: one token per character, or per piece (§7.1).
+
+- CharTokenizer: one token per character of a fixed alphabet (the characters of the training
+  text, sorted). Small V, long sequences.
+- PieceTokenizer: a fixed vocabulary of strings ("pieces"), a text cut greedily into the
+  longest piece at each position (a word-level vocabulary, for synthetic corpora).
+
+`read_json` and `bad_id` serve the byte-level BPE (`bpe.py`) too.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from minigen.checkpoint import atomic_write
+
+__all__ = ["CharTokenizer", "PieceTokenizer", "read_json", "bad_id"]
+
+
+def read_json(path: str | Path) -> Any:
+    """A tokenizer's JSON file, or an error naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"tokenizer file not found: {path}")
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a valid JSON file: {e}") from None
+
+
+def bad_id(ids: Sequence[int], vocab_size: int, known: Any) -> ValueError:
+    """The error for the first id of `ids` not in `known`, naming it and its position."""
+    pos, i = next((p, i) for p, i in enumerate(ids) if int(i) not in known)
+    return ValueError(
+        f"token id {i} at position {pos} is not in the vocabulary (size {vocab_size})"
+    )
+
+
+# ----------------------------------------------------------------------------- characters
+class CharTokenizer:
+    """One id per character: `chars[i]` is token i."""
+
+    def __init__(self, chars: Iterable[str]) -> None:
+        self.chars = list(chars)
+        for c in self.chars:
+            if not isinstance(c, str) or len(c) != 1:
+                raise ValueError(f"a CharTokenizer's alphabet holds single characters, got {c!r}")
+        self._ids = {c: i for i, c in enumerate(self.chars)}
+        if len(self._ids) != len(self.chars):
+            dup = next(c for c, n in Counter(self.chars).items() if n > 1)
+            raise ValueError(f"character {dup!r} appears twice in the alphabet")
+
+    @classmethod
+    def from_text(cls, text: str) -> CharTokenizer:
+        """The alphabet of `text`: its distinct characters in code-point order."""
+        if not text:
+            raise ValueError("cannot build a CharTokenizer from an empty text")
+        return cls(sorted(set(text)))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str) -> list[int]:
+        try:
+            return [self._ids[c] for c in text]
+        except KeyError:
+            pos, c = next((p, c) for p, c in enumerate(text) if c not in self._ids)
+            raise ValueError(
+                f"character {c!r} at position {pos} is not in this CharTokenizer's alphabet "
+                f"of {self.vocab_size} characters"
+            ) from None
+
+    def decode(self, ids: Iterable[int]) -> str:
+        ids = list(ids)
+        if not all(0 <= i < len(self.chars) for i in ids):
+            raise bad_id(ids, self.vocab_size, range(self.vocab_size))
+        return "".join([self.chars[i] for i in ids])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": "minigen.CharTokenizer", "chars": self.chars}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> CharTokenizer:
+        if not isinstance(d.get("chars"), list):
+            raise ValueError(f"{source}: a CharTokenizer needs a list 'chars'")
+        return cls(d["chars"])
+
+    def save(self, path: str | Path) -> None:
+        """Write the tokenizer as JSON (non-ASCII characters escaped), atomically."""
+        atomic_write(path, json.dumps(self.to_dict()).encode("ascii"))
+
+    @classmethod
+    def load(cls, path: str | Path) -> CharTokenizer:
+        return cls.from_dict(read_json(path), str(path))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CharTokenizer) and self.chars == other.chars
+
+    def __repr__(self) -> str:
+        return f"CharTokenizer(vocab_size={self.vocab_size})"
+
+
+# ----------------------------------------------------------------------------- pieces
+class PieceTokenizer:
+    """A vocabulary of strings, `pieces[i]` token i; encoding takes, at each position, the
+    longest piece the text starts with there (so "I: a, O:" is one token if it is a piece)."""
+
+    def __init__(self, pieces: Iterable[str]) -> None:
+        self.pieces = list(pieces)
+        if not all(isinstance(p, str) and p for p in self.pieces):
+            raise ValueError("a PieceTokenizer's pieces are non-empty strings")
+        self._ids = {p: i for i, p in enumerate(self.pieces)}
+        if len(self._ids) != len(self.pieces):
+            dup = next(p for p, n in Counter(self.pieces).items() if n > 1)
+            raise ValueError(f"piece {dup!r} appears twice in the vocabulary")
+        # an alternation tries its branches in order: longest first makes the match greedy
+        longest_first = sorted(self.pieces, key=len, reverse=True)
+        self._re = re.compile("|".join(map(re.escape, longest_first)))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.pieces)
+
+    def encode(self, text: str) -> list[int]:
+        ids, pos = [], 0
+        while pos < len(text):
+            m = self._re.match(text, pos)
+            if m is None:
+                raise ValueError(
+                    f"text at position {pos} ({text[pos : pos + 12]!r}) starts with none of "
+                    f"this PieceTokenizer's {self.vocab_size} pieces"
+                )
+            ids.append(self._ids[m.group()])
+            pos = m.end()
+        return ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        ids = list(ids)
+        if not all(0 <= i < len(self.pieces) for i in ids):
+            raise bad_id(ids, self.vocab_size, range(self.vocab_size))
+        return "".join([self.pieces[i] for i in ids])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": "minigen.PieceTokenizer", "pieces": self.pieces}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> PieceTokenizer:
+        if not isinstance(d.get("pieces"), list):
+            raise ValueError(f"{source}: a PieceTokenizer needs a list 'pieces'")
+        return cls(d["pieces"])
+
+    def save(self, path: str | Path) -> None:
+        atomic_write(path, json.dumps(self.to_dict()).encode("ascii"))
+
+    @classmethod
+    def load(cls, path: str | Path) -> PieceTokenizer:
+        return cls.from_dict(read_json(path), str(path))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PieceTokenizer) and self.pieces == other.pieces
+
+    def __repr__(self) -> str:
+        return f"PieceTokenizer(vocab_size={self.vocab_size})"
