@@ -204,6 +204,9 @@ class CrossAttnUNet(nn.Module):
             self.config["cell_channels"] = int(cell_channels)
         widths = [base_channels * m for m in mults]
         t_out = 4 * base_channels
+        # MLP_t is the function of diffusion's TimeEmbedding (Linear, SiLU, Linear), written out on
+        # purpose: a TimeEmbedding would name its weights time.fc1.* and time.fc2.*, not the
+        # time_fc1.* and time_fc2.* the shipped conditional checkpoint holds (same values)
         self.time_fc1, self.time_fc2 = nn.Linear(base_channels, t_out), nn.Linear(t_out, t_out)
         self.cond_fc1, self.cond_fc2 = nn.Linear(cond_dim, t_out), nn.Linear(t_out, t_out)
         self.inp = nn.Conv2d(in_channels, base_channels, 3, padding=1)
