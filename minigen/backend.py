@@ -17,15 +17,10 @@ arrays (CPU) and on CuPy arrays (GPU):
 `xp` (this module's attribute) is where *new* tensors go: cupy for "cupy", numpy otherwise.
 Operands owned by two array libraries in one op raise `BackendMismatchError`.
 
-**The dispatch table.** `kernels` maps a name to the array-level function the fused ops
-call (`y = backend.kernels["softmax_forward"](x, axis)`, one dict lookup per call). It
-starts as minigen's NumPy functions, which each module registers under its own name
-when imported (`register_kernel`): functional.py the softmaxes, attention and layer
-norm, ops.py GELU, diffusion/schedulers.py the noise step, optim.py AdamW's update.
-`use("numba")` and `use("cupy")` put the kernel-backed functions of `kernel_ops.py` in
-their place (they call `minigen_kernels`, the package in kernels/minigen_kernels/, and hand the cases a
-kernel does not cover back to the NumPy function); `use("numpy")` puts minigen's back. `KERNEL_NAMES` lists
-the entries with their signatures.
+**The kernels.** `use("numba")` and `use("cupy")` also load the backend's kernel module
+(`kernel_module()`: minigen_kernels.numba_cpu or minigen_kernels.cupy_kernels, from the
+package in kernels/minigen_kernels/). Which NumPy function each fused op swaps for which
+kernel is written in one table, `minigen/dispatch.py`; the ops call through its `pick`.
 """
 
 from __future__ import annotations
@@ -34,7 +29,7 @@ import contextlib
 import importlib.util
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -42,30 +37,12 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "BACKENDS", "KERNEL_NAMES", "BackendError", "BackendMismatchError", "use", "current",
-    "available", "why_unavailable", "xp", "kernels", "numpy_kernels", "register_kernel",
-    "array_module", "to_numpy", "scatter_add", "erf", "import_kernels", "keep_freed_memory",
-    "blas_threads", "using",
+    "BACKENDS", "BackendError", "BackendMismatchError", "use", "current", "kernel_module",
+    "available", "why_unavailable", "xp", "array_module", "to_numpy", "scatter_add", "erf",
+    "import_kernels", "keep_freed_memory", "blas_threads", "using",
 ]  # fmt: skip
 
 BACKENDS = ("numpy", "numba", "cupy")
-
-# The entries of the dispatch table, with the signatures every backend's functions share.
-# `saved` is whatever that backend's backward needs (its forward returns it).
-KERNEL_NAMES = (
-    "softmax_forward",  # (x, axis=-1) -> y
-    "softmax_backward",  # (y, dy, axis=-1) -> dx
-    "log_softmax_forward",  # (x, axis=-1) -> y
-    "log_softmax_backward",  # (y, dy, axis=-1) -> dx
-    "attention_forward",  # (q, k, v, scale, is_causal, mask=None, keep=None) -> (y, att)
-    "attention_backward",  # (dy, q, k, v, att, scale, keep=None) -> (dq, dk, dv)
-    "layer_norm_forward",  # (x, w, b, eps) -> (y, saved)
-    "layer_norm_backward",  # (dy, saved, w) -> (dx, dw, db)
-    "gelu_forward",  # (x, approximate) -> (y, saved)
-    "gelu_backward",  # (saved, dy, approximate) -> dx
-    "ddpm_noise_step",  # (x_t, eps, z, beta_t, alpha_t, abar_t, sigma_t) -> x_{t-1}
-    "adamw_step",  # (p, g, m, v, tmp, lr, beta1, beta2, eps, weight_decay, step) -> None
-)
 
 # The minigen_kernels backend behind each of ours (None: minigen's NumPy code only).
 _KERNEL_BACKEND = {"numpy": None, "numba": "numba-cpu", "cupy": "cupy"}
@@ -81,17 +58,7 @@ class BackendMismatchError(TypeError):
 
 _name = "numpy"
 xp: ModuleType = np  # the array module new tensors are created with
-kernels: dict[str, Callable] = {}  # the dispatch table: name -> array-level function
-numpy_kernels: dict[str, Callable] = {}  # minigen's NumPy functions, by the same names
-_accelerated: dict[str, Callable] = {}  # the selected backend's kernel-backed functions
-
-
-def register_kernel(name: str, fn: Callable) -> None:
-    """Make `fn` (minigen's NumPy function) the default entry `name` of the dispatch table."""
-    if name not in KERNEL_NAMES:
-        raise ValueError(f"register_kernel: unknown entry {name!r}; entries: {KERNEL_NAMES}")
-    numpy_kernels[name] = fn
-    kernels[name] = _accelerated.get(name, fn)
+_kernels: ModuleType | None = None  # the selected backend's kernel module (None: "numpy")
 
 
 # ----------------------------------------------------------------------------- the switch
@@ -143,33 +110,34 @@ def use(name: str) -> None:
     Raises ValueError for an unknown name, and BackendError, naming what to install
     (numba, cupy) or what is missing (a CUDA device), for one that cannot run here.
     """
-    global _name, xp
+    global _name, xp, _kernels
     reason = why_unavailable(name)
     if reason is not None:
         raise BackendError(f"backend {name!r} is unavailable: {reason}")
-    table: dict[str, Callable] = {}
+    kernels = None
     if name != "numpy":
-        from minigen import kernel_ops
-
         # the kernel module (and numba or cupy with it) is imported only now, when asked for
-        table = kernel_ops.install(import_kernels().get(_KERNEL_BACKEND[name]))
+        kernels = import_kernels().get(_KERNEL_BACKEND[name])
     if name == "cupy":
         import cupy
 
         module = cupy
     else:
         module = np
-    _name, xp = name, module
-    _accelerated.clear()
-    _accelerated.update(table)
-    kernels.clear()
-    kernels.update(numpy_kernels)
-    kernels.update(table)
+    _name, xp, _kernels = name, module, kernels
 
 
 def current() -> str:
     """The name of the backend in use."""
     return _name
+
+
+def kernel_module() -> ModuleType:
+    """The kernel module of the backend in use (minigen_kernels.numba_cpu for "numba",
+    minigen_kernels.cupy_kernels for "cupy"); BackendError on "numpy", which has none."""
+    if _kernels is None:
+        raise BackendError('the "numpy" backend runs no kernels: minigen.backend.use("numba")')
+    return _kernels
 
 
 @contextlib.contextmanager

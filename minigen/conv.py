@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from minigen import backend
+from minigen.normalize import normalize_backward, normalize_forward
 from minigen.tensor import Tensor, node
 
 __all__ = ["conv2d", "group_norm", "avg_pool2d", "upsample_nearest2d"]
@@ -158,8 +159,6 @@ def group_norm(
     eps: float = 1e-5,
 ) -> Tensor:
     """Normalise each group of C / num_groups channels (over them and all pixels) per sample."""
-    from minigen.functional import normalize_backward, normalize_forward
-
     xd = x.data
     N, C = xd.shape[:2]
     if C % num_groups:

@@ -4,9 +4,10 @@
 many NumPy passes its math takes, so the Python overhead stays per op, not per
 elementary operation. The array-level math is kept in plain functions
 (`softmax_forward`, `layer_norm_backward`, `attention_forward`, ...) that take and
-return arrays. They are the NumPy entries of the backend's dispatch table: the ops
-call them through `backend.kernels[name]`, so `backend.use("numba")` or `"cupy"` runs
-the fused kernels of `minigen_kernels` instead (which its `reference.py` holds to these).
+return arrays. They are the NumPy references of the fused ops (minigen/dispatch.py): the
+ops call them through `dispatch.pick(softmax_forward)(...)`, so `backend.use("numba")` or
+`"cupy"` runs the fused kernels of `minigen_kernels` instead (held to these by its
+`reference.py`).
 
 Softmax over the last axis, with m = max_j x_j for stability:
     softmax(x)_i = e^{x_i - m} / sum_j e^{x_j - m}
@@ -23,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from minigen import backend, rng
+from minigen import backend, dispatch, rng
 from minigen.conv import avg_pool2d, conv2d, group_norm, upsample_nearest2d
+from minigen.normalize import normalize_backward, normalize_forward
 from minigen.ops import _constant, gelu, relu, sigmoid, silu, tanh, unbroadcast
 from minigen.tensor import Tensor, node
 
@@ -66,14 +68,14 @@ def log_softmax_backward(y: Any, dy: Any, axis: int = -1) -> Any:
 
 
 def softmax(x: Tensor, axis: int = -1) -> Tensor:
-    K = backend.kernels  # the dispatch table: NumPy, or the selected backend's kernels
-    y, backward = K["softmax_forward"](x.data, axis), K["softmax_backward"]
+    # softmax_forward, or the selected backend's kernel for it (minigen/dispatch.py)
+    y, backward = dispatch.pick(softmax_forward)(x.data, axis), dispatch.pick(softmax_backward)
     return node(y, (x,), lambda g: (backward(y, g, axis),))
 
 
 def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
-    K = backend.kernels
-    y, backward = K["log_softmax_forward"](x.data, axis), K["log_softmax_backward"]
+    y = dispatch.pick(log_softmax_forward)(x.data, axis)
+    backward = dispatch.pick(log_softmax_backward)
     return node(y, (x,), lambda g: (backward(y, g, axis),))
 
 
@@ -112,7 +114,7 @@ def cross_entropy(
     if bool(((t < 0) | (t >= C))[valid].any()):
         raise ValueError(f"cross_entropy: a target lies outside [0, {C}) (and is not ignore_index)")
     t_safe = xp.where(valid, t, 0)[..., None]  # (..., 1)
-    logp = backend.kernels["log_softmax_forward"](x, -1)  # (..., C)
+    logp = dispatch.pick(log_softmax_forward)(x, -1)  # (..., C)
     # the loss of one example: -log p(target) = -log softmax(x)_target
     nll = -xp.take_along_axis(logp, t_safe, axis=-1)[..., 0] * valid  # (...)
     n = int(valid.sum()) if reduction == "mean" else 1
@@ -177,36 +179,6 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return node(y, parents, backward if bias is not None else lambda g: backward(g)[:2])
 
 
-def _mean_last(x: Any) -> Any:
-    """x.mean(axis=-1, keepdims=True) as a matrix-vector product x (1/n, ..., 1/n): the
-    same sum, but BLAS runs it far faster than NumPy's reduction along short rows."""
-    n = x.shape[-1]
-    return (x @ backend.array_module(x).full(n, 1 / n, dtype=x.dtype))[..., None]
-
-
-def _mean_of_product(a: Any, b: Any) -> Any:
-    """(a * b).mean(axis=-1, keepdims=True), without the temporary a * b."""
-    return backend.array_module(a).einsum("...i,...i->...", a, b)[..., None] / a.shape[-1]
-
-
-def normalize_forward(x: Any, eps: float) -> tuple[Any, Any]:
-    """(x - mean) / sqrt(var + eps) over the last axis; returns (xhat, rstd)."""
-    xp = backend.array_module(x)
-    xc = x - _mean_last(x)
-    rstd = 1 / xp.sqrt(_mean_of_product(xc, xc) + eps)  # (..., 1)
-    xc *= rstd
-    return xc, rstd
-
-
-def normalize_backward(dxhat: Any, xhat: Any, rstd: Any) -> Any:
-    # dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)), means over the last axis
-    dx = xhat * _mean_of_product(dxhat, xhat)
-    dx += _mean_last(dxhat)
-    backend.array_module(dx).subtract(dxhat, dx, out=dx)
-    dx *= rstd
-    return dx
-
-
 def layer_norm_forward(x: Any, w: Any, b: Any, eps: float) -> tuple[Any, Any]:
     """(y, saved): y = xhat w + b, and saved = (xhat, rstd), what the backward reads."""
     xhat, rstd = normalize_forward(x, eps)
@@ -236,9 +208,9 @@ def layer_norm(
         if p is not None and p.shape != (C,):
             raise ValueError(f"layer_norm: {name} has shape {p.shape}, expected ({C},)")
     w = weight.data if weight is not None else None
-    K = backend.kernels
-    y, saved = K["layer_norm_forward"](x.data, w, bias.data if bias is not None else None, eps)
-    layer_norm_bwd = K["layer_norm_backward"]
+    b = bias.data if bias is not None else None
+    y, saved = dispatch.pick(layer_norm_forward)(x.data, w, b, eps)
+    layer_norm_bwd = dispatch.pick(layer_norm_backward)
     parents = tuple(t for t in (x, weight, bias) if t is not None)
 
     def backward(g):
@@ -379,10 +351,9 @@ def scaled_dot_product_attention(
     scale = 1 / math.sqrt(qd.shape[-1]) if scale is None else scale
     mask = attn_mask.data if isinstance(attn_mask, Tensor) else attn_mask
     mask = _constant(mask)  # a NumPy mask follows the backend (onto the GPU with "cupy")
-    K = backend.kernels
     # `attention` fused: attention_forward, or the selected backend's kernel; O and P
-    y, att = K["attention_forward"](qd, kd, vd, scale, is_causal, mask)  # (..., T, Dv)
-    attention_bwd = K["attention_backward"]
+    y, att = dispatch.pick(attention_forward)(qd, kd, vd, scale, is_causal, mask)  # (..., T, Dv)
+    attention_bwd = dispatch.pick(attention_backward)
 
     def backward(g):
         dq, dk, dv = attention_bwd(g, qd, kd, vd, att, scale)
@@ -391,10 +362,20 @@ def scaled_dot_product_attention(
     return node(y, (q, k, v), backward)
 
 
-# ----------------------------------------------------------------------------- dispatch
-# These NumPy functions are the default entries of the dispatch table (backend.kernels).
-for _fn in (
-    softmax_forward, softmax_backward, log_softmax_forward, log_softmax_backward,
-    attention_forward, attention_backward, layer_norm_forward, layer_norm_backward,
-):  # fmt: skip
-    backend.register_kernel(_fn.__name__, _fn)
+# ----------------------------------------------------------------------------- transitional
+# text/gpt_ops.py still reads the attention entries of the old name-keyed table,
+# backend.kernels (issue 20 moves it to dispatch.pick); these two go with that line.
+
+
+def _attention_forward_on_backend(*args: Any, **kwargs: Any) -> Any:
+    return dispatch.pick(attention_forward)(*args, **kwargs)
+
+
+def _attention_backward_on_backend(*args: Any, **kwargs: Any) -> Any:
+    return dispatch.pick(attention_backward)(*args, **kwargs)
+
+
+backend.kernels = {
+    "attention_forward": _attention_forward_on_backend,
+    "attention_backward": _attention_backward_on_backend,
+}

@@ -1,4 +1,4 @@
-"""Elementwise ops, reductions and matmul, each with its hand-written backward.
+"""Arithmetic, elementwise ops and matmul, each with its hand-written backward.
 
 Every op follows the same pattern (micrograd's, on arrays):
 
@@ -8,6 +8,8 @@ Every op follows the same pattern (micrograd's, on arrays):
             return (<dL/da = g * dy/da>,)       # one gradient per parent
         return node(y, (a,), backward)
 
+GELU (with its fused forward and backward) is in `gelu.py`, the reductions (sum, mean,
+var, max, min, logsumexp) in `reductions.py`; both are re-exported here.
 Binary ops broadcast like NumPy; a gradient that flowed through a broadcast is
 summed back to its operand's shape by `unbroadcast`. Python numbers are kept as
 they are, so `x * 2.0` stays float32 (NumPy's weak scalars).
@@ -15,13 +17,14 @@ they are, so `x * 2.0` stays float32 (NumPy's weak scalars).
 
 from __future__ import annotations
 
-import math
 import operator
 from typing import Any
 
 import numpy as np
 
 from minigen import backend
+from minigen.gelu import gelu, gelu_backward, gelu_forward
+from minigen.reductions import _axes, logsumexp, max, mean, min, sum, var  # noqa: F401 (_axes: tests)
 from minigen.tensor import Tensor, _wrap, node
 
 __all__ = [
@@ -203,59 +206,6 @@ def silu(a: Tensor) -> Tensor:
     return node(ad * s, (a,), lambda g: (g * s * (1 + ad * (1 - s)),))
 
 
-_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-
-
-def gelu_forward(x: Any, approximate: str = "none") -> tuple[Any, Any]:
-    """(GELU(x), saved): x Phi(x) exactly ("none") or with GPT-2's tanh approximation
-    ("tanh"); `saved` = (x, Phi(x) or its approximation), what the backward reads."""
-    xp = backend.array_module(x)
-    if approximate == "none":
-        cdf = 0.5 * (1 + backend.erf(x * (1 / math.sqrt(2.0))))  # Phi(x)
-        return x * cdf, (x, cdf)
-    if approximate == "tanh":
-        # GELU(x) ~ x/2 (1 + tanh(z)), z = sqrt(2/pi) (x + 0.044715 x^3), written as
-        # x sigmoid(2z) since (1 + tanh z)/2 = sigmoid(2z): in place, few passes over x
-        s = xp.multiply(x, x, out=xp.empty_like(x))
-        s *= -2 * _SQRT_2_OVER_PI * 0.044715
-        s -= 2 * _SQRT_2_OVER_PI
-        s *= x  # -2z
-        with np.errstate(over="ignore"):  # e^{-2z} = inf for very negative x: sigmoid = 0
-            xp.exp(s, out=s)
-        s += 1
-        xp.reciprocal(s, out=s)  # s = sigmoid(2z)
-        return x * s, (x, s)
-    raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
-
-
-def gelu_backward(saved: Any, dy: Any, approximate: str = "none") -> Any:
-    """dL/dx = dL/dy GELU'(x), from the forward's `saved`."""
-    x, c = saved
-    xp = backend.array_module(x)
-    if approximate == "none":  # d/dx x Phi(x) = Phi(x) + x phi(x)
-        return dy * (c + x * _INV_SQRT_2PI * xp.exp(-0.5 * x * x))
-    # d/dx x sigmoid(z') = s (1 + x (1 - s) dz'/dx),  z' = 2z, s = sigmoid(z'),
-    # dz'/dx = 2 sqrt(2/pi) (1 + 3 0.044715 x^2)
-    d = xp.multiply(x, x, out=xp.empty_like(x))
-    d *= 6 * _SQRT_2_OVER_PI * 0.044715
-    d += 2 * _SQRT_2_OVER_PI
-    d *= x
-    d *= 1 - c
-    d += 1
-    d *= c
-    d *= dy
-    return d
-
-
-def gelu(a: Tensor, approximate: str = "none") -> Tensor:
-    """GELU(x) = x Phi(x), exactly ("none") or with GPT-2's tanh approximation ("tanh")."""
-    K = backend.kernels  # the dispatch table: gelu_forward / gelu_backward, or kernels
-    y, saved = K["gelu_forward"](a.data, approximate)
-    backward = K["gelu_backward"]
-    return node(y, (a,), lambda g: (backward(saved, g, approximate),))
-
-
 def abs(a: Tensor) -> Tensor:
     xp, ad = backend.array_module(a.data), a.data
     return node(xp.abs(ad), (a,), lambda g: (g * xp.sign(ad),))
@@ -315,91 +265,6 @@ def astype(a: Tensor, dtype: Any) -> Tensor:
     return node(a.data.astype(dtype), (a,), lambda g: (g.astype(src),))
 
 
-# ----------------------------------------------------------------------------- reductions
-
-
-def _axes(axis: Any, ndim: int) -> tuple[int, ...]:
-    if axis is None:
-        return tuple(range(ndim))
-    if isinstance(axis, int):
-        axis = (axis,)
-    return tuple(ax % ndim for ax in axis)
-
-
-def _expand(g: Any, shape: tuple[int, ...], axis: Any, keepdims: bool) -> Any:
-    """Put the reduced axes back into `g` and broadcast it to `shape`."""
-    xp = backend.array_module(g)
-    if not keepdims:
-        g = xp.expand_dims(g, _axes(axis, len(shape)))
-    return xp.broadcast_to(g, shape)
-
-
-def _count(shape: tuple[int, ...], axis: Any) -> int:
-    return math.prod(shape[ax] for ax in _axes(axis, len(shape)))
-
-
-def sum(a: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:
-    shape = a.data.shape
-    y = a.data.sum(axis=axis, keepdims=keepdims)
-    return node(y, (a,), lambda g: (_expand(g, shape, axis, keepdims),))
-
-
-def mean(a: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:
-    shape = a.data.shape
-    y = a.data.mean(axis=axis, keepdims=keepdims)
-    n = _count(shape, axis)
-    return node(y, (a,), lambda g: (_expand(g / n, shape, axis, keepdims),))
-
-
-def var(a: Tensor, axis: Any = None, keepdims: bool = False, ddof: int = 0) -> Tensor:
-    """Variance with NumPy's convention: divide by n - ddof (ddof=0 by default)."""
-    shape, n = a.data.shape, _count(a.data.shape, axis)
-    xc = a.data - a.data.mean(axis=axis, keepdims=True)
-    y = (xc * xc).sum(axis=axis, keepdims=keepdims) / (n - ddof)
-    # d/dx_i sum_j (x_j - mu)^2 / (n - ddof) = 2 (x_i - mu) / (n - ddof)
-    return node(y, (a,), lambda g: (_expand(g, shape, axis, keepdims) * (2 / (n - ddof)) * xc,))
-
-
-def _extreme(a: Tensor, axis: Any, keepdims: bool, which: str) -> Tensor:
-    ad = a.data
-    reduce = ad.max if which == "max" else ad.min
-    y = reduce(axis=axis, keepdims=keepdims)
-
-    def backward(g):  # the gradient goes to the extreme entries, split evenly on ties
-        share = (ad == _expand(y, ad.shape, axis, keepdims)).astype(g.dtype)
-        share /= share.sum(axis=axis, keepdims=True)
-        return (_expand(g, ad.shape, axis, keepdims) * share,)
-
-    return node(y, (a,), backward)
-
-
-def max(a: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:
-    return _extreme(a, axis, keepdims, "max")
-
-
-def min(a: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:
-    return _extreme(a, axis, keepdims, "min")
-
-
-def logsumexp(a: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:
-    xp, ad = backend.array_module(a.data), a.data
-    m = ad.max(axis=axis, keepdims=True)
-    m = xp.where(xp.isfinite(m), m, 0)
-    # log sum_i e^{x_i} = m + log sum_i e^{x_i - m}, with m = max_i x_i (no overflow)
-    lse = xp.log(xp.exp(ad - m).sum(axis=axis, keepdims=True)) + m
-    y = lse if keepdims else lse.reshape(_squeezed(lse.shape, axis))
-
-    def backward(g):  # d lse / dx_i = softmax(x)_i
-        return (_expand(g, ad.shape, axis, keepdims) * xp.exp(ad - lse),)
-
-    return node(y, (a,), backward)
-
-
-def _squeezed(shape: tuple[int, ...], axis: Any) -> tuple[int, ...]:
-    axes = _axes(axis, len(shape))
-    return tuple(n for i, n in enumerate(shape) if i not in axes)
-
-
 # ----------------------------------------------------------------------------- matmul
 
 
@@ -453,7 +318,3 @@ def matmul(a: Any, b: Any) -> Tensor:
         )
 
     return node(y, (a, b), backward)
-
-
-backend.register_kernel("gelu_forward", gelu_forward)  # the dispatch table's NumPy entries
-backend.register_kernel("gelu_backward", gelu_backward)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from minigen import backend
+from minigen import backend, dispatch
 from minigen.tensor import Tensor
 
 __all__ = ["Optimizer", "SGD", "AdamW", "adamw_step", "clip_grad_norm_", "warmup_cosine"]
@@ -212,9 +212,9 @@ class AdamW(Optimizer):
 
     def _update(self, i: int, group: dict[str, Any], fg: _FlatGroup) -> None:
         b1, b2 = group["betas"]
-        # one AdamW step over the group's flat buffer: minigen's NumPy function below, or a
-        # fused kernel (backend.kernels: one pass over p, g, m, v instead of about ten)
-        backend.kernels["adamw_step"](
+        # one AdamW step over the group's flat buffer: adamw_step below, or the selected
+        # backend's fused kernel (minigen/dispatch.py: one pass over p, g, m, v, not ten)
+        dispatch.pick(adamw_step)(
             fg.data, fg.grad, self.m[i], self.v[i], self.tmp[i], group["lr"], b1, b2,
             group["eps"], group["weight_decay"], self.step_count,
         )  # fmt: skip
@@ -226,7 +226,7 @@ def adamw_step(
 ) -> None:  # fmt: skip
     """One AdamW update (Loshchilov & Hutter 2019, PyTorch's AdamW) of the flat buffers
     p (parameters), m, v (moments) in place, from the gradient g; tmp is scratch of p's
-    shape; `step` counts from 1. The entry "adamw_step" of the dispatch table."""
+    shape; `step` counts from 1. The NumPy reference of the fused op "adamw_step"."""
     xp = backend.array_module(p)
     b1, b2, wd, t = beta1, beta2, weight_decay, step
     if wd:
@@ -248,9 +248,6 @@ def adamw_step(
     xp.divide(m, tmp, out=tmp)
     tmp *= lr * c2 / (1 - b1**t)
     p -= tmp
-
-
-backend.register_kernel("adamw_step", adamw_step)
 
 
 def clip_grad_norm_(params: Iterable[Tensor], max_norm: float) -> float:

@@ -1,8 +1,10 @@
 """The backend switch: what users of `minigen.backend.use` rely on.
 
-- use() selects the array module and the dispatch table; use("numpy") restores both;
+- use() selects the array module and the kernels `dispatch.pick` hands out; use("numpy")
+  restores both;
 - the environment variable MINIGEN_BACKEND does the same when minigen is imported;
-- every entry of the table is registered, with the same parameters in every backend;
+- every row of the dispatch table names a NumPy reference that exists and a kernel-backed
+  function with its parameters; a part's row joins only when the part registers it;
 - an unknown backend names the choices; an unavailable one (numba or cupy missing, no
   CUDA device) names what to install, and leaves the current backend in place;
 - arrays of two array libraries in one op raise an error naming both (a fake device
@@ -12,6 +14,8 @@
 from __future__ import annotations
 
 import ast
+import functools
+import importlib
 import inspect
 import os
 import subprocess
@@ -23,8 +27,8 @@ import numpy as np
 import pytest
 
 import minigen
-import minigen.diffusion  # noqa: F401  (registers the noise step)
-from minigen import Tensor, backend, kernel_ops, ops
+import minigen.diffusion
+from minigen import Tensor, backend, dispatch, ops
 from minigen import functional as F
 from minigen.ops import matmul
 
@@ -38,36 +42,76 @@ def restore_backend():
     backend.use(previous)
 
 
-def test_the_numpy_tables_entries_are_minigens_numpy_code(restore_backend):
+def _reference(op: dispatch.FusedOp):
+    module, _, name = op.reference.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def _rows() -> list[dispatch.FusedOp]:
+    minigen.diffusion.DDPMScheduler()  # diffusion registers its noise step
+    return list(dispatch.table().values())
+
+
+def test_the_numpy_backend_runs_the_references_themselves(restore_backend):
     backend.use("numpy")
     assert backend.xp is np
-    assert set(backend.kernels) == set(backend.KERNEL_NAMES)
-    assert backend.kernels == backend.numpy_kernels
-    assert backend.kernels["softmax_forward"] is F.softmax_forward
-    assert backend.kernels["ddpm_noise_step"] is minigen.diffusion.ddpm_noise_step
+    for op in _rows():
+        reference = _reference(op)
+        assert reference.__name__ == op.name, op.reference
+        assert dispatch.pick(reference) is reference, op.name
+    assert _reference(dispatch.table()["ddpm_noise_step"]) is minigen.diffusion.ddpm_noise_step
 
 
-def test_numba_swaps_every_entry_and_numpy_puts_them_back(restore_backend):
+def test_numba_picks_every_rows_kernel_and_numpy_puts_the_references_back(restore_backend):
     if backend.why_unavailable("numba") is not None:
         pytest.skip(backend.why_unavailable("numba"))
     backend.use("numba")
     assert backend.current() == "numba" and backend.xp is np
-    for name in backend.KERNEL_NAMES:
-        assert backend.kernels[name] is getattr(kernel_ops, name), name
+    for op in _rows():
+        reference = _reference(op)
+        picked = dispatch.pick(reference)
+        assert isinstance(picked, functools.partial), op.name
+        assert picked.func is op.kernel_backed, op.name
+        assert picked.args == (reference, backend.kernel_module()), op.name
     backend.use("numpy")
-    assert backend.kernels == backend.numpy_kernels
+    assert all(dispatch.pick(_reference(op)) is _reference(op) for op in _rows())
 
 
-@pytest.mark.parametrize("name", backend.KERNEL_NAMES)
-def test_kernel_entries_take_the_parameters_of_the_numpy_functions(name):
-    want = inspect.signature(backend.numpy_kernels[name]).parameters
-    got = inspect.signature(getattr(kernel_ops, name)).parameters
-    assert list(got) == list(want), f"{name}{inspect.signature(getattr(kernel_ops, name))}"
+@pytest.mark.parametrize("op", _rows(), ids=lambda op: op.name)
+def test_kernel_backed_functions_take_the_parameters_of_their_reference(op):
+    want = list(inspect.signature(_reference(op)).parameters)
+    got = list(inspect.signature(op.kernel_backed).parameters)
+    assert got[2:] == want, f"{op.kernel_backed.__name__}{inspect.signature(op.kernel_backed)}"
 
 
-def test_register_kernel_refuses_unknown_names():
-    with pytest.raises(ValueError, match="'softmax_fwd'"):
-        backend.register_kernel("softmax_fwd", F.softmax_forward)
+@pytest.mark.parametrize("op", _rows(), ids=lambda op: op.name)
+def test_every_kernel_a_row_names_is_in_every_kernel_backend(op):
+    mk = backend.import_kernels()
+    assert op.kernels and set(op.kernels) <= set(mk.KERNELS), op.kernels
+
+
+def test_register_refuses_a_second_op_of_the_same_name():
+    row = dispatch.table()["softmax_forward"]
+    dispatch.register(row)  # the same row again: nothing happens
+    other = dispatch.FusedOp("softmax_forward", "elsewhere.softmax_forward", print, ("x",))
+    with pytest.raises(ValueError, match="'softmax_forward' is already"):
+        dispatch.register(other)
+    assert dispatch.table()["softmax_forward"] is row
+
+
+def test_importing_the_parts_registers_nothing():
+    """The table holds the core's rows until a part registers its own (diffusion: when a
+    DDPM scheduler is built), not when the part is imported."""
+    code = (
+        "import minigen, minigen.diffusion\n"
+        "from minigen import dispatch\n"
+        "print(sorted(dispatch.table()) == sorted(op.name for op in dispatch.CORE))\n"
+        "minigen.diffusion.DDPMScheduler()\n"
+        "print('ddpm_noise_step' in dispatch.table())\n"
+    )
+    out = _run(code)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True"]
 
 
 def test_available_lists_numpy_first_and_only_runnable_backends():
@@ -126,8 +170,9 @@ def _run(code: str, **env: str) -> subprocess.CompletedProcess:
 def test_the_environment_variable_selects_the_backend():
     code = (
         "import minigen, minigen.functional as F\n"
-        "from minigen import backend, kernel_ops\n"
-        "print(backend.current(), backend.kernels['softmax_forward'] is kernel_ops.softmax_forward)\n"
+        "from minigen import backend, dispatch, kernel_ops\n"
+        "picked = dispatch.pick(F.softmax_forward)\n"
+        "print(backend.current(), picked.func is kernel_ops.softmax_forward)\n"
         "x = minigen.Tensor([[1.0, 2.0, 3.0]], requires_grad=True)\n"
         "F.softmax(x).sum().backward()\n"
         "print(abs(x.grad).max() < 1e-6)\n"
@@ -268,7 +313,7 @@ def test_using_puts_the_previous_backend_back_also_on_error(restore_backend):
     backend.use("numpy")
     with backend.using("numba"):
         assert backend.current() == "numba"
-    assert backend.current() == "numpy" and backend.kernels == backend.numpy_kernels
+    assert backend.current() == "numpy" and dispatch.pick(F.softmax_forward) is F.softmax_forward
     with pytest.raises(RuntimeError), backend.using("numba"):
         raise RuntimeError("a failing block")
     assert backend.current() == "numpy"

@@ -14,7 +14,8 @@ and sigma_t is fixed analytically (the book's sigma_t is a standard deviation):
 sigma_t^2 = beta_t ("fixed_large") or the posterior variance betatilde_t
 ("fixed_small"); both are exact for some data (Ho et al., §3.2). `ddpm_noise_step`
 is that step alone, the reference the Numba and CuPy kernels mirror: `step` calls it
-through the backend's dispatch table, so `minigen.backend.use("numba")` runs it fused.
+through `minigen.dispatch.pick`, so `minigen.backend.use("numba")` runs it fused. It
+lives in `noise_step.py`, with its kernel-backed version and its row of the table.
 
 DDIM (Song et al., 2020, Eq. 12) reuses the same denoiser on a subsequence of
 timesteps, with a noise level eta (0: deterministic, 1: the DDPM posterior noise):
@@ -28,7 +29,8 @@ The classes follow diffusers' names (`set_timesteps`, `timesteps`, `step`,
 differ from diffusers: `clip_sample` defaults to False (diffusers: True), because
 §7.2 normalises data to variance 1, not to [-1, 1]; and DDIM steps to the next entry
 of `timesteps` for every spacing (diffusers' DDIMScheduler subtracts T // n, which
-disagrees with its own "linspace" timesteps: huggingface/diffusers#12633).
+disagrees with its own "linspace" timesteps: huggingface/diffusers#12633). The three
+spacings of `set_timesteps` are `make_timesteps`, in `timesteps.py`.
 """
 
 from __future__ import annotations
@@ -40,9 +42,11 @@ from typing import Any
 
 import numpy as np
 
-from minigen import backend
+from minigen import backend, dispatch
 from minigen import rng as _rng
+from minigen.diffusion.noise_step import ddpm_noise_step, register_kernels
 from minigen.diffusion.schedule import NoiseSchedule, linear_betas, posterior_variance
+from minigen.diffusion.timesteps import SPACINGS, make_timesteps
 
 __all__ = [
     "SchedulerOutput",
@@ -55,7 +59,6 @@ __all__ = [
     "sample_loop",
 ]
 
-SPACINGS = ("leading", "trailing", "linspace")
 PREDICTION_TYPES = ("epsilon", "sample")
 VARIANCE_TYPES = ("fixed_small", "fixed_large")
 
@@ -68,23 +71,6 @@ class SchedulerOutput:
     pred_original_sample: Any
 
 
-def ddpm_noise_step(
-    x_t: Any, eps: Any, z: Any, beta_t: Any, alpha_t: Any, abar_t: Any, sigma_t: Any
-) -> Any:
-    """One ancestral step of Eq. 7.1: x_{t-1} = x_t + f(x_t, t; w) + sigma_t z.
-
-    `eps` is the predicted noise, `z` fresh N(0, I) noise (0 at the last step); the
-    coefficients are scalars or arrays that broadcast against x_t.
-    """
-    # f(x_t, t; w) = (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t) - x_t
-    f = (x_t - beta_t / (1 - abar_t) ** 0.5 * eps) / alpha_t**0.5 - x_t  # like x_t
-    # Eq. 7.1: x_{t-1} ~ N(x_t + f(x_t, t; w), sigma_t), sampled as x_t + f + sigma_t z
-    return x_t + f + sigma_t * z  # like x_t
-
-
-backend.register_kernel("ddpm_noise_step", ddpm_noise_step)  # the dispatch table's default
-
-
 def predict_x0(x_t: Any, eps: Any, abar_t: Any) -> Any:
     """The x_0 that `add_noise` would have turned into x_t with noise eps."""
     # x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)
@@ -95,34 +81,6 @@ def predict_eps(x_t: Any, x0: Any, abar_t: Any) -> Any:
     """The noise that `add_noise` would have needed to turn x0 into x_t."""
     # eps_hat = (x_t - sqrt(abar_t) x0_hat) / sqrt(1 - abar_t)
     return (x_t - abar_t**0.5 * x0) / (1 - abar_t) ** 0.5
-
-
-def make_timesteps(
-    num_train_timesteps: int,
-    num_inference_steps: int,
-    spacing: str = "leading",
-    steps_offset: int = 0,
-) -> np.ndarray:
-    """The decreasing timesteps a sampler visits (diffusers' three spacings), int64."""
-    T, n = num_train_timesteps, num_inference_steps
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or not 1 <= n <= T:
-        raise ValueError(f"num_inference_steps must be an integer in 1 .. T={T}, got {n!r}")
-    if spacing == "leading":  # 0, k, 2k, ... with k = T // n, plus an offset
-        ts = np.arange(n, dtype=np.int64)[::-1] * (T // n) + steps_offset
-    elif spacing == "trailing":  # T-1, T-1-k, ... with k = T / n, so the first step is at T-1
-        # the values of diffusers' np.arange(T, 0, -T / n) (steps of (T - T / n) - T, as NumPy
-        # does), but always n of them: float rounding can stretch that arange to n + 1
-        ts = np.round(T + np.arange(n) * ((T - T / n) - T)).astype(np.int64) - 1
-    elif spacing == "linspace":  # n points evenly spread over 0 .. T-1, both ends included
-        ts = np.linspace(0, T - 1, n).round()[::-1].astype(np.int64)
-    else:
-        raise ValueError(f"unknown timestep_spacing {spacing!r}; choose one of {SPACINGS}")
-    if ts.max() >= T or ts.min() < 0:
-        raise ValueError(
-            f"timesteps {ts.min()} .. {ts.max()} fall outside 0 .. {T - 1}"
-            f" (spacing {spacing!r}, steps_offset={steps_offset}, {n} steps)"
-        )
-    return ts.copy()
 
 
 class _Scheduler:
@@ -278,6 +236,7 @@ class DDPMScheduler(_Scheduler):
         if variance_type not in VARIANCE_TYPES:
             raise ValueError(f"unknown variance_type {variance_type!r}; one of {VARIANCE_TYPES}")
         self.variance_type = variance_type
+        register_kernels()  # `step`'s fused noise step joins the dispatch table (noise_step.py)
 
     def sigma(self, timestep: int) -> float:
         """sigma_t, the standard deviation of the step from `timestep` (0 at the last step)."""
@@ -312,8 +271,10 @@ class DDPMScheduler(_Scheduler):
         sigma_t = self.sigma(t)  # 0 at the last step
         # the last step returns the mean: no noise is added to x_0
         z = self._noise(sample, generator, variance_noise) if prev_t >= 0 else 0.0
-        step = backend.kernels["ddpm_noise_step"]  # this NumPy function, or a fused kernel
-        x_prev = step(sample, eps_hat, z, beta_t, alpha_t, abar_t, sigma_t)
+        # Eq. 7.1's step: ddpm_noise_step, or the selected backend's fused kernel for it
+        x_prev = dispatch.pick(ddpm_noise_step)(
+            sample, eps_hat, z, beta_t, alpha_t, abar_t, sigma_t
+        )
         return _output(x_prev, x0_hat, sample)
 
 
