@@ -33,6 +33,7 @@ import numpy as np
 __all__ = [
     "BACKENDS",
     "KERNELS",
+    "SECOND_HALF",
     "KernelBackendError",
     "available",
     "get",
@@ -61,6 +62,8 @@ KERNELS = (
     "gelu_backward",  # (x, dy, approximate) -> dx
     "adamw_step",  # (p, g, m, v, lr, beta1, beta2, eps, weight_decay, step) -> None, in place
 )
+# The kernels of numba_cpu_norm.py and numba_cuda_norm.py, the second half of their backends.
+SECOND_HALF = KERNELS[KERNELS.index("ddpm_step") :]
 
 _MODULES = {
     "numpy": "reference",

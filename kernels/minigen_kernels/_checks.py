@@ -5,8 +5,8 @@ promote silently becomes an out-of-bounds read or a second compilation in Numba.
 So every public function checks its arrays first and names the op, the argument
 and both shapes (or dtypes) when something does not match.
 
-`adamw_scalars` also computes, once for every backend, the host-side scalars of an
-AdamW step that its kernels read.
+`ddpm_scalars` and `adamw_scalars` also compute, once for every backend, the host-side
+scalars of a DDPM step and of an AdamW step that its kernels read.
 """
 
 from __future__ import annotations
@@ -65,6 +65,17 @@ def check_matmul(op: str, a: Any, b: Any) -> None:
         )
 
 
+def check_matmul_backward(a: Any, b: Any, dc: Any) -> None:
+    """a (n, k), b (k, m) of one float dtype, and dc (n, m), the gradient of a @ b."""
+    check_matmul("matmul_backward", a, b)
+    check_float("matmul_backward", a=a, b=b, dc=dc)
+    if tuple(dc.shape) != (a.shape[0], b.shape[1]):
+        raise ValueError(
+            f"matmul_backward: dc has shape {tuple(dc.shape)} but a {tuple(a.shape)} @ "
+            f"b {tuple(b.shape)} is {(a.shape[0], b.shape[1])}"
+        )
+
+
 def check_scores(op: str, scores: Any) -> tuple[int, int]:
     """Attention scores are (..., T, S) with S >= T keys; return (T, S)."""
     if len(scores.shape) < 2:
@@ -98,6 +109,27 @@ def check_approximate(op: str, approximate: str) -> None:
         raise ValueError(
             f"{op}: approximate must be 'tanh' or 'none' (exact erf), got {approximate!r}"
         )
+
+
+def check_ddpm(x_t: Any, eps: Any, z: Any) -> None:
+    """x_t, eps and z (None at the last step) share one shape and one float dtype."""
+    arrays = {"x_t": x_t, "eps": eps} | ({} if z is None else {"z": z})
+    check_same_shape("ddpm_step", **arrays)
+    check_float("ddpm_step", **arrays)
+
+
+def ddpm_scalars(
+    x_t: Any, eps: Any, z: Any, beta_t: float, alpha_t: float, abar_t: float, sigma_t: float
+) -> tuple[Any, Any, Any]:
+    """Check the arrays of a DDPM step and return its scalars in their dtype, in the order
+    the kernels take them: (c_eps, c_x, sigma_t), where
+
+        x_{t-1} = (x_t - c_eps eps) c_x + sigma_t z,
+        c_eps = beta_t / sqrt(1 - abar_t),  c_x = 1 / sqrt(alpha_t).
+    """
+    check_ddpm(x_t, eps, z)
+    dt = x_t.dtype.type
+    return dt(beta_t / math.sqrt(1.0 - abar_t)), dt(1.0 / math.sqrt(alpha_t)), dt(sigma_t)
 
 
 def adamw_scalars(

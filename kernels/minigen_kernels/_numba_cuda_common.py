@@ -45,7 +45,11 @@ def block_sum(buf, v):
 
 @cuda.jit(device=True)
 def block_max(buf, v):
-    """max of v over the block's threads (the same tree as `block_sum`)."""
+    """max of v over the block's threads (the same tree as `block_sum`).
+
+    Written twice on purpose: a numba.cuda device function cannot take the combining
+    operator as an argument, so the tree is spelled once with + and once with max.
+    """
     t = cuda.threadIdx.x
     buf[t] = v
     cuda.syncthreads()

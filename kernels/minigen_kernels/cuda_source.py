@@ -10,6 +10,12 @@ test suite can compile them with nvcc on a machine without a GPU.
 
 from __future__ import annotations
 
+from ._constants import GELU_CUBIC, INV_SQRT_2, INV_SQRT_2PI, SQRT_2_OVER_PI
+
+# GELU's constants as C literals (repr: the shortest decimal that reads back as the double)
+_S, _C, _C3 = repr(SQRT_2_OVER_PI), repr(GELU_CUBIC), repr(3 * GELU_CUBIC)
+_R2, _RPI = repr(INV_SQRT_2), repr(INV_SQRT_2PI)
+
 SOURCE = r"""
 #define TILE 16
 #define MAX_THREADS 256
@@ -175,14 +181,13 @@ ELEMENTWISE = {
     "gelu_tanh_forward": (
         "T x",
         "T y",
-        "const T u = (T)0.7978845608028654 * (x + (T)0.044715 * x * x * x);"
-        "y = (T)0.5 * x * ((T)1 + tanh(u));",
+        f"const T u = (T){_S} * (x + (T){_C} * x * x * x);y = (T)0.5 * x * ((T)1 + tanh(u));",
     ),
     "gelu_tanh_backward": (
         "T x, T dy",
         "T dx",
-        "const T th = tanh((T)0.7978845608028654 * (x + (T)0.044715 * x * x * x));"
-        "const T du = (T)0.7978845608028654 * ((T)1 + (T)0.134145 * x * x);"
+        f"const T th = tanh((T){_S} * (x + (T){_C} * x * x * x));"
+        f"const T du = (T){_S} * ((T)1 + (T){_C3} * x * x);"
         "dx = dy * ((T)0.5 * ((T)1 + th) + (T)0.5 * x * ((T)1 - th * th) * du);",
     ),
     # AdamW, in place (p, m, v are outputs that are read too):
@@ -196,12 +201,12 @@ ELEMENTWISE = {
         "p = p * decay - step_size * (m / (sqrt(v) + eps_hat));",
     ),
     # gelu(x) = x Phi(x) = 0.5 x (1 + erf(x / sqrt 2))
-    "gelu_erf_forward": ("T x", "T y", "y = (T)0.5 * x * ((T)1 + erf(x * (T)0.7071067811865476));"),
+    "gelu_erf_forward": ("T x", "T y", f"y = (T)0.5 * x * ((T)1 + erf(x * (T){_R2}));"),
     # gelu' = Phi(x) + x phi(x),  phi(x) = exp(-x^2/2) / sqrt(2 pi)
     "gelu_erf_backward": (
         "T x, T dy",
         "T dx",
-        "const T cdf = (T)0.5 * ((T)1 + erf(x * (T)0.7071067811865476));"
-        "dx = dy * (cdf + x * exp((T)-0.5 * x * x) * (T)0.3989422804014327);",
+        f"const T cdf = (T)0.5 * ((T)1 + erf(x * (T){_R2}));"
+        f"dx = dy * (cdf + x * exp((T)-0.5 * x * x) * (T){_RPI});",
     ),
 }

@@ -24,31 +24,16 @@ test suite compiles them with nvcc on machines without a GPU.
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any
 
 import numpy as np
 
+from . import KERNELS
 from . import _checks as ck
+from ._gpu_softmax import softmax_family
 from .cuda_source import ELEMENTWISE, SOURCE
 
-__all__ = [
-    "matmul_naive",
-    "matmul_tiled",
-    "matmul_backward",
-    "softmax_forward",
-    "softmax_backward",
-    "log_softmax_forward",
-    "log_softmax_backward",
-    "causal_softmax_forward",
-    "causal_softmax_backward",
-    "ddpm_step",
-    "layer_norm_forward",
-    "layer_norm_backward",
-    "gelu_forward",
-    "gelu_backward",
-    "adamw_step",
-]
+__all__ = list(KERNELS)
 
 TILE = 16  # as #defined in cuda_source.SOURCE
 MAX_THREADS = 256
@@ -119,13 +104,7 @@ def matmul_tiled(a: Any, b: Any) -> Any:
 
 def matmul_backward(a: Any, b: Any, dc: Any) -> tuple[Any, Any]:
     """dA = dC B^T, dB = A^T dC with the tiled kernel."""
-    ck.check_matmul("matmul_backward", a, b)
-    ck.check_float("matmul_backward", a=a, b=b, dc=dc)
-    if tuple(dc.shape) != (a.shape[0], b.shape[1]):
-        raise ValueError(
-            f"matmul_backward: dc has shape {tuple(dc.shape)} but a {tuple(a.shape)} @ "
-            f"b {tuple(b.shape)} is {(a.shape[0], b.shape[1])}"
-        )
+    ck.check_matmul_backward(a, b, dc)
     return matmul_tiled(dc, _dev(b).T), matmul_tiled(_dev(a).T, dc)
 
 
@@ -157,38 +136,11 @@ def _backward(op: str, y: Any, dy: Any, scale: float, log: bool) -> Any:
     return dx
 
 
-def softmax_forward(x: Any) -> Any:
-    """softmax over the last axis, one block per row."""
-    ck.check_last_axis("softmax_forward", x)
-    return _forward("softmax_forward", x, 1.0, 1, causal=False, log=False)
-
-
-def softmax_backward(y: Any, dy: Any) -> Any:
-    """dx = y * (dy - sum(dy * y)), one block per row."""
-    return _backward("softmax_backward", y, dy, 1.0, log=False)
-
-
-def log_softmax_forward(x: Any) -> Any:
-    """log-softmax over the last axis, one block per row."""
-    ck.check_last_axis("log_softmax_forward", x)
-    return _forward("log_softmax_forward", x, 1.0, 1, causal=False, log=True)
-
-
-def log_softmax_backward(y: Any, dy: Any) -> Any:
-    """dx = dy - exp(y) * sum(dy), one block per row."""
-    return _backward("log_softmax_backward", y, dy, 1.0, log=True)
-
-
-def causal_softmax_forward(scores: Any, scale: float) -> Any:
-    """Scale, causal mask (query i sees keys j <= i + S - T) and softmax, one block per row."""
-    t, _ = ck.check_scores("causal_softmax_forward", scores)
-    return _forward("causal_softmax_forward", scores, scale, t, causal=True, log=False)
-
-
-def causal_softmax_backward(y: Any, dy: Any, scale: float) -> Any:
-    """d scores = scale * y * (dy - sum(dy * y)); masked entries (y = 0) get 0."""
-    ck.check_scores("causal_softmax_backward", y)
-    return _backward("causal_softmax_backward", y, dy, scale, log=False)
+# softmax_forward and the five others: the same checks and launches as numba_cuda.py's
+(
+    softmax_forward, softmax_backward, log_softmax_forward, log_softmax_backward,
+    causal_softmax_forward, causal_softmax_backward,
+) = softmax_family(_forward, _backward)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- DDPM
@@ -198,15 +150,11 @@ def ddpm_step(
     x_t: Any, eps: Any, z: Any, beta_t: float, alpha_t: float, abar_t: float, sigma_t: float
 ) -> Any:
     """x_{t-1} = (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t) + sigma_t z, one pass."""
-    arrays = {"x_t": x_t, "eps": eps} | ({} if z is None else {"z": z})
-    ck.check_same_shape("ddpm_step", **arrays)
-    ck.check_float("ddpm_step", **arrays)
-    dt = x_t.dtype.type
     # c_eps = beta_t / sqrt(1 - abar_t),  c_x = 1 / sqrt(alpha_t)   (host scalars)
-    c_eps, c_x = dt(beta_t / math.sqrt(1.0 - abar_t)), dt(1.0 / math.sqrt(alpha_t))
+    c_eps, c_x, sigma = ck.ddpm_scalars(x_t, eps, z, beta_t, alpha_t, abar_t, sigma_t)
     if z is None:
         return _elementwise("ddpm_mean")(_dev(x_t), _dev(eps), c_eps, c_x)
-    return _elementwise("ddpm_step")(_dev(x_t), _dev(eps), _dev(z), c_eps, c_x, dt(sigma_t))
+    return _elementwise("ddpm_step")(_dev(x_t), _dev(eps), _dev(z), c_eps, c_x, sigma)
 
 
 # ----------------------------------------------------------------------------- layer norm

@@ -39,14 +39,16 @@ BLAS 0.07 s.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from numba import njit, prange
 
+from . import KERNELS
 from . import _checks as ck
 from . import _numba_cpu_common as _common
 from ._numba_cpu_common import fast_exp, use_threads
-from .numba_cpu_norm import (  # the second half of this backend
+from .numba_cpu_norm import (  # noqa: F401 (re-exported, as in numba_cuda.py: one module per backend)
     adamw_step,
     ddpm_step,
     gelu_backward,
@@ -55,30 +57,10 @@ from .numba_cpu_norm import (  # the second half of this backend
     layer_norm_forward,
 )
 
-__all__ = [
-    "set_parallel_min_size",
-    "matmul_naive",
-    "matmul_tiled",
-    "matmul_backward",
-    "softmax_forward",
-    "softmax_backward",
-    "log_softmax_forward",
-    "log_softmax_backward",
-    "causal_softmax_forward",
-    "causal_softmax_backward",
-    "ddpm_step",
-    "layer_norm_forward",
-    "layer_norm_backward",
-    "gelu_forward",
-    "gelu_backward",
-    "adamw_step",
-]
+__all__ = ["set_parallel_min_size", *KERNELS]
 
 _FAST = {"reassoc", "contract"}  # vectorised sums; no assumptions about inf or NaN
 TILE = 64  # rows per block: 64 rows of B (64 x m floats) stay in the L2 cache
-
-SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-GELU_CUBIC = 0.044715
 
 
 def set_parallel_min_size(elements: int) -> int:
@@ -155,35 +137,28 @@ def _matmul_tiled(a, b, c, threads):
             _matmul_band(a, b, c, ib * TILE, min(ib * TILE + TILE, n))
 
 
+def _matmul(op: str, kernel: Any, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    ck.check_matmul(op, a, b)
+    ck.check_float(op, a=a, b=b)
+    c = np.zeros((a.shape[0], b.shape[1]), dtype=a.dtype)  # (n, m); the tiled kernel adds to it
+    threads = use_threads(a.shape[0] * a.shape[1] * b.shape[1])  # multiply-adds
+    kernel(np.ascontiguousarray(a), np.ascontiguousarray(b), c, threads)
+    return c
+
+
 def matmul_naive(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(n, k) @ (k, m) by the triple loop i, j, p (for reading; models use BLAS)."""
-    ck.check_matmul("matmul_naive", a, b)
-    ck.check_float("matmul_naive", a=a, b=b)
-    c = np.empty((a.shape[0], b.shape[1]), dtype=a.dtype)  # (n, m)
-    threads = use_threads(a.shape[0] * a.shape[1] * b.shape[1])  # multiply-adds
-    _matmul_naive(np.ascontiguousarray(a), np.ascontiguousarray(b), c, threads)
-    return c
+    return _matmul("matmul_naive", _matmul_naive, a, b)
 
 
 def matmul_tiled(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(n, k) @ (k, m) by blocks of TILE rows of A and B, loop order i, p, j (models use BLAS)."""
-    ck.check_matmul("matmul_tiled", a, b)
-    ck.check_float("matmul_tiled", a=a, b=b)
-    c = np.zeros((a.shape[0], b.shape[1]), dtype=a.dtype)  # (n, m)
-    threads = use_threads(a.shape[0] * a.shape[1] * b.shape[1])  # multiply-adds
-    _matmul_tiled(np.ascontiguousarray(a), np.ascontiguousarray(b), c, threads)
-    return c
+    return _matmul("matmul_tiled", _matmul_tiled, a, b)
 
 
 def matmul_backward(a: np.ndarray, b: np.ndarray, dc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """dA = dC B^T, dB = A^T dC, both with the tiled kernel."""
-    ck.check_matmul("matmul_backward", a, b)
-    ck.check_float("matmul_backward", a=a, b=b, dc=dc)
-    if tuple(dc.shape) != (a.shape[0], b.shape[1]):
-        raise ValueError(
-            f"matmul_backward: dc has shape {tuple(dc.shape)} but a {tuple(a.shape)} @ "
-            f"b {tuple(b.shape)} is {(a.shape[0], b.shape[1])}"
-        )
+    ck.check_matmul_backward(a, b, dc)
     return matmul_tiled(dc, b.T), matmul_tiled(a.T, dc)  # (n, k), (k, m)
 
 

@@ -23,25 +23,15 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from . import SECOND_HALF
 from . import _checks as ck
+from ._constants import GELU_CUBIC, INV_SQRT_2, INV_SQRT_2PI, SQRT_2_OVER_PI
 from ._numba_cpu_common import fast_exp, use_threads
 
-__all__ = [
-    "ddpm_step",
-    "layer_norm_forward",
-    "layer_norm_backward",
-    "gelu_forward",
-    "gelu_backward",
-    "adamw_step",
-]
+__all__ = list(SECOND_HALF)
 
 _FAST = {"reassoc", "contract"}  # vectorised sums; no assumptions about inf or NaN
 ROWS_PER_CHUNK = 64  # layer-norm backward: rows per partial sum of dweight, dbias
-
-SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-INV_SQRT_2 = 1.0 / math.sqrt(2.0)
-INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-GELU_CUBIC = 0.044715
 
 
 # ----------------------------------------------------------------------------- DDPM
@@ -67,6 +57,8 @@ def _ddpm_step(x, eps, z, c_eps, c_x, sigma, has_z, out, threads):
             out[i] = (x[i] - c_eps * eps[i]) * c_x
 
 
+# The signature of ddpm_step (and of every kernel) is written again in each backend on
+# purpose: the contract of minigen_kernels.KERNELS, checked by tests/test_kernels_api.py.
 def ddpm_step(
     x_t: np.ndarray,
     eps: np.ndarray,
@@ -77,17 +69,13 @@ def ddpm_step(
     sigma_t: float,
 ) -> np.ndarray:
     """x_{t-1} = (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t) + sigma_t z, fused."""
-    arrays = {"x_t": x_t, "eps": eps} | ({} if z is None else {"z": z})
-    ck.check_same_shape("ddpm_step", **arrays)
-    ck.check_float("ddpm_step", **arrays)
-    dt = x_t.dtype.type
     # c_eps = \beta_t / sqrt(1 - \bar\alpha_t),  c_x = 1 / sqrt(\alpha_t)   (host scalars)
-    c_eps, c_x = dt(beta_t / math.sqrt(1.0 - abar_t)), dt(1.0 / math.sqrt(alpha_t))
+    c_eps, c_x, sigma = ck.ddpm_scalars(x_t, eps, z, beta_t, alpha_t, abar_t, sigma_t)
     out = np.empty(x_t.size, dtype=x_t.dtype)  # (n,)
     flat_eps = eps.ravel()  # C-ordered 1-D: a view when already contiguous
     flat_z = flat_eps if z is None else z.ravel()  # not read without noise
     threads = use_threads(out.size)
-    _ddpm_step(x_t.ravel(), flat_eps, flat_z, c_eps, c_x, dt(sigma_t), z is not None, out, threads)
+    _ddpm_step(x_t.ravel(), flat_eps, flat_z, c_eps, c_x, sigma, z is not None, out, threads)
     return out.reshape(x_t.shape)
 
 
@@ -297,7 +285,9 @@ def gelu_backward(x: np.ndarray, dy: np.ndarray, approximate: str = "tanh") -> n
 @njit(parallel=True, fastmath={"contract"}, cache=True, error_model="numpy")
 def _adamw(p, g, m, v, decay, one_minus_b1, b2, one_minus_b2, step_size, eps_hat, threads):
     # NumPy's AdamW reads and writes the buffers about ten times (one pass per line of
-    # minigen.optim.adamw_step); here each element is read once and written once
+    # minigen.optim.adamw_step); here each element is read once and written once. The same
+    # loop body stands in numba_cuda_norm.py and cuda_source.py: one per backend, the point
+    # of kernels/ (and twice here: prange on the cores, range on the calling one)
     if threads:
         for i in prange(p.size):
             gi = g[i]

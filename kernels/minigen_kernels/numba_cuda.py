@@ -33,7 +33,9 @@ from typing import Any
 
 from numba import cuda
 
+from . import KERNELS
 from . import _checks as ck
+from ._gpu_softmax import softmax_family
 from ._numba_cuda_common import (
     MAX_THREADS,
     block_max,
@@ -42,7 +44,7 @@ from ._numba_cuda_common import (
     host_or_device,
     threads_for,
 )
-from .numba_cuda_norm import (  # the second half of this backend
+from .numba_cuda_norm import (  # noqa: F401 (re-exported, as in numba_cpu.py: one module per backend)
     adamw_step,
     ddpm_step,
     gelu_backward,
@@ -51,23 +53,7 @@ from .numba_cuda_norm import (  # the second half of this backend
     layer_norm_forward,
 )
 
-__all__ = [
-    "matmul_naive",
-    "matmul_tiled",
-    "matmul_backward",
-    "softmax_forward",
-    "softmax_backward",
-    "log_softmax_forward",
-    "log_softmax_backward",
-    "causal_softmax_forward",
-    "causal_softmax_backward",
-    "ddpm_step",
-    "layer_norm_forward",
-    "layer_norm_backward",
-    "gelu_forward",
-    "gelu_backward",
-    "adamw_step",
-]
+__all__ = list(KERNELS)
 
 TILE = 16  # 16 x 16 threads per block; two 16 x 16 tiles in shared memory
 
@@ -133,13 +119,7 @@ def matmul_tiled(a: Any, b: Any) -> Any:
 
 def matmul_backward(a: Any, b: Any, dc: Any) -> tuple[Any, Any]:
     """dA = dC B^T, dB = A^T dC with the tiled kernel."""
-    ck.check_matmul("matmul_backward", a, b)
-    ck.check_float("matmul_backward", a=a, b=b, dc=dc)
-    if tuple(dc.shape) != (a.shape[0], b.shape[1]):
-        raise ValueError(
-            f"matmul_backward: dc has shape {tuple(dc.shape)} but a {tuple(a.shape)} @ "
-            f"b {tuple(b.shape)} is {(a.shape[0], b.shape[1])}"
-        )
+    ck.check_matmul_backward(a, b, dc)
     # on the GPU the transposes are strided views: the kernels read any strides
     return matmul_tiled(dc, b.T), matmul_tiled(a.T, dc)  # (n, k), (k, m)
 
@@ -230,35 +210,8 @@ def _backward(op: str, y: Any, dy: Any, scale: float, log: bool) -> Any:
     return host_or_device(dx, host)
 
 
-def softmax_forward(x: Any) -> Any:
-    """softmax over the last axis, one block per row."""
-    ck.check_last_axis("softmax_forward", x)
-    return _forward("softmax_forward", x, 1.0, 1, causal=False, log=False)
-
-
-def softmax_backward(y: Any, dy: Any) -> Any:
-    """dx = y * (dy - sum(dy * y)), one block per row."""
-    return _backward("softmax_backward", y, dy, 1.0, log=False)
-
-
-def log_softmax_forward(x: Any) -> Any:
-    """log-softmax over the last axis, one block per row."""
-    ck.check_last_axis("log_softmax_forward", x)
-    return _forward("log_softmax_forward", x, 1.0, 1, causal=False, log=True)
-
-
-def log_softmax_backward(y: Any, dy: Any) -> Any:
-    """dx = dy - exp(y) * sum(dy), one block per row."""
-    return _backward("log_softmax_backward", y, dy, 1.0, log=True)
-
-
-def causal_softmax_forward(scores: Any, scale: float) -> Any:
-    """Scale, causal mask (query i sees keys j <= i + S - T) and softmax, one block per row."""
-    t, _ = ck.check_scores("causal_softmax_forward", scores)
-    return _forward("causal_softmax_forward", scores, scale, t, causal=True, log=False)
-
-
-def causal_softmax_backward(y: Any, dy: Any, scale: float) -> Any:
-    """d scores = scale * y * (dy - sum(dy * y)); masked entries (y = 0) get 0."""
-    ck.check_scores("causal_softmax_backward", y)
-    return _backward("causal_softmax_backward", y, dy, scale, log=False)
+# softmax_forward and the five others: the same checks and launches as cupy_kernels.py's
+(
+    softmax_forward, softmax_backward, log_softmax_forward, log_softmax_backward,
+    causal_softmax_forward, causal_softmax_backward,
+) = softmax_family(_forward, _backward)  # fmt: skip

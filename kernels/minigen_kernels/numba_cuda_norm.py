@@ -20,22 +20,12 @@ from typing import Any
 
 from numba import cuda
 
+from . import SECOND_HALF
 from . import _checks as ck
+from ._constants import GELU_CUBIC, INV_SQRT_2, INV_SQRT_2PI, SQRT_2_OVER_PI
 from ._numba_cuda_common import MAX_THREADS, block_sum, device, host_or_device, threads_for
 
-__all__ = [
-    "ddpm_step",
-    "layer_norm_forward",
-    "layer_norm_backward",
-    "gelu_forward",
-    "gelu_backward",
-    "adamw_step",
-]
-
-SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-INV_SQRT_2 = 1.0 / math.sqrt(2.0)
-INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-GELU_CUBIC = 0.044715
+__all__ = list(SECOND_HALF)
 
 
 def _flat_launch(n: int) -> tuple[int, int]:
@@ -60,19 +50,16 @@ def ddpm_step(
     x_t: Any, eps: Any, z: Any, beta_t: float, alpha_t: float, abar_t: float, sigma_t: float
 ) -> Any:
     """x_{t-1} = (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t) + sigma_t z, one pass."""
-    arrays = {"x_t": x_t, "eps": eps} | ({} if z is None else {"z": z})
-    ck.check_same_shape("ddpm_step", **arrays)
-    ck.check_float("ddpm_step", **arrays)
-    dt = x_t.dtype.type
+    # c_eps = beta_t / sqrt(1 - abar_t),  c_x = 1 / sqrt(alpha_t)   (host scalars)
+    c_eps, c_x, sigma = ck.ddpm_scalars(x_t, eps, z, beta_t, alpha_t, abar_t, sigma_t)
     dx, host = device(x_t)
     d_eps, _ = device(eps)
     d_z = device(z)[0] if z is not None else d_eps  # not read when has_z is False
     out = cuda.device_array(x_t.size, dtype=x_t.dtype)  # (n,)
-    c_eps, c_x = dt(beta_t / math.sqrt(1.0 - abar_t)), dt(1.0 / math.sqrt(alpha_t))
     if x_t.size:
         blocks, threads = _flat_launch(x_t.size)
         flat = (a.reshape(x_t.size) for a in (dx, d_eps, d_z))
-        _ddpm_step[blocks, threads](*flat, c_eps, c_x, dt(sigma_t), z is not None, out)
+        _ddpm_step[blocks, threads](*flat, c_eps, c_x, sigma, z is not None, out)
     return host_or_device(out.reshape(tuple(x_t.shape)), host)
 
 
