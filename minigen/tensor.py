@@ -5,22 +5,34 @@ hands `node()` two things: the tensors it read (its *parents*) and a `backward`
 closure that maps the gradient of the loss w.r.t. the output, dL/dy, to the
 gradients w.r.t. each parent, dL/dx_i = dL/dy . dy/dx_i (the chain rule).
 
-`Tensor.backward()` sorts the graph topologically (every node after the nodes
-it was computed from), walks it from the loss back to the leaves, sums the
-gradients flowing into each node, and stores them in `.grad` of the leaves
-(tensors created with `requires_grad=True`, such as parameters). The graph is
-freed as it is walked, so memory does not grow across training steps.
+`Tensor.backward()` hands the graph to the backward engine (`autograd.py`), which sorts
+it topologically (every node after the nodes it was computed from), walks it from the loss
+back to the leaves, sums the gradients flowing into each node, and stores them in `.grad` of
+the leaves (tensors created with `requires_grad=True`, such as parameters). The graph is
+freed as it is walked, so memory does not grow across training steps. Whether ops record
+the graph at all (`no_grad`), and the dtype new tensors get, are in `settings.py`.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from minigen import backend
+from minigen.autograd import backprop
+
+# no_grad and the dtype defaults live in settings.py; importable from here too, where the
+# library has always imported them from (`from minigen.tensor import Tensor, no_grad`)
+from minigen.settings import (
+    default_dtype,
+    enable_grad,
+    get_default_dtype,
+    is_grad_enabled,
+    no_grad,
+    set_default_dtype,
+)
 
 __all__ = [
     "Tensor",
@@ -33,67 +45,6 @@ __all__ = [
     "tensor",
     "node",
 ]
-
-# ----------------------------------------------------------------------------- global state
-
-_grad_enabled = True
-_default_dtype: np.dtype = np.dtype(np.float32)
-
-
-def is_grad_enabled() -> bool:
-    return _grad_enabled
-
-
-class no_grad(contextlib.ContextDecorator):
-    """Context manager (and decorator) under which no graph is recorded."""
-
-    def __enter__(self) -> None:
-        global _grad_enabled
-        self._prev, _grad_enabled = _grad_enabled, False
-
-    def __exit__(self, *exc: object) -> None:
-        global _grad_enabled
-        _grad_enabled = self._prev
-
-
-class enable_grad(contextlib.ContextDecorator):
-    """Record the graph again inside a `no_grad` block."""
-
-    def __enter__(self) -> None:
-        global _grad_enabled
-        self._prev, _grad_enabled = _grad_enabled, True
-
-    def __exit__(self, *exc: object) -> None:
-        global _grad_enabled
-        _grad_enabled = self._prev
-
-
-def get_default_dtype() -> np.dtype:
-    """The float dtype new tensors get from Python numbers and float arrays (float32)."""
-    return _default_dtype
-
-
-def set_default_dtype(dtype: Any) -> None:
-    global _default_dtype
-    dt = np.dtype(dtype)
-    if dt.kind != "f":
-        raise ValueError(f"default dtype must be a float dtype, got {dt}")
-    _default_dtype = dt
-
-
-@contextlib.contextmanager
-def default_dtype(dtype: Any) -> Iterator[None]:
-    """Temporarily change the default float dtype (e.g. float64 for gradient checks)."""
-    prev = _default_dtype
-    set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        set_default_dtype(prev)
-
-
-# A marker for a node whose graph was already walked by backward() and freed.
-_FREED = ("freed",)
 
 # ----------------------------------------------------------------------------- the Tensor
 
@@ -122,8 +73,8 @@ class Tensor:
         device_array = hasattr(data, "dtype") and not isinstance(data, np.ndarray | np.generic)
         xp = backend.array_module(data) if device_array else backend.xp
         arr = xp.asarray(data)
-        if dtype is None and arr.dtype.kind == "f" and arr.dtype != _default_dtype:
-            dtype = _default_dtype
+        if dtype is None and arr.dtype.kind == "f" and arr.dtype != get_default_dtype():
+            dtype = get_default_dtype()
         elif dtype is None and arr.dtype.kind in "iu" and not hasattr(data, "dtype"):
             dtype = np.dtype(np.int64)  # Python ints become int64 on every platform
         if dtype is not None and arr.dtype != dtype:
@@ -192,7 +143,7 @@ class Tensor:
     def __repr__(self) -> str:
         body = np.array2string(self.numpy(), precision=4, separator=", ", threshold=20)
         extra = ", requires_grad=True" if self.requires_grad else ""
-        if self.dtype != _default_dtype:
+        if self.dtype != get_default_dtype():
             extra = f", dtype={self.dtype}" + extra
         return f"Tensor({body}{extra})"
 
@@ -236,31 +187,7 @@ class Tensor:
                     f"backward(): grad has shape {grad.shape} but the tensor has shape {self.shape}"
                 )
 
-        grads: dict[int, Any] = {id(self): grad}  # dL/d(node), summed over the node's uses
-        for t in _toposort(self):
-            g = grads.pop(id(t), None)
-            if g is None:
-                continue
-            ctx = t._ctx
-            if ctx is None or t._retain:  # a leaf, or a node whose grad we keep
-                _accumulate(t, g)
-                if ctx is None:
-                    continue
-            if ctx is _FREED:
-                raise RuntimeError(
-                    "backward() through a graph that was already freed: an earlier backward() "
-                    "walked it; call the first backward(retain_graph=True) to walk it twice"
-                )
-            backward_fn, parents = ctx
-            # the chain rule: dL/dx_i = dL/dy . dy/dx_i, one term per parent
-            for p, gp in zip(parents, backward_fn(g), strict=True):
-                if gp is None or not p.requires_grad:
-                    continue
-                k = id(p)
-                prev = grads.get(k)
-                grads[k] = gp if prev is None else prev + gp
-            if not retain_graph:
-                t._ctx = _FREED
+        backprop(self, grad, retain_graph)
 
     # -- operators (implemented in ops.py and shape_ops.py, imported at the end) -------------
     def __add__(self, o: Any) -> Tensor:
@@ -412,46 +339,13 @@ def node(data: Any, parents: tuple[Tensor, ...], backward: Callable[[Any], tuple
     each with that parent's shape.
     """
     t = _wrap(data)
-    if _grad_enabled:
+    if is_grad_enabled():
         for p in parents:
             if p.requires_grad:
                 t.requires_grad = True
                 t._ctx = (backward, parents)
                 break
     return t
-
-
-def _toposort(root: Tensor) -> list[Tensor]:
-    """Nodes reachable from `root` that require grad, root first, leaves last."""
-    order: list[Tensor] = []
-    seen: set[int] = set()
-    stack: list[tuple[Tensor, bool]] = [(root, False)]
-    while stack:  # iterative depth-first search: no recursion limit on deep graphs
-        t, children_done = stack.pop()
-        if children_done:
-            order.append(t)
-            continue
-        if id(t) in seen:
-            continue
-        seen.add(id(t))
-        stack.append((t, True))
-        ctx = t._ctx
-        if ctx is not None and ctx is not _FREED:
-            for p in ctx[1]:
-                if p.requires_grad and id(p) not in seen:
-                    stack.append((p, False))
-    order.reverse()
-    return order
-
-
-def _accumulate(t: Tensor, g: Any) -> None:
-    """t.grad += g, in place when t.grad exists (so optimizers may own the buffer)."""
-    if g.shape != t.data.shape:  # a broadcast view from a reduction's backward
-        g = backend.array_module(g).broadcast_to(g, t.data.shape)
-    if t.grad is None:
-        t.grad = g.astype(t.data.dtype, copy=True)  # a copy: g may be shared with other nodes
-    else:
-        t.grad += g
 
 
 def tensor(data: Any, dtype: Any = None, requires_grad: bool = False) -> Tensor:
