@@ -20,7 +20,7 @@ import numpy as np
 
 from minigen import checkpoint
 from minigen.checkpoint import CheckpointError
-from minigen.diffusion import DiffusionModel, Normalizer, load_model
+from minigen.diffusion import DiffusionModel, Normalizer, load_model, resolve_checkpoint
 from minigen.synthesis.caption_unet import CaptionUNet
 from minigen.synthesis.text2im_config import SCENE_SHAPE, Text2ImResult
 
@@ -32,7 +32,7 @@ __all__ = [
 FORMAT = "minigen.text2im"
 # 2: the caption through cross-attention and FiLM (xunet.py); 1 (refused): one pooled vector
 VERSION = 2
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"  # where resolve_checkpoint looks
 SHIPPED = {
     "clip": "text2im_clip.safetensors",
     "scenes": "text2im_scenes.safetensors",
@@ -79,14 +79,7 @@ def save_cond(model: CondModel, path: str | os.PathLike, half: bool = False) -> 
 
 def resolve(name_or_path: str | os.PathLike) -> Path:
     """A checkpoint file, or a shipped one by name (clip, scenes, cond)."""
-    p = Path(name_or_path)
-    if p.is_file():
-        return p
-    if str(name_or_path) in SHIPPED:
-        return ASSETS / SHIPPED[str(name_or_path)]
-    raise CheckpointError(
-        f"checkpoint file not found: {p} (shipped text-to-image checkpoints: {', '.join(SHIPPED)})"
-    )
+    return resolve_checkpoint(name_or_path, SHIPPED, "text-to-image")
 
 
 def load_scenes(name_or_path: str | os.PathLike = "scenes") -> DiffusionModel:
