@@ -1,5 +1,5 @@
 """The caption's cell map: where each caption token's object is, as the (bidirectional) caption
-encoder predicts it, and the map of the grid the conditional U-Net reads (text2im.CaptionUNet
+encoder predicts it, and the map of the grid the conditional U-Net reads (caption_unet.CaptionUNet
 with cells, cells.token_cells, xunet.cell_painter)."""
 
 from __future__ import annotations
