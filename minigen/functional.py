@@ -360,22 +360,3 @@ def scaled_dot_product_attention(
         return unbroadcast(dq, qd.shape), unbroadcast(dk, kd.shape), unbroadcast(dv, vd.shape)
 
     return node(y, (q, k, v), backward)
-
-
-# ----------------------------------------------------------------------------- transitional
-# text/gpt_ops.py still reads the attention entries of the old name-keyed table,
-# backend.kernels (issue 20 moves it to dispatch.pick); these two go with that line.
-
-
-def _attention_forward_on_backend(*args: Any, **kwargs: Any) -> Any:
-    return dispatch.pick(attention_forward)(*args, **kwargs)
-
-
-def _attention_backward_on_backend(*args: Any, **kwargs: Any) -> Any:
-    return dispatch.pick(attention_backward)(*args, **kwargs)
-
-
-backend.kernels = {
-    "attention_forward": _attention_forward_on_backend,
-    "attention_backward": _attention_backward_on_backend,
-}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from minigen import backend, rng
+from minigen import backend, dispatch, rng
 from minigen import functional as F
 from minigen.tensor import Tensor, node
 
@@ -153,15 +153,15 @@ def causal_self_attention(
         S = k.shape[2]
         keep = (rng.rand(B, n_head, T, S, dtype=a.dtype, gen=gen) >= dropout) * (1 / (1 - dropout))
         keep = keep.astype(a.dtype)
-    # softmax(q k^T / sqrt(hs) + M) v: read it plainly in F.attention; fused here (y and the
-    # weights att), F.attention_forward or the selected backend's (backend.kernels)
-    y, att = backend.kernels["attention_forward"](q, k, v, scale, True, keep=keep)  # (B, nh, T, hs)
+    # softmax(q k^T / sqrt(hs) + M) v: read it plainly in F.attention; here its fused form,
+    # giving y and the weights att, on the selected backend (minigen/dispatch.py)
+    y, att = dispatch.pick(F.attention_forward)(q, k, v, scale, True, keep=keep)  # (B, nh, T, hs)
     out = y.transpose(0, 2, 1, 3).reshape(B, T, C3 // 3)  # (B, T, d)
-    attention_backward = backend.kernels["attention_backward"]
+    attention_backward = dispatch.pick(F.attention_backward)
 
     def backward(g):  # g (B, T, d)
         gy = g.reshape(B, T, n_head, hs).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
-        dq, dk, dv = attention_backward(gy, q, k, v, att, scale, keep=keep)  # F.attention_backward
+        dq, dk, dv = attention_backward(gy, q, k, v, att, scale, keep=keep)
         dqkv = backend.array_module(g).empty((B, T, 3, n_head, hs), dtype=g.dtype)
         for j, d in enumerate((dq, dk, dv)):
             dqkv[:, :, j] = d.transpose(0, 2, 1, 3)  # (B, T, nh, hs)
