@@ -3,9 +3,10 @@
 One suite, parametrised over the backends of the switch that can run here ("numba"
 always; "cupy" where cupy and a GPU exist, skipped otherwise, naming what is missing),
 each compared with the NumPy backend on the same inputs. The ops run through minigen's
-autograd (tensors, `backward`), so this checks the dispatch: the kernel-backed entries
-of `backend.kernels`, their NumPy fallbacks (softmax over another axis, attention with
-a mask), what each forward saves for its backward, and that a model runs unchanged.
+autograd (tensors, `backward`), so this checks the dispatch: the kernel-backed functions
+that `minigen.dispatch.pick` hands out, their NumPy fallbacks (softmax over another axis,
+attention with a mask), what each forward saves for its backward, and that a model runs
+unchanged.
 The kernels themselves have their own parity suite (test_kernels_parity.py). Inputs are
 drawn around block sizes (1, 15, 16, 17, 31, 32, 33, 63, 64, 65), with single rows,
 magnitudes up to 1e4 and -inf entries, in float32 and float64.
