@@ -141,8 +141,8 @@ KNOWN_BACK_EDGES = {("minigen.tensor", "minigen.ops"), ("minigen.tensor", "minig
 # The core, lowest first: a module imports only modules before it. A new module of the core
 # goes where its imports put it.
 CORE_ORDER = [
-    "settings", "backend", "kernel_ops", "dispatch", "autograd", "tensor", "reductions", "gelu",
-    "ops", "shape_ops", "rng", "normalize", "conv", "functional", "nn", "optim", "checkpoint",
+    "checks", "settings", "backend", "kernel_ops", "dispatch", "autograd", "tensor", "reductions",
+    "gelu", "ops", "shape_ops", "rng", "normalize", "conv", "functional", "nn", "optim", "checkpoint",
     "runs", "training", "run_state", "gradcheck", "parallel", "lane", "plotting", "scalar",
     "toy2d", "cli_args",
 ]  # fmt: skip

@@ -42,8 +42,8 @@ from typing import Any
 
 import numpy as np
 
+from minigen import checks, nn, optim
 from minigen import functional as F
-from minigen import nn, optim
 from minigen import rng as _rng
 from minigen.backend import blas_threads
 from minigen.diffusion.data import DiffusionData, Normalizer, load_digits, load_toy2d
@@ -92,11 +92,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.data not in DATASETS:
             raise ValueError(f"unknown data set {self.data!r}; choose one of {list(DATASETS)}")
-        for name in ("steps", "batch_size", "num_train_timesteps", "n_points"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        checks.at_least(self, ("steps", "batch_size", "num_train_timesteps", "n_points"), 1)
+        checks.require(self, ("ema_decay",), lambda v: 0 <= v < 1, "lie in [0, 1)")
 
     def model_config(self) -> dict[str, Any]:
         """The denoiser's config: `model`, completed with the data's kind and shape."""

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from minigen import checks
+
 __all__ = ["RLHFConfig"]
 
 
@@ -66,12 +68,9 @@ class RLHFConfig:
     eval_samples: int = 2  # responses per prompt and model
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if f.name not in ("seed", "beta", "gamma", "lam") and v <= 0:
-                raise ValueError(f"RLHFConfig: {f.name} must be positive, got {v}")
-        if self.beta < 0:
-            raise ValueError(f"RLHFConfig: beta must be >= 0, got {self.beta}")
+        positive = [f.name for f in fields(self) if f.name not in ("seed", "beta", "gamma", "lam")]
+        checks.require(self, positive, lambda v: not v <= 0, "be positive", "RLHFConfig: ")
+        checks.require(self, ("beta",), lambda v: not v < 0, "be >= 0", "RLHFConfig: ")
 
     @classmethod
     def fast(cls, **changes: Any) -> RLHFConfig:
@@ -91,9 +90,7 @@ class RLHFConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> RLHFConfig:
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"{source}: unknown RLHFConfig keys {unknown}")
+        checks.known_keys(cls, d, source)
         return cls(**d)
 
     def replace(self, **changes: Any) -> RLHFConfig:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from minigen import nn
+from minigen import checks, nn
 from minigen.diffusion import PREDICTIONS, UNet
 from minigen.synthesis.caption_unet import CaptionUNet
 from minigen.synthesis.clip import CLIPConfig
@@ -50,9 +50,7 @@ class SceneConfig:
     shards: int = 1  # each batch's gradient as the sum of this many shards' (minigen.parallel)
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "n_train", "base_channels", "shards"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        checks.at_least(self, ("steps", "batch_size", "n_train", "base_channels", "shards"), 1)
         if self.snr_gamma is not None and not self.snr_gamma > 0:
             raise ValueError(f"snr_gamma must be positive, got {self.snr_gamma}")
         if self.shards > self.batch_size:

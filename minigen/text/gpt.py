@@ -30,10 +30,10 @@ Sizes are counted from the config alone (`GPTConfig.num_params`, `flops_per_toke
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from minigen import backend, nn, rng
+from minigen import backend, checks, nn, rng
 from minigen import functional as F
 from minigen.tensor import Tensor, is_grad_enabled, no_grad
 from minigen.text.gpt_ops import (
@@ -77,10 +77,7 @@ class GPTConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> GPTConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"{source}: unknown GPTConfig keys {unknown}")
+        checks.known_keys(cls, d, source)
         return cls(**d)
 
     def replace(self, **changes: Any) -> GPTConfig:

@@ -20,14 +20,14 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from minigen import optim, rng
+from minigen import checks, optim, rng
 from minigen.checkpoint import CheckpointError
 from minigen.parallel import ShardedBackward, check_workers
 from minigen.runs import RunLock, check_writable_dir
@@ -68,33 +68,23 @@ class TrainConfig:
     shards: int = 1  # each batch's gradient summed over this many shards (minigen.parallel)
 
     def __post_init__(self) -> None:
-        for f in ("max_iters", "batch_size", "eval_iters", "shards"):
-            if getattr(self, f) < 1:
-                raise ValueError(f"TrainConfig: {f} must be >= 1, got {getattr(self, f)}")
-        for f in ("warmup_iters", "eval_interval", "checkpoint_interval"):
-            if getattr(self, f) < 0:
-                raise ValueError(f"TrainConfig: {f} must be >= 0, got {getattr(self, f)}")
+        name = "TrainConfig: "
+        checks.at_least(self, ("max_iters", "batch_size", "eval_iters", "shards"), 1, name)
+        checks.at_least(self, ("warmup_iters", "eval_interval", "checkpoint_interval"), 0, name)
         if self.shards > self.batch_size:
             raise ValueError(
                 f"TrainConfig: {self.shards} shards of a batch of {self.batch_size}: too many"
             )
-        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise ValueError(
-                f"TrainConfig: learning_rate must be finite and > 0, got {self.learning_rate}"
-            )
-        for f in ("min_lr", "grad_clip", "weight_decay"):
-            v = getattr(self, f)
-            if not (math.isfinite(v) and v >= 0):
-                raise ValueError(f"TrainConfig: {f} must be finite and >= 0, got {v}")
-        for f in ("beta1", "beta2"):
-            if not 0 <= getattr(self, f) < 1:
-                raise ValueError(f"TrainConfig: {f} must lie in [0, 1), got {getattr(self, f)}")
+        lr, finite = ("learning_rate",), ("min_lr", "grad_clip", "weight_decay")
+        checks.require(self, lr, lambda v: math.isfinite(v) and v > 0, "be finite and > 0", name)
+        checks.require(
+            self, finite, lambda v: math.isfinite(v) and v >= 0, "be finite and >= 0", name
+        )
+        checks.require(self, ("beta1", "beta2"), lambda v: 0 <= v < 1, "lie in [0, 1)", name)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> TrainConfig:
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"{source}: unknown TrainConfig keys {unknown}")
+        checks.known_keys(cls, d, source)
         return cls(**d)
 
 
