@@ -105,6 +105,20 @@ def _say(verbose: bool, *lines: str) -> None:
         print(*lines, sep="\n", flush=True)
 
 
+def _from(run: str | Path, base: str, stage: str, force: bool) -> tuple[io.Loaded, Path]:
+    """The policy of stage `base`, and the path `stage` writes (refused if it exists, unless
+    `force`): how every stage after pretraining starts."""
+    loaded = io.load_policy(io.stage_path(run, base))
+    path = io.stage_path(run, stage)
+    io.refuse_overwrite(path, force)
+    return loaded, path
+
+
+def _final(losses: Sequence[float]) -> float:
+    """The loss a stage reports: the mean of its last 50 steps."""
+    return sum(losses[-50:]) / len(losses[-50:])
+
+
 def run_pretrain(
     run: str | Path, cfg: RLHFConfig, force: bool = False, verbose: bool = True,
     progress: bool = True,
@@ -116,21 +130,19 @@ def run_pretrain(
     model, losses = pretrain(cfg, tok, progress=progress)
     io.save_policy(path, model, tok, cfg, "pretrained", {"loss": losses})
     _say(verbose, f"pretrained on {cfg.corpus_size:,} forum exchanges, {cfg.pretrain_steps} steps "
-         f"in {time.perf_counter() - t0:.0f}s, final loss {sum(losses[-50:]) / len(losses[-50:]):.3f} -> {path}")  # fmt: skip
+         f"in {time.perf_counter() - t0:.0f}s, final loss {_final(losses):.3f} -> {path}")  # fmt: skip
     return {"loss": losses}
 
 
 def run_sft(
     run: str | Path, force: bool = False, verbose: bool = True, progress: bool = True
 ) -> dict:
-    base = io.load_policy(io.stage_path(run, "pretrained"))
-    path = io.stage_path(run, "sft")
-    io.refuse_overwrite(path, force)
+    base, path = _from(run, "pretrained", "sft", force)
     cfg, t0 = base.config, time.perf_counter()
     model, losses = sft(cfg, base.model, base.tokenizer, progress=progress)
     io.save_policy(path, model, base.tokenizer, cfg, "sft", {"loss": losses})
     _say(verbose, f"fine-tuned on {cfg.sft_size:,} demonstrations in "
-         f"{time.perf_counter() - t0:.0f}s, final loss {sum(losses[-50:]) / len(losses[-50:]):.3f} -> {path}")  # fmt: skip
+         f"{time.perf_counter() - t0:.0f}s, final loss {_final(losses):.3f} -> {path}")  # fmt: skip
     return {"loss": losses}
 
 
@@ -159,9 +171,7 @@ def run_reward(
 ) -> dict:
     """The reward model; the comparisons are made first (or, with `reuse_pairs`, read from
     the run's pairs.json)."""
-    base = io.load_policy(io.stage_path(run, "sft"))
-    path = io.stage_path(run, "reward")
-    io.refuse_overwrite(path, force)
+    base, path = _from(run, "sft", "reward", force)
     cfg, tok, t0 = base.config, base.tokenizer, time.perf_counter()
     pairs = load_pairs(Path(run) / "pairs.json") if reuse_pairs else run_pairs(run, verbose)
     train_pairs = [p for v in pairs["train"].values() for p in v]
@@ -203,16 +213,14 @@ def run_ppo(run: str | Path, beta: float | None = None, name: str | None = None,
 def run_dpo(
     run: str | Path, force: bool = False, verbose: bool = True, progress: bool = True
 ) -> dict:
-    base = io.load_policy(io.stage_path(run, "sft"))
-    path = io.stage_path(run, "dpo")
-    io.refuse_overwrite(path, force)
+    base, path = _from(run, "sft", "dpo", force)
     cfg, t0 = base.config, time.perf_counter()
     pairs = load_pairs(Path(run) / "pairs.json")
     train_pairs = [p for v in pairs["train"].values() for p in v]
     policy, losses = dpo(cfg, base.model, base.tokenizer, train_pairs, progress=progress)
     io.save_policy(path, policy, base.tokenizer, cfg, "dpo", {"loss": losses})
     _say(verbose, f"DPO on {len(train_pairs):,} comparisons in {time.perf_counter() - t0:.0f}s, "
-         f"final loss {sum(losses[-50:]) / len(losses[-50:]):.3f} -> {path}")  # fmt: skip
+         f"final loss {_final(losses):.3f} -> {path}")  # fmt: skip
     return {"loss": losses}
 
 
