@@ -8,7 +8,8 @@ that names the flag:
 
 Integers must be written as integers ("1e3" is refused); floats must be finite ("nan", "inf"
 are refused). A helper raises `argparse.ArgumentTypeError`, which argparse reports with the
-flag's name and exit status 2.
+flag's name and exit status 2. `run_flags` adds the flags every resumable training command
+shares (where its checkpoint goes, --force, --quiet, --resume ...).
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from typing import Any
 
 __all__ = [
     "positive_int", "nonneg_int", "seed", "int_at_least", "int_range",
     "positive_float", "nonneg_float", "finite_float", "probability", "unit_interval_open",
-    "top_p", "int_list",
+    "top_p", "int_list", "run_flags",
 ]  # fmt: skip
 
 
@@ -116,3 +118,20 @@ def int_list(low: int, empty_ok: bool = False) -> Callable[[str], str]:
 
     parse.__name__ = f"int_list_{low}"
     return parse
+
+
+def run_flags(p: Any, checkpoint: str, interval: int, only: str = "") -> None:
+    """Add the flags of a resumable training command, after its own: --seed, --out (default
+    `checkpoint`), --loss-plot, --force, --quiet, --checkpoint-interval (default `interval`),
+    --resume; `only` starts the help of the last two (the models they apply to)."""
+    p.add_argument("--seed", type=seed, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--out", help=f"checkpoint path (default: {checkpoint})")
+    p.add_argument("--loss-plot", help="loss-curve PNG (default: beside the checkpoint)")
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--checkpoint-interval", type=nonneg_int, default=interval,
+                   help=f"{only}save the run's state into OUT.run/ every N steps, for --resume; "
+                   "0: never (default: %(default)s)")  # fmt: skip
+    p.add_argument("--resume", action="store_true",
+                   help=f"{only}continue the unfinished run in OUT.run/ (the same flags; --steps "
+                   "may grow)")  # fmt: skip

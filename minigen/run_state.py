@@ -12,16 +12,18 @@ Every trainer that resumes writes the same files, through `write_state`:
 `save_run` writes them and the run's config (config.json) into a folder as one transaction
 (`minigen.runs.transaction`), under the folder's lock; `load_run` reads them back (`RunState`),
 refusing files from different steps; `prepare_run` is what a command does with --resume and
---force. A GPT checkpoint (`minigen.text.gpt_io`) is such a folder with the tokenizer and the
+--force, and `resumable_run` what a training command does around its loop. A GPT checkpoint (`minigen.text.gpt_io`) is such a folder with the tokenizer and the
 loss curve beside.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,7 @@ from minigen.training import Loop
 
 __all__ = [
     "RUN_FILES", "STATE_FILES", "write_state", "read_state", "save_run", "RunState", "load_run",
-    "prepare_run",
+    "prepare_run", "resumable_run",
 ]  # fmt: skip
 
 STATE_FILES = {
@@ -177,3 +179,22 @@ def prepare_run(run_dir: str | os.PathLike, resume: bool, force: bool) -> RunSta
     for p in there:
         shutil.rmtree(p)
     return None
+
+
+@contextlib.contextmanager
+def resumable_run(
+    out: str, config: Any, flags: dict[str, str], resume: bool, force: bool
+) -> Iterator[tuple[str, RunState | None, Any]]:
+    """A training command's run that writes the checkpoint `out`, its state kept every so many
+    steps in the folder `out.run` for --resume. Holds the RunLock of both (one writer; their
+    folder writable before the first step); yields (the run folder, the state to resume or
+    None, the config: the resumed run's, checked against `config` by `RunState.config_for`
+    with the command's `flags`, or `config` itself); removes the run folder when the body ends
+    without an error (the run is then complete in `out`)."""
+    run_dir = f"{out}.run"
+    with RunLock(out), RunLock(run_dir):
+        state = prepare_run(run_dir, resume, force)
+        if state is not None:
+            config = type(config)(**state.config_for(asdict(config), flags))
+        yield run_dir, state, config
+        shutil.rmtree(run_dir, ignore_errors=True)

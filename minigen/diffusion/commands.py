@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 from collections.abc import Sequence
-from dataclasses import asdict
 from typing import Any
 
 from minigen import cli_args as num
 from minigen.diffusion import pipeline, plots, training
 from minigen.diffusion.schedule import MAX_TIMESTEPS
 from minigen.plotting import plot_losses, save_figure
-from minigen.run_state import prepare_run
-from minigen.runs import RunLock
+from minigen.run_state import resumable_run
 
 __all__ = ["add_commands", "train_cmd", "sample_cmd"]
 
@@ -55,11 +52,7 @@ def train_cmd(args: argparse.Namespace) -> int:
         ema_decay=args.ema_decay, schedule=args.schedule, num_train_timesteps=args.timesteps,
         seed=args.seed, model=model,
     )  # fmt: skip
-    run_dir = f"{out}.run"  # the run's state every --checkpoint-interval steps, for --resume
-    with RunLock(out), RunLock(run_dir):  # one writer; its folder writable before the first step
-        resume = prepare_run(run_dir, args.resume, args.force)
-        if resume is not None:
-            cfg = training.TrainConfig(**resume.config_for(asdict(cfg), _FLAGS))
+    with resumable_run(out, cfg, _FLAGS, args.resume, args.force) as (run_dir, resume, cfg):
         try:
             result = training.train(cfg, progress=not args.quiet, run_dir=run_dir,
                                     checkpoint_interval=args.checkpoint_interval, resume=resume)  # fmt: skip
@@ -69,7 +62,6 @@ def train_cmd(args: argparse.Namespace) -> int:
         title = f"L_simple on {args.data}"
         fig = plot_losses(result.losses, title, plots.LOSS_LABEL, log_scale=True)
         save_figure(fig, loss_png)
-        shutil.rmtree(run_dir, ignore_errors=True)  # the run is complete in --out
     final = sum(result.losses[-100:]) / len(result.losses[-100:])
     print(f"trained {cfg.steps} steps in {result.seconds:.0f}s, final loss {final:.4f} -> {path}")
     print(f"loss curve -> {loss_png}")
@@ -134,17 +126,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--hidden", type=num.positive_int, help="2-D MLP width (default: 128)")
     p.add_argument("--depth", type=num.positive_int, help="2-D MLP residual blocks (default: 3)")
     p.add_argument("--channels", type=num.positive_int, help="U-Net base channels (default: 16)")
-    p.add_argument("--seed", type=num.seed, default=0, help="random seed (default: %(default)s)")
-    p.add_argument("--out", help="checkpoint path (default: diffusion_DATA.safetensors)")
-    p.add_argument("--loss-plot", help="loss-curve PNG (default: beside the checkpoint)")
-    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--checkpoint-interval", type=num.nonneg_int, default=1000,
-                   help="save the run's state into OUT.run/ every N steps, for --resume; 0: never "
-                   "(default: %(default)s)")  # fmt: skip
-    p.add_argument("--resume", action="store_true",
-                   help="continue the unfinished run in OUT.run/ (the same flags; --steps may "
-                   "grow)")  # fmt: skip
+    num.run_flags(p, "diffusion_DATA.safetensors", interval=1000)
     p.set_defaults(func=train_cmd)
 
     p = sub.add_parser(

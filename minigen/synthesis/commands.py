@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import time
-from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -24,7 +22,7 @@ from minigen.backend import blas_threads
 from minigen.diffusion import LOSS_LABEL, PREDICTIONS
 from minigen.parallel import default_workers
 from minigen.plotting import plot_losses, save_figure
-from minigen.run_state import prepare_run
+from minigen.run_state import resumable_run
 from minigen.runs import RunLock
 from minigen.synthesis.checker import score_batch
 from minigen.synthesis.clip_train import save_clip, train_clip
@@ -97,11 +95,7 @@ def train_cmd(args: argparse.Namespace) -> int:
         prediction=args.prediction, mirror_pairs=args.mirror_pairs, cell_weight=args.cell_weight,
         attn_levels=tuple(int(a) for a in args.attn_levels.split(",") if a.strip()),
     )  # fmt: skip
-    run_dir = f"{out}.run"  # the run's state every --checkpoint-interval steps, for --resume
-    with RunLock(out), RunLock(run_dir):  # one writer; its folder writable before the first step
-        resume = prepare_run(run_dir, args.resume, args.force)
-        if resume is not None:
-            cfg = Text2ImConfig(**resume.config_for(asdict(cfg), _FLAGS))
+    with resumable_run(out, cfg, _FLAGS, args.resume, args.force) as (run_dir, resume, cfg):
         try:
             workers = default_workers(cfg.shards) if args.workers is None else args.workers
             result = train_text2im(cfg, progress=not args.quiet, workers=workers, run_dir=run_dir,
@@ -111,7 +105,6 @@ def train_cmd(args: argparse.Namespace) -> int:
         path = save_text2im(result, out, half=args.half)
         title = f"L_simple, text2im {args.model}"
         save_figure(plot_losses(result.losses, title, LOSS_LABEL, log_scale=True), loss_png)
-        shutil.rmtree(run_dir, ignore_errors=True)  # the run is complete in --out
     final = float(np.mean(result.losses[-100:]))
     print(
         f"trained {cfg.steps} steps in {result.seconds:.0f}s ({result.cpu_seconds:.0f}s of CPU),"
@@ -233,15 +226,5 @@ def add_commands(sub: Any) -> None:
     )  # fmt: skip
     p.add_argument("--n-train", type=num.positive_int, default=20000,
                    help="training scenes (default: 20000)")  # fmt: skip
-    p.add_argument("--seed", type=num.seed, default=0, help="random seed (default: %(default)s)")
-    p.add_argument("--out", help="checkpoint path (default: text2im_MODEL.safetensors)")
-    p.add_argument("--loss-plot", help="loss-curve PNG (default: beside the checkpoint)")
-    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--checkpoint-interval", type=num.nonneg_int, default=500,
-                   help="scenes, cond: save the run's state into OUT.run/ every N steps, for "
-                   "--resume; 0: never (default: %(default)s)")  # fmt: skip
-    p.add_argument("--resume", action="store_true",
-                   help="scenes, cond: continue the unfinished run in OUT.run/ (the same flags; "
-                   "--steps may grow)")  # fmt: skip
+    num.run_flags(p, "text2im_MODEL.safetensors", interval=500, only="scenes, cond: ")
     p.set_defaults(func=train_cmd)
