@@ -10,7 +10,7 @@ model shape or task (`minigen.rlhf.io`).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import Any
 
 from minigen import checks
@@ -19,7 +19,8 @@ __all__ = ["RLHFConfig"]
 
 
 @dataclass(frozen=True)
-class RLHFConfig:
+class RLHFConfig(checks.DictConfig):
+    # each stage's settings (steps, batch, lr, ...): alike in shape, one block per stage
     seed: int = 0
     # the GPT (every stage's network has this shape; the vocabulary is the task's alphabet)
     n_layer: int = 4
@@ -84,17 +85,6 @@ class RLHFConfig:
             eval_samples=1,
         )  # fmt: skip
         return cls(**{**small, **changes})
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> RLHFConfig:
-        checks.known_keys(cls, d, source)
-        return cls(**d)
-
-    def replace(self, **changes: Any) -> RLHFConfig:
-        return replace(self, **changes)
 
     def model_shape(self) -> dict[str, int]:
         """The fields a checkpoint must share with the config to be used by it."""

@@ -30,7 +30,7 @@ Sizes are counted from the config alone (`GPTConfig.num_params`, `flops_per_toke
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from minigen import backend, checks, nn, rng
@@ -48,7 +48,7 @@ __all__ = ["GPTConfig", "PRESETS", "preset", "param_shapes", "flops_per_token", 
 
 
 @dataclass(frozen=True)
-class GPTConfig:
+class GPTConfig(checks.DictConfig):
     """The shape of a GPT. The MLP's hidden layer has 4 n_embd units."""
 
     vocab_size: int = 65
@@ -71,17 +71,6 @@ class GPTConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig: dropout must lie in [0, 1), got {self.dropout}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> GPTConfig:
-        checks.known_keys(cls, d, source)
-        return cls(**d)
-
-    def replace(self, **changes: Any) -> GPTConfig:
-        return replace(self, **changes)
 
     def num_params(self, non_embedding: bool = False) -> int:
         """The number of parameters, from the shapes alone (the head is tied: counted once).

@@ -48,7 +48,7 @@ def shard_loss(model: GPT, shard: tuple[np.ndarray, np.ndarray, float]) -> Tenso
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(checks.DictConfig):
     """Optimisation settings; the defaults are nanoGPT's CPU shakespeare_char recipe."""
 
     max_iters: int = 2000
@@ -81,11 +81,6 @@ class TrainConfig:
             self, finite, lambda v: math.isfinite(v) and v >= 0, "be finite and >= 0", name
         )
         checks.require(self, ("beta1", "beta2"), lambda v: 0 <= v < 1, "lie in [0, 1)", name)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> TrainConfig:
-        checks.known_keys(cls, d, source)
-        return cls(**d)
 
 
 def get_batch(
