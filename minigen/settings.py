@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+# minigen.tensor and minigen/__init__.py re-export these names: the same list, deliberately
 __all__ = [
     "no_grad",
     "enable_grad",
@@ -33,28 +34,31 @@ def is_grad_enabled() -> bool:
     return _grad_enabled
 
 
-class no_grad(contextlib.ContextDecorator):
+class _grad_mode(contextlib.ContextDecorator):
+    """The switch set to `enabled` inside the block (or the decorated call), and set back to
+    what it was on the way out."""
+
+    enabled: bool
+
+    def __enter__(self) -> None:
+        global _grad_enabled
+        self._prev, _grad_enabled = _grad_enabled, self.enabled
+
+    def __exit__(self, *exc: object) -> None:
+        global _grad_enabled
+        _grad_enabled = self._prev
+
+
+class no_grad(_grad_mode):
     """Context manager (and decorator) under which no graph is recorded."""
 
-    def __enter__(self) -> None:
-        global _grad_enabled
-        self._prev, _grad_enabled = _grad_enabled, False
-
-    def __exit__(self, *exc: object) -> None:
-        global _grad_enabled
-        _grad_enabled = self._prev
+    enabled = False
 
 
-class enable_grad(contextlib.ContextDecorator):
+class enable_grad(_grad_mode):
     """Record the graph again inside a `no_grad` block."""
 
-    def __enter__(self) -> None:
-        global _grad_enabled
-        self._prev, _grad_enabled = _grad_enabled, True
-
-    def __exit__(self, *exc: object) -> None:
-        global _grad_enabled
-        _grad_enabled = self._prev
+    enabled = True
 
 
 def get_default_dtype() -> np.dtype:

@@ -76,13 +76,19 @@ def broadcast_to(a: Tensor, shape: Sequence[int]) -> Tensor:
     return node(y, (a,), lambda g: (unbroadcast(g, ad.shape),))
 
 
-def concatenate(tensors: Sequence[Any], axis: int = 0) -> Tensor:
-    """Join along an existing axis; the gradient is cut back into the same pieces."""
+def _joined(op: str, tensors: Sequence[Any]) -> tuple[tuple[Tensor, ...], list[Any], Any]:
+    """The tensors `concatenate` or `stack` joins, their arrays and the array module; `op`
+    names the caller in the error when there are none."""
     ts = tuple(_lift(t) for t in tensors)
     if not ts:
-        raise ValueError("concatenate: needs at least one tensor")
+        raise ValueError(f"{op}: needs at least one tensor")
     datas = [t.data for t in ts]
-    xp = backend.array_module(*datas)
+    return ts, datas, backend.array_module(*datas)
+
+
+def concatenate(tensors: Sequence[Any], axis: int = 0) -> Tensor:
+    """Join along an existing axis; the gradient is cut back into the same pieces."""
+    ts, datas, xp = _joined("concatenate", tensors)
     try:
         y = xp.concatenate(datas, axis=axis)
     except ValueError:
@@ -94,11 +100,7 @@ def concatenate(tensors: Sequence[Any], axis: int = 0) -> Tensor:
 
 def stack(tensors: Sequence[Any], axis: int = 0) -> Tensor:
     """Join along a new axis."""
-    ts = tuple(_lift(t) for t in tensors)
-    if not ts:
-        raise ValueError("stack: needs at least one tensor")
-    datas = [t.data for t in ts]
-    xp = backend.array_module(*datas)
+    ts, datas, xp = _joined("stack", tensors)
     if len({d.shape for d in datas}) != 1:
         raise ValueError(f"stack: all shapes must be equal, got {[d.shape for d in datas]}")
     y = xp.stack(datas, axis=axis)

@@ -15,7 +15,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from minigen.checkpoint import atomic_write
 
@@ -41,9 +41,57 @@ def bad_id(ids: Sequence[int], vocab_size: int, known: Any) -> ValueError:
     )
 
 
+_V = TypeVar("_V", bound="_Vocabulary")
+
+
+class _Vocabulary:
+    """What both tokenizers do with their list of tokens (the list named by `KEY`: `chars`
+    or `pieces`): its size, decoding, JSON I/O, equality. Each subclass encodes its own way."""
+
+    KEY: str
+
+    def _table(self) -> list[str]:
+        return getattr(self, self.KEY)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._table())
+
+    def decode(self, ids: Iterable[int]) -> str:
+        table, ids = self._table(), list(ids)
+        if not all(0 <= i < len(table) for i in ids):
+            raise bad_id(ids, self.vocab_size, range(self.vocab_size))
+        return "".join([table[i] for i in ids])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": f"minigen.{type(self).__name__}", self.KEY: self._table()}
+
+    @classmethod
+    def from_dict(cls: type[_V], d: dict[str, Any], source: str = "<dict>") -> _V:
+        if not isinstance(d.get(cls.KEY), list):
+            raise ValueError(f"{source}: a {cls.__name__} needs a list '{cls.KEY}'")
+        return cls(d[cls.KEY])
+
+    def save(self, path: str | Path) -> None:
+        """Write the tokenizer as JSON (non-ASCII characters escaped), atomically."""
+        atomic_write(path, json.dumps(self.to_dict()).encode("ascii"))
+
+    @classmethod
+    def load(cls: type[_V], path: str | Path) -> _V:
+        return cls.from_dict(read_json(path), str(path))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, type(self)) and self._table() == other._table()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(vocab_size={self.vocab_size})"
+
+
 # ----------------------------------------------------------------------------- characters
-class CharTokenizer:
+class CharTokenizer(_Vocabulary):
     """One id per character: `chars[i]` is token i."""
+
+    KEY = "chars"
 
     def __init__(self, chars: Iterable[str]) -> None:
         self.chars = list(chars)
@@ -62,10 +110,6 @@ class CharTokenizer:
             raise ValueError("cannot build a CharTokenizer from an empty text")
         return cls(sorted(set(text)))
 
-    @property
-    def vocab_size(self) -> int:
-        return len(self.chars)
-
     def encode(self, text: str) -> list[int]:
         try:
             return [self._ids[c] for c in text]
@@ -76,40 +120,13 @@ class CharTokenizer:
                 f"of {self.vocab_size} characters"
             ) from None
 
-    def decode(self, ids: Iterable[int]) -> str:
-        ids = list(ids)
-        if not all(0 <= i < len(self.chars) for i in ids):
-            raise bad_id(ids, self.vocab_size, range(self.vocab_size))
-        return "".join([self.chars[i] for i in ids])
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"format": "minigen.CharTokenizer", "chars": self.chars}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> CharTokenizer:
-        if not isinstance(d.get("chars"), list):
-            raise ValueError(f"{source}: a CharTokenizer needs a list 'chars'")
-        return cls(d["chars"])
-
-    def save(self, path: str | Path) -> None:
-        """Write the tokenizer as JSON (non-ASCII characters escaped), atomically."""
-        atomic_write(path, json.dumps(self.to_dict()).encode("ascii"))
-
-    @classmethod
-    def load(cls, path: str | Path) -> CharTokenizer:
-        return cls.from_dict(read_json(path), str(path))
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, CharTokenizer) and self.chars == other.chars
-
-    def __repr__(self) -> str:
-        return f"CharTokenizer(vocab_size={self.vocab_size})"
-
 
 # ----------------------------------------------------------------------------- pieces
-class PieceTokenizer:
+class PieceTokenizer(_Vocabulary):
     """A vocabulary of strings, `pieces[i]` token i; encoding takes, at each position, the
     longest piece the text starts with there (so "I: a, O:" is one token if it is a piece)."""
+
+    KEY = "pieces"
 
     def __init__(self, pieces: Iterable[str]) -> None:
         self.pieces = list(pieces)
@@ -123,10 +140,6 @@ class PieceTokenizer:
         longest_first = sorted(self.pieces, key=len, reverse=True)
         self._re = re.compile("|".join(map(re.escape, longest_first)))
 
-    @property
-    def vocab_size(self) -> int:
-        return len(self.pieces)
-
     def encode(self, text: str) -> list[int]:
         ids, pos = [], 0
         while pos < len(text):
@@ -139,31 +152,3 @@ class PieceTokenizer:
             ids.append(self._ids[m.group()])
             pos = m.end()
         return ids
-
-    def decode(self, ids: Iterable[int]) -> str:
-        ids = list(ids)
-        if not all(0 <= i < len(self.pieces) for i in ids):
-            raise bad_id(ids, self.vocab_size, range(self.vocab_size))
-        return "".join([self.pieces[i] for i in ids])
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"format": "minigen.PieceTokenizer", "pieces": self.pieces}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> PieceTokenizer:
-        if not isinstance(d.get("pieces"), list):
-            raise ValueError(f"{source}: a PieceTokenizer needs a list 'pieces'")
-        return cls(d["pieces"])
-
-    def save(self, path: str | Path) -> None:
-        atomic_write(path, json.dumps(self.to_dict()).encode("ascii"))
-
-    @classmethod
-    def load(cls, path: str | Path) -> PieceTokenizer:
-        return cls.from_dict(read_json(path), str(path))
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, PieceTokenizer) and self.pieces == other.pieces
-
-    def __repr__(self) -> str:
-        return f"PieceTokenizer(vocab_size={self.vocab_size})"
