@@ -8,7 +8,7 @@ from minigen import backend, checkpoint, functional, nn, optim
 from minigen.ops import abs, exp, log, maximum, minimum, sqrt, tanh, where
 from minigen.rng import manual_seed
 from minigen.shape_ops import concatenate, split, stack
-from minigen.tensor import (
+from minigen.tensor import (  # settings.py's switches, re-exported as tensor.py does: deliberate
     Tensor,
     default_dtype,
     enable_grad,
@@ -21,6 +21,7 @@ from minigen.tensor import (
 
 __version__ = "0.1.0"
 
+# the re-exported names, listed again as the modules list them: deliberate
 __all__ = [
     "Tensor",
     "tensor",

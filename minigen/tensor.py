@@ -34,6 +34,7 @@ from minigen.settings import (
     set_default_dtype,
 )
 
+# settings.py's names listed again: this module re-exports them (see the import above)
 __all__ = [
     "Tensor",
     "no_grad",
@@ -190,6 +191,7 @@ class Tensor:
         backprop(self, grad, retain_graph)
 
     # -- operators (implemented in ops.py and shape_ops.py, imported at the end) -------------
+    # one method per Python operator (Python looks each up by its name): alike by necessity
     def __add__(self, o: Any) -> Tensor:
         return ops.add(self, o)
 

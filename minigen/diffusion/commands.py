@@ -95,6 +95,7 @@ def sample_cmd(args: argparse.Namespace) -> int:
 
 def add_commands(sub: Any) -> None:
     """Add `train-diffusion` and `sample-diffusion` to an argparse sub-parsers object."""
+    # each command declares its own parser and flags: alike in shape only
     p = sub.add_parser(
         "train-diffusion",
         help="train a denoising diffusion model (§7.2) on 2-D toys or 8x8 digits",

@@ -75,6 +75,7 @@ class TrainConfig:
     data: an MLP for the 2-D toys, a U-Net for the digits.
     """
 
+    # this run's own settings: a column of fields like other configs', alike in shape only
     data: str = "moons"
     steps: int = 4000
     batch_size: int = 256

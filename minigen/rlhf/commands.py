@@ -33,6 +33,7 @@ _STAGES = {
 
 def add_commands(sub: Any) -> None:
     """Add `rlhf` and its stages to an argparse sub-parsers object."""
+    # each command declares its own parser and flags: alike in shape only
     p = sub.add_parser(
         "rlhf",
         help="RLHF on a small GPT: pretrain, SFT, reward model, PPO, DPO, eval (§7.1)",

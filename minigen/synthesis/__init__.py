@@ -76,6 +76,7 @@ from minigen.synthesis.text2im_config import Text2ImConfig, Text2ImResult
 from minigen.synthesis.text2im_io import CondModel, load_cond, load_scenes, save_text2im
 from minigen.synthesis.xunet import Caption, CrossAttnUNet
 
+# the package's names: its modules' __all__ lists again (other parts import only from here)
 __all__ = [
     "COLOURS",
     "SHAPES",

@@ -135,6 +135,7 @@ def _train_clip(args: argparse.Namespace, out: str, loss_png: str) -> int:
 
 def add_commands(sub: Any) -> None:
     """Add `text2im` and `train-text2im` to an argparse sub-parsers object."""
+    # each command declares its own parser and flags: alike in shape only
     p = sub.add_parser(
         "text2im",
         help="generate 16x16 scenes for a caption (§7.2): CLIP or classifier-free guidance",

@@ -159,6 +159,8 @@ def draw_batch(
     return batch
 
 
+# the run keywords (run_dir, interval, resume, until) mirror diffusion.train's: each trainer
+# declares its own, alike in shape only
 def _train(
     cfg: Text2ImConfig,
     data: CaptionedScenes | None,

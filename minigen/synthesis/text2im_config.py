@@ -33,6 +33,7 @@ KINDS = ("scenes", "cond")
 class SceneConfig:
     """A training run of the unconditional scene denoiser (a `minigen.diffusion` U-Net)."""
 
+    # this run's own settings: a column of fields like other configs', alike in shape only
     steps: int = 2000
     batch_size: int = 64
     lr: float = 2e-3

@@ -111,6 +111,8 @@ def cell_painter(size: int) -> np.ndarray:
     return U
 
 
+# diffusion's ResBlock with FiLM in place of the added time, written out whole so that the two
+# read side by side (their weight names are the shipped checkpoints'): alike on purpose
 class FiLMResBlock(nn.Module):
     """(B, c_in, H, W), temb (B, temb_dim) -> (B, c_out, H, W), FiLM by temb after GN."""
 

@@ -22,6 +22,7 @@ _MODEL_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "dropout")  # CLI ov
 
 def add_commands(sub: Any) -> None:
     """Add `train-gpt` and `generate` to an argparse sub-parsers object."""
+    # each command declares its own parser and flags: alike in shape only
     p = sub.add_parser(
         "train-gpt",
         help="train a GPT on a corpus, checkpointing as it goes",

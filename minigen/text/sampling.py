@@ -134,6 +134,7 @@ def _held_back(text: str, stops: Sequence[str]) -> int:
     return hold
 
 
+# (its column of parameters is alike in shape only to other signatures of the package)
 def stream_text(
     model: Any,
     tokenizer: Any,
@@ -170,6 +171,8 @@ def stream_text(
         yield text[shown:]
 
 
+# stream_text's parameters spelled out again (not **kwargs), so that help() and the type hints
+# show them: deliberate
 def generate(
     model: Any,
     tokenizer: Any,

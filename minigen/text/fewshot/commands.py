@@ -22,6 +22,7 @@ __all__ = ["add_commands", "load_model", "fewshot_cmd", "train_icl_cmd", "eval_i
 
 def add_commands(sub: Any) -> None:
     """Add `fewshot`, `train-icl` and `eval-icl` to an argparse sub-parsers object."""
+    # each command declares its own parser and flags: alike in shape only
     p = sub.add_parser(
         "fewshot",
         help="few-shot prediction: a task given by examples in the prompt (Figure 7.1)",

@@ -246,6 +246,8 @@ def gpt2_state_dict(
         raise CheckpointError(
             f"{source}: unexpected tensor {unexpected[0]!r} (not a GPT-2 parameter of this config)"
         )
+    # gpt_io.check_weights checks minigen's own checkpoints alike; here the errors name what a
+    # Hugging Face user knows (the tensor, config.json): deliberately written apart
     for k, shape in want.items():
         if tuple(renamed[k].shape) != shape:
             raise CheckpointError(
