@@ -17,3 +17,11 @@ def my_layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float = 1e-5
 def my_causal_mask(T: int, S: int) -> np.ndarray:
     i = np.arange(T)[:, None] + (S - T)  # the queries are the last T of S positions
     return np.arange(S)[None, :] <= i
+
+
+def my_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    s = q @ k.swapaxes(-1, -2) / np.sqrt(q.shape[-1])  # scores (B, H, T, S)
+    s = np.where(mask, s, -np.inf)  # + M
+    p = np.exp(s - s.max(-1, keepdims=True))  # softmax over the keys, stably
+    p /= p.sum(-1, keepdims=True)  # (B, H, T, S), each row sums to 1
+    return p @ v  # (B, H, T, d)
