@@ -26,3 +26,13 @@ def softplus(a: Tensor) -> Tensor:
     y = np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
     # d softplus / dx = sigmoid(x) = 1 / (1 + e^{-x})
     return node(y, (a,), lambda g: (g / (1 + np.exp(-x)),))
+
+
+def value_relu(a: Value) -> Value:
+    out = Value(max(a.data, 0.0), (a,), "relu")
+
+    def _backward() -> None:  # d relu(a)/da = 1 where a > 0, else 0
+        a.grad += (a.data > 0) * out.grad
+
+    out._backward = _backward
+    return out
