@@ -26,7 +26,12 @@ import numpy as np
 
 from minigen import backend, dispatch, rng
 from minigen.conv import avg_pool2d, conv2d, group_norm, upsample_nearest2d
-from minigen.normalize import normalize_backward, normalize_forward
+from minigen.normalize import (
+    group_norm_silu_backward,
+    group_norm_silu_forward,
+    normalize_backward,
+    normalize_forward,
+)
 from minigen.ops import _constant, gelu, relu, sigmoid, silu, tanh, unbroadcast
 from minigen.tensor import Tensor, node
 
@@ -34,7 +39,7 @@ __all__ = [
     "relu", "gelu", "silu", "sigmoid", "tanh", "logsigmoid", "softmax", "log_softmax",
     "cross_entropy", "mse_loss", "linear", "layer_norm", "embedding", "dropout", "attention",
     "scaled_dot_product_attention", "causal_mask", "conv2d", "group_norm", "avg_pool2d",
-    "upsample_nearest2d",
+    "upsample_nearest2d", "group_norm_silu",
 ]  # fmt: skip
 
 # ----------------------------------------------------------------------------- softmax
@@ -215,6 +220,35 @@ def layer_norm(
 
     def backward(g):
         dx, dw, db = layer_norm_bwd(g, saved, w)
+        return (dx, *((dw,) if weight is not None else ()), *((db,) if bias is not None else ()))
+
+    return node(y, parents, backward)
+
+
+def group_norm_silu(
+    x: Tensor,
+    num_groups: int,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+) -> Tensor:
+    """silu(group_norm(x, num_groups, weight, bias, eps)) as one node: the NumPy functions
+    (normalize.py) compute what the two ops compute; on "numba" one fused kernel runs."""
+    C = x.shape[1]
+    if C % num_groups:
+        raise ValueError(f"group_norm_silu: {C} channels do not split into {num_groups} groups")
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None and p.shape != (C,):
+            raise ValueError(f"group_norm_silu: {name} has shape {p.shape}, expected ({C},)")
+    w = weight.data if weight is not None else None
+    b = bias.data if bias is not None else None
+    # y = silu(gamma xhat + beta), xhat over each group of channels and all pixels
+    y, saved = dispatch.pick(group_norm_silu_forward)(x.data, num_groups, w, b, eps)
+    backward_fn = dispatch.pick(group_norm_silu_backward)
+    parents = tuple(t for t in (x, weight, bias) if t is not None)
+
+    def backward(g):
+        dx, dw, db = backward_fn(g, saved, w)
         return (dx, *((dw,) if weight is not None else ()), *((db,) if bias is not None else ()))
 
     return node(y, parents, backward)

@@ -13,6 +13,8 @@ What the kernels fuse, per op (the NumPy functions make one pass over memory per
     attention             the causal mask, the scale and the softmax of the scores
     layer norm            mean, variance, normalisation and affine map of a row; the
                           backward fuses dx with the column sums dw, db
+    group norm + SiLU     per (sample, group): mean, variance, normalisation, affine map
+                          and SiLU; the backward fuses dx with the per-channel sums dw, db
     GELU                  the whole elementwise formula, forward and backward
     AdamW                 the moments' and the parameters' updates, one pass over p, g, m, v
 (A part's fused ops live in the part: the DDPM noise step in diffusion/noise_step.py.)
@@ -38,7 +40,8 @@ from minigen import backend
 __all__ = [
     "same_float_dtype", "softmax_forward", "softmax_backward", "log_softmax_forward",
     "log_softmax_backward", "attention_forward", "attention_backward", "layer_norm_forward",
-    "layer_norm_backward", "gelu_forward", "gelu_backward", "adamw_step",
+    "layer_norm_backward", "group_norm_silu_forward", "group_norm_silu_backward",
+    "gelu_forward", "gelu_backward", "adamw_step",
 ]  # fmt: skip
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -154,6 +157,34 @@ def layer_norm_backward(numpy: Fn, k: Kernels, dy: Any, saved: Any, w: Any) -> t
     x, mean, rstd = state
     w1 = w if w is not None else backend.array_module(x).ones(x.shape[-1], dtype=x.dtype)
     return k.layer_norm_backward(dy.astype(x.dtype, copy=False), x, w1, mean, rstd)
+
+
+# ----------------------------------------------------------------------------- group norm + SiLU
+
+
+def group_norm_silu_forward(
+    numpy: Fn, k: Kernels, x: Any, num_groups: int, w: Any, b: Any, eps: float
+) -> tuple[Any, Any]:
+    xp, C = backend.array_module(x), x.shape[1]
+    w1 = w if w is not None else xp.ones(C, dtype=x.dtype)
+    b0 = b if b is not None else xp.zeros(C, dtype=x.dtype)
+    if not _floats(x, w1, b0):
+        y, saved = numpy(x, num_groups, w, b, eps)
+        return y, (False, saved)
+    # the kernel keeps each (sample, group)'s mean and 1 / std; its backward recomputes
+    # xhat, z and s(z) from x
+    y, mean, rstd = k.group_norm_silu_forward(x, w1, b0, num_groups, eps)  # (N, C, ...), (N, G)
+    return y, (True, (x, w1, b0, mean, rstd))
+
+
+def group_norm_silu_backward(
+    numpy: Fn, k: Kernels, dy: Any, saved: Any, w: Any
+) -> tuple[Any, Any, Any]:
+    kernel_ran, state = saved
+    if not kernel_ran:
+        return numpy(dy, state, w)
+    x, w1, b0, mean, rstd = state
+    return k.group_norm_silu_backward(dy.astype(x.dtype, copy=False), x, w1, b0, mean, rstd)
 
 
 # ----------------------------------------------------------------------------- GELU

@@ -404,3 +404,16 @@ def attention_problems(draw: st.DrawFn) -> dict[str, Any]:
         "mask": mask,
         "scale": scale,
     }
+
+
+@st.composite
+def group_norm_shapes(
+    draw: st.DrawFn, max_n: int = 3, max_groups: int = 4, max_per_group: int = 4, max_side: int = 9
+) -> tuple[tuple[int, ...], int]:
+    """((N, C, H, W), G) with C = G * channels per group; G = 1 and G = C (one channel per
+    group) drawn often, and H, W around small block sizes (1, 2, 7, ...)."""
+    groups = draw(st.one_of(st.just(1), st.integers(1, max_groups)))
+    per_group = draw(st.one_of(st.just(1), st.integers(1, max_per_group)))  # 1: G = C
+    n = draw(st.integers(1, max_n))
+    h, w = draw(kernel_sizes(max_side)), draw(kernel_sizes(max_side))
+    return (n, groups * per_group, h, w), groups

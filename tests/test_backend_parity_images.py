@@ -155,3 +155,68 @@ def test_caption_unet_with_a_cell_map_loss_and_every_gradient(backend_name, dtyp
     assert grads.keys() == grads0.keys() and any("cell_where" in n for n in grads0)
     for n in grads0:
         assert_close(grads[n], grads0[n], scale=10.0)
+
+
+# ----------------------------------------------------------------------------- group norm + SiLU
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+@DTYPES
+def test_group_norm_silu(backend_name, dtype):
+    """The fused op through autograd (y and the gradients of x, gamma, beta) against NumPy,
+    over drawn shapes including G = 1 and G = C."""
+
+    @settings(max_examples=12)
+    @given(problem=S.group_norm_shapes(), seed=st.integers(0, 2**16))
+    def check(problem, seed):
+        shape, groups = problem
+        g = np.random.default_rng(seed)
+        x = (2.0 * g.standard_normal(shape) + 1.0).astype(dtype)  # (N, C, H, W)
+        w, b = (g.standard_normal(shape[1]).astype(dtype) for _ in range(2))
+        op = lambda x, w, b: F.group_norm_silu(x, groups, w, b)  # noqa: E731
+        assert_same_run(backend_name, op, [x, w, b], seed, scale=4.0)
+
+    check()
+
+
+@DTYPES
+def test_group_norm_silu_on_numpy_is_group_norm_then_silu_bit_for_bit(dtype):
+    """On "numpy" the fused op computes what F.silu(F.group_norm(...)) computes, to the bit:
+    the U-Net's numbers on the default backend do not change."""
+    g = np.random.default_rng(4)
+    x, dy = ((2.0 * g.standard_normal((3, 6, 5, 4)) + 1.0).astype(dtype) for _ in range(2))
+    w, b = (g.standard_normal(6).astype(dtype) for _ in range(2))
+    for groups, affine in ((1, True), (3, True), (6, True), (3, False)):
+        outs = []
+        for f in (F.group_norm_silu, lambda *a: F.silu(F.group_norm(*a))):
+            with backend.using("numpy"):
+                ts = [Tensor(a, requires_grad=True) for a in (x, w, b)]
+                y = f(ts[0], groups, *(ts[1:] if affine else (None, None)))
+                (y * Tensor(dy)).sum().backward()
+                outs.append([y.data, *(t.grad for t in ts if t.grad is not None)])
+        assert len(outs[0]) == len(outs[1]) == (4 if affine else 2)
+        for a, c in zip(*outs, strict=True):
+            np.testing.assert_array_equal(a, c)
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_digits_unet_runs_group_norm_silu_through_its_dispatch_row(backend_name, monkeypatch):
+    """Every SiLU(GroupNorm) of the U-Net (two per residual block, one before the output
+    conv: 11 with two levels) calls the backend's fused kernel, once forward, once backward."""
+    calls = {"group_norm_silu_forward": 0, "group_norm_silu_backward": 0}
+    with backend.using(backend_name):
+        k = backend.kernel_module()
+        for name in calls:
+            kernel = getattr(k, name)
+
+            def counted(*args, _kernel=kernel, _name=name):
+                calls[_name] += 1
+                return _kernel(*args)
+
+            monkeypatch.setattr(k, name, counted)
+        minigen.manual_seed(0)
+        x = np.random.default_rng(5).standard_normal((2, 1, 8, 8)).astype(np.float32)
+        with default_dtype(np.float32):
+            model = UNet(image_size=8, base_channels=8)
+            F.mse_loss(model(Tensor(x), np.array([3, 500])), x).backward()
+    assert calls == {"group_norm_silu_forward": 11, "group_norm_silu_backward": 11}

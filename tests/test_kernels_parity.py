@@ -390,3 +390,52 @@ def test_a_nan_spreads_over_its_row_only(backend, dtype):
     for op in ("softmax_forward", "log_softmax_forward"):
         y = mk.to_numpy(getattr(k, op)(x))
         assert np.all(np.isnan(y[1])) and np.all(np.isfinite(y[[0, 2]])), (op, y)
+
+
+# ----------------------------------------------------------------------------- group norm + SiLU
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_group_norm_silu_forward_and_backward(backend, dtype):
+    """y = silu(group_norm(x)) per sample and group, and (dx, dweight, dbias), including one
+    group (G = 1) and one channel per group (G = C), over images of 1 to 9 pixels a side;
+    numba-cpu also with its threads threshold at 0 (the (sample, group) pairs split over
+    every thread, each writing its own row of the partial sums of dweight and dbias)."""
+    k, b, budget = backend_setup(backend)
+    max_n = 1 if b is SIMULATED else 3
+
+    @budget
+    @given(
+        problem=S.group_norm_shapes(max_n=max_n), seed=st.integers(0, 2**32 - 1),
+        offset=st.sampled_from([0.0, 3.0]), eps=st.sampled_from([1e-5, 1e-3]),
+        all_cores=st.booleans(),
+    )  # fmt: skip
+    def check(problem, seed, offset, eps, all_cores):
+        threads = backend == "numba-cpu" and all_cores
+        previous = k.set_parallel_min_size(0) if threads else None
+        try:
+            compare(problem, seed, offset, eps)
+        finally:
+            if threads:
+                k.set_parallel_min_size(previous)
+
+    def compare(problem, seed, offset, eps):
+        shape, groups = problem
+        rng = np.random.default_rng(seed)
+        x = (2 * rng.standard_normal(shape) + offset).astype(dtype)  # (N, C, H, W)
+        dy = rng.standard_normal(shape).astype(dtype)
+        w, bias = (rng.standard_normal(shape[1]).astype(dtype) for _ in range(2))
+        got = k.group_norm_silu_forward(x, w, bias, groups, eps)
+        want = ref.group_norm_silu_forward(x, w, bias, groups, eps)
+        for g, r in zip(got, want, strict=True):  # y, mean, rstd
+            assert_close(g, r, scale=4.0 + offset)
+        _, mean, rstd = want
+        got = k.group_norm_silu_backward(dy, x, w, bias, mean, rstd)
+        want = ref.group_norm_silu_backward(dy, x, w, bias, mean, rstd)
+        # dx = rstd (...): its rounding error grows with rstd; dw, db sum N H W products
+        dx_scale = max(1.0, float(np.max(rstd) * np.max(np.abs(dy * w[None, :, None, None]))))
+        sums = shape[0] * shape[2] * shape[3]
+        for g, r, scale in zip(got, want, (dx_scale, sums, sums), strict=True):  # dx, dw, db
+            assert_close(g, r, scale=4.0 * scale)
+
+    check()

@@ -34,6 +34,7 @@ __all__ = [
     "BACKENDS",
     "KERNELS",
     "SECOND_HALF",
+    "GROUP_NORM",
     "KernelBackendError",
     "available",
     "get",
@@ -61,9 +62,14 @@ KERNELS = (
     "gelu_forward",  # (x, approximate) -> y
     "gelu_backward",  # (x, dy, approximate) -> dx
     "adamw_step",  # (p, g, m, v, lr, beta1, beta2, eps, weight_decay, step) -> None, in place
+    # x (N, C, ...), weight and bias (C,); mean and rstd (N, G), one per sample and group
+    "group_norm_silu_forward",  # (x, weight, bias, num_groups, eps) -> (y, mean, rstd)
+    "group_norm_silu_backward",  # (dy, x, weight, bias, mean, rstd) -> (dx, dweight, dbias)
 )
 # The kernels of numba_cpu_norm.py and numba_cuda_norm.py, the second half of their backends.
-SECOND_HALF = KERNELS[KERNELS.index("ddpm_step") :]
+SECOND_HALF = KERNELS[KERNELS.index("ddpm_step") : KERNELS.index("group_norm_silu_forward")]
+# group norm + SiLU: numba_cpu_groupnorm.py on the CPU, _array_group_norm_silu.py on the GPUs
+GROUP_NORM = KERNELS[KERNELS.index("group_norm_silu_forward") :]
 
 _MODULES = {
     "numpy": "reference",

@@ -150,3 +150,20 @@ def adamw_scalars(
         dt(1.0 - lr * weight_decay), dt(1.0 - beta1), dt(beta2), dt(1.0 - beta2),
         dt(lr * c2 / (1.0 - beta1**step)), dt(eps * c2),
     )  # fmt: skip
+
+
+def check_group_norm(op: str, x: Any, weight: Any, num_groups: int, **groups: Any) -> None:
+    """x is (N, C, ...) with C a multiple of num_groups, weight (C,), and each per-group
+    array (mean, rstd) has shape (N, num_groups)."""
+    shape = tuple(x.shape)
+    if len(shape) < 2:
+        raise ValueError(f"{op}: x must be (N, C, ...), got shape {shape}")
+    if num_groups < 1 or shape[1] % num_groups:
+        raise ValueError(f"{op}: {shape[1]} channels do not split into {num_groups} groups")
+    if tuple(weight.shape) != shape[1:2]:
+        raise ValueError(f"{op}: weight has shape {tuple(weight.shape)}, expected {shape[1:2]}")
+    for name, r in groups.items():
+        if tuple(r.shape) != (shape[0], num_groups):
+            raise ValueError(
+                f"{op}: {name} has shape {tuple(r.shape)}, expected {(shape[0], num_groups)}"
+            )

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from . import KERNELS
+from . import _array_group_norm_silu as _gns
 from . import _checks as ck
 from ._gpu_softmax import softmax_family
 from .cuda_source import ELEMENTWISE, SOURCE
@@ -238,3 +239,21 @@ def adamw_step(
             )
     # ElementwiseKernel("T g, T decay, ..., T eps_hat", "T p, T m, T v"): p, m, v in place
     _elementwise("adamw_step")(_dev(g), *scalars, p, m, v)
+
+
+# ----------------------------------------------------------------------------- group norm + SiLU
+# No CUDA C kernel yet: CuPy array operations (see _array_group_norm_silu.py).
+
+
+def group_norm_silu_forward(
+    x: Any, weight: Any, bias: Any, num_groups: int, eps: float = 1e-5
+) -> tuple[Any, Any, Any]:
+    """(y, mean, rstd) of silu(group_norm(x)), as CuPy array operations."""
+    return _gns.forward(_cupy(), _dev(x), _dev(weight), _dev(bias), num_groups, eps)
+
+
+def group_norm_silu_backward(
+    dy: Any, x: Any, weight: Any, bias: Any, mean: Any, rstd: Any
+) -> tuple[Any, Any, Any]:
+    """(dx, dweight, dbias), as CuPy array operations."""
+    return _gns.backward(_cupy(), *(_dev(a) for a in (dy, x, weight, bias, mean, rstd)))

@@ -48,6 +48,10 @@ from . import KERNELS
 from . import _checks as ck
 from . import _numba_cpu_common as _common
 from ._numba_cpu_common import fast_exp, use_threads
+from .numba_cpu_groupnorm import (  # noqa: F401 (re-exported: one module per backend)
+    group_norm_silu_backward,
+    group_norm_silu_forward,
+)
 from .numba_cpu_norm import (  # noqa: F401 (re-exported, as in numba_cuda.py: one module per backend)
     adamw_step,
     ddpm_step,

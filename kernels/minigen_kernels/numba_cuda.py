@@ -31,9 +31,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 from numba import cuda
 
-from . import KERNELS
+from . import KERNELS, to_numpy
+from . import _array_group_norm_silu as _gns
 from . import _checks as ck
 from ._gpu_softmax import softmax_family
 from ._numba_cuda_common import (
@@ -54,6 +56,26 @@ from .numba_cuda_norm import (  # noqa: F401 (re-exported, as in numba_cpu.py: o
 )
 
 __all__ = list(KERNELS)
+
+
+# ----------------------------------------------------------------------------- group norm + SiLU
+# No CUDA kernel yet: NumPy array operations on the host (see _array_group_norm_silu.py).
+
+
+def group_norm_silu_forward(
+    x: Any, weight: Any, bias: Any, num_groups: int, eps: float = 1e-5
+) -> tuple[Any, Any, Any]:
+    """(y, mean, rstd) of silu(group_norm(x)), computed on the host with NumPy."""
+    args = (to_numpy(a) for a in (x, weight, bias))
+    return _gns.forward(np, *args, num_groups, eps)
+
+
+def group_norm_silu_backward(
+    dy: Any, x: Any, weight: Any, bias: Any, mean: Any, rstd: Any
+) -> tuple[Any, Any, Any]:
+    """(dx, dweight, dbias), computed on the host with NumPy."""
+    return _gns.backward(np, *(to_numpy(a) for a in (dy, x, weight, bias, mean, rstd)))
+
 
 TILE = 16  # 16 x 16 threads per block; two 16 x 16 tiles in shared memory
 

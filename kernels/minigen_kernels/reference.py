@@ -18,6 +18,8 @@ itself calls BLAS (`a @ b`). In that NumPy code each line is one *pass* over mem
     DDPM step          x_{t-1} = (x_t - \beta_t / sqrt(1 - \bar\alpha_t) eps) / sqrt(\alpha_t)
                                  + \sigma_t z
     layer norm         y = (x - \mu) / sqrt(\sigma^2 + \epsilon) * w + b
+    group norm + SiLU  y = silu(z), z = (x - \mu_g) / sqrt(\sigma_g^2 + \epsilon) * w + b,
+                       \mu_g, \sigma_g over each sample's group of channels and its pixels
     GELU               gelu(x) = x \Phi(x)  (exact, erf)  or its tanh approximation
 
 Subtracting the row maximum m before exp changes nothing mathematically
@@ -31,6 +33,8 @@ bridged here (the math is the same; the memory traffic is not):
   for one pass fewer); a kernel keeps the row means and rstd only and recomputes xhat
   in registers. `layer_norm_forward` adds the row means, `layer_norm_backward` rebuilds
   xhat from them.
+- Group norm + SiLU: likewise, minigen keeps xhat, rstd, z and s(z); a kernel keeps
+  each (sample, group)'s mean and rstd, (N, G), and recomputes the rest.
 - GELU: minigen's backward reads the forward's Phi(x) (or sigmoid); a kernel
   recomputes it from x, so `gelu_backward` here reruns minigen's forward. minigen's
   default is the exact GELU ("none"), the kernels' the tanh form (GPT-2's).
@@ -49,6 +53,8 @@ from minigen import functional as F
 from minigen import ops
 from minigen.diffusion import ddpm_noise_step
 from minigen.functional import causal_mask
+from minigen.normalize import group_norm_silu_backward as _gns_backward
+from minigen.normalize import group_norm_silu_forward as _gns_forward
 from minigen.optim import adamw_step as _adamw_step
 
 from . import _checks as ck
@@ -67,6 +73,8 @@ __all__ = [
     "ddpm_step",
     "layer_norm_forward",
     "layer_norm_backward",
+    "group_norm_silu_forward",
+    "group_norm_silu_backward",
     "gelu_forward",
     "gelu_backward",
     "adamw_step",
@@ -231,6 +239,42 @@ def layer_norm_backward(
     r = rstd[..., None]  # (..., 1)
     xhat = (x - mean[..., None]) * r  # (..., C): rebuilt, where minigen's forward kept it
     return F.layer_norm_backward(dy, (xhat, r), weight)
+
+
+# ----------------------------------------------------------------------------- group norm + SiLU
+
+
+def group_norm_silu_forward(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray, num_groups: int, eps: float = 1e-5
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """y = silu((x - mean) * rstd * weight + bias), mean and rstd per sample and group of
+    channels (minigen.normalize.group_norm_silu_forward: conv.group_norm then ops.silu);
+    returns (y, mean, rstd), mean and rstd (N, num_groups)."""
+    ck.check_group_norm("group_norm_silu_forward", x, weight, num_groups)
+    ck.check_same_shape("group_norm_silu_forward", weight=weight, bias=bias)
+    ck.check_float("group_norm_silu_forward", x=x, weight=weight, bias=bias)
+    y, (_, rstd, _, _) = _gns_forward(x, num_groups, weight, bias, eps)
+    mean = x.reshape(x.shape[0], num_groups, -1).mean(axis=-1)  # (N, G)
+    return y, mean, rstd[..., 0]
+
+
+def group_norm_silu_backward(
+    dy: np.ndarray, x: np.ndarray, weight: np.ndarray, bias: np.ndarray, mean: np.ndarray,
+    rstd: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """(dx, dweight, dbias) of group norm + SiLU, given the forward's mean and rstd:
+    xhat, z and s(z) are rebuilt as minigen's forward computes them, then its backward runs."""
+    G = mean.shape[1] if mean.ndim == 2 else 0
+    ck.check_group_norm("group_norm_silu_backward", x, weight, G, mean=mean, rstd=rstd)
+    ck.check_same_shape("group_norm_silu_backward", x=x, dy=dy)
+    ck.check_float("group_norm_silu_backward", dy=dy, x=x, weight=weight, mean=mean, rstd=rstd)
+    N, C = x.shape[:2]
+    chan = (1, C) + (1,) * (x.ndim - 2)
+    r = rstd[..., None]  # (N, G, 1)
+    xhat = ((x.reshape(N, G, -1) - mean[..., None]) * r).reshape(x.shape)  # rebuilt
+    z = xhat * weight.reshape(chan) + bias.reshape(chan)
+    s = (1 + np.tanh(z * 0.5)) * 0.5  # s(z) as ops.silu computes it
+    return _gns_backward(dy, (xhat, r, z, s), weight)
 
 
 # ----------------------------------------------------------------------------- GELU
