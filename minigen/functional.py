@@ -20,6 +20,7 @@ Attention (Vaswani et al. 2017), per head, with a causal mask for autoregression
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -208,21 +209,30 @@ def layer_norm(
     x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None, eps: float = 1e-5
 ) -> Tensor:
     """Normalise the last axis to mean 0, variance 1, then scale by `weight`, shift by `bias`."""
-    C = x.shape[-1]
+    forward = dispatch.pick(layer_norm_forward)
+    return _affine_norm_node(
+        "layer_norm", x, x.shape[-1], weight, bias, lambda w, b: forward(x.data, w, b, eps),
+        dispatch.pick(layer_norm_backward),
+    )  # fmt: skip
+
+
+def _affine_norm_node(op: str, x: Tensor, C: int, weight: Tensor | None, bias: Tensor | None,
+                      forward: Callable, backward: Callable) -> Tensor:  # fmt: skip
+    """The node of a normalisation over C channels with an optional weight and bias (C,):
+    y, saved = forward(w, b); backward(g, saved, w) -> (dx, dw, db), kept for the given parents."""
     for name, p in (("weight", weight), ("bias", bias)):
         if p is not None and p.shape != (C,):
-            raise ValueError(f"layer_norm: {name} has shape {p.shape}, expected ({C},)")
+            raise ValueError(f"{op}: {name} has shape {p.shape}, expected ({C},)")
     w = weight.data if weight is not None else None
     b = bias.data if bias is not None else None
-    y, saved = dispatch.pick(layer_norm_forward)(x.data, w, b, eps)
-    layer_norm_bwd = dispatch.pick(layer_norm_backward)
+    y, saved = forward(w, b)
     parents = tuple(t for t in (x, weight, bias) if t is not None)
 
-    def backward(g):
-        dx, dw, db = layer_norm_bwd(g, saved, w)
+    def grad(g):
+        dx, dw, db = backward(g, saved, w)
         return (dx, *((dw,) if weight is not None else ()), *((db,) if bias is not None else ()))
 
-    return node(y, parents, backward)
+    return node(y, parents, grad)
 
 
 def group_norm_silu(
@@ -237,21 +247,12 @@ def group_norm_silu(
     C = x.shape[1]
     if C % num_groups:
         raise ValueError(f"group_norm_silu: {C} channels do not split into {num_groups} groups")
-    for name, p in (("weight", weight), ("bias", bias)):
-        if p is not None and p.shape != (C,):
-            raise ValueError(f"group_norm_silu: {name} has shape {p.shape}, expected ({C},)")
-    w = weight.data if weight is not None else None
-    b = bias.data if bias is not None else None
+    forward = dispatch.pick(group_norm_silu_forward)
     # y = silu(gamma xhat + beta), xhat over each group of channels and all pixels
-    y, saved = dispatch.pick(group_norm_silu_forward)(x.data, num_groups, w, b, eps)
-    backward_fn = dispatch.pick(group_norm_silu_backward)
-    parents = tuple(t for t in (x, weight, bias) if t is not None)
-
-    def backward(g):
-        dx, dw, db = backward_fn(g, saved, w)
-        return (dx, *((dw,) if weight is not None else ()), *((db,) if bias is not None else ()))
-
-    return node(y, parents, backward)
+    return _affine_norm_node(
+        "group_norm_silu", x, C, weight, bias,
+        lambda w, b: forward(x.data, num_groups, w, b, eps), dispatch.pick(group_norm_silu_backward),
+    )  # fmt: skip
 
 
 def embedding(idx: Any, weight: Tensor) -> Tensor:
