@@ -318,3 +318,31 @@ def matmul(a: Any, b: Any) -> Tensor:
         )
 
     return node(y, (a, b), backward)
+
+
+# ----------------------------------------------------------------------------- Tensor's methods
+# `a + b` is `add(a, b)`: Python looks an operator up on the class, so each op above is also a
+# method of Tensor, set here beside its definition (tensor.py does not import this module: the
+# ops build Tensors, and importing them back would make an import cycle).
+
+
+def _reflected(op: Any) -> Any:
+    """The method for `other <op> tensor`: Python calls `tensor.__rsub__(other)` for `2 - t`."""
+
+    def method(self: Tensor, other: Any) -> Tensor:
+        return op(other, self)
+
+    method.__name__ = method.__qualname__ = f"reflected_{op.__name__}"
+    return method
+
+
+Tensor.__add__, Tensor.__radd__ = add, _reflected(add)
+Tensor.__sub__, Tensor.__rsub__ = sub, _reflected(sub)
+Tensor.__mul__, Tensor.__rmul__ = mul, _reflected(mul)
+Tensor.__truediv__, Tensor.__rtruediv__ = div, _reflected(div)
+Tensor.__pow__, Tensor.__rpow__ = pow, _reflected(pow)
+Tensor.__matmul__, Tensor.__rmatmul__ = matmul, _reflected(matmul)
+Tensor.__neg__ = neg
+Tensor.exp, Tensor.log, Tensor.sqrt, Tensor.tanh = exp, log, sqrt, tanh
+Tensor.sigmoid, Tensor.relu, Tensor.abs, Tensor.clip = sigmoid, relu, abs, clip
+Tensor.astype = astype

@@ -96,3 +96,8 @@ def logsumexp(a: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:
 def _squeezed(shape: tuple[int, ...], axis: Any) -> tuple[int, ...]:
     axes = _axes(axis, len(shape))
     return tuple(n for i, n in enumerate(shape) if i not in axes)
+
+
+# Tensor's methods (`a.sum(axis=0)`), set beside their definitions: see the end of ops.py
+Tensor.sum, Tensor.mean, Tensor.var = sum, mean, var
+Tensor.max, Tensor.min, Tensor.logsumexp = max, min, logsumexp

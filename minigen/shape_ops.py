@@ -156,3 +156,11 @@ def getitem(a: Tensor, idx: Any) -> Tensor:
         return (z,)
 
     return node(y, (a,), backward)
+
+
+# Tensor's methods (`a[i]`, `a.reshape(2, 3)`, `a.T`), set beside their definitions: see the
+# end of ops.py
+Tensor.__getitem__ = getitem
+Tensor.reshape, Tensor.transpose, Tensor.swapaxes = reshape, transpose, swapaxes
+Tensor.T = property(transpose)
+Tensor.expand_dims, Tensor.squeeze, Tensor.broadcast_to = expand_dims, squeeze, broadcast_to

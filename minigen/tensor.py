@@ -15,7 +15,7 @@ the graph at all (`no_grad`), and the dtype new tensors get, are in `settings.py
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -190,49 +190,11 @@ class Tensor:
 
         backprop(self, grad, retain_graph)
 
-    # -- operators (implemented in ops.py and shape_ops.py, imported at the end) -------------
-    # one method per Python operator (Python looks each up by its name): alike by necessity
-    def __add__(self, o: Any) -> Tensor:
-        return ops.add(self, o)
-
-    def __radd__(self, o: Any) -> Tensor:
-        return ops.add(o, self)
-
-    def __sub__(self, o: Any) -> Tensor:
-        return ops.sub(self, o)
-
-    def __rsub__(self, o: Any) -> Tensor:
-        return ops.sub(o, self)
-
-    def __mul__(self, o: Any) -> Tensor:
-        return ops.mul(self, o)
-
-    def __rmul__(self, o: Any) -> Tensor:
-        return ops.mul(o, self)
-
-    def __truediv__(self, o: Any) -> Tensor:
-        return ops.div(self, o)
-
-    def __rtruediv__(self, o: Any) -> Tensor:
-        return ops.div(o, self)
-
-    def __pow__(self, o: Any) -> Tensor:
-        return ops.pow(self, o)
-
-    def __rpow__(self, o: Any) -> Tensor:
-        return ops.pow(o, self)
-
-    def __neg__(self) -> Tensor:
-        return ops.neg(self)
-
-    def __matmul__(self, o: Any) -> Tensor:
-        return ops.matmul(self, o)
-
-    def __rmatmul__(self, o: Any) -> Tensor:
-        return ops.matmul(o, self)
-
-    def __getitem__(self, idx: Any) -> Tensor:
-        return shape_ops.getitem(self, idx)
+    # -- operators and methods: a + b, a @ b, a[i], a.sum(), a.reshape() ---------------------
+    # Each is an op of ops.py or shape_ops.py, set on this class at the end of that module,
+    # beside its definition (`Tensor.__add__ = add`): the ops build Tensors, so this module
+    # does not import them back, and the import graph has no cycle. `import minigen` (which
+    # any `import minigen.<module>` runs first) imports both, so every Tensor has them.
 
     # comparisons give boolean tensors, outside the graph
     def __lt__(self, o: Any) -> Tensor:
@@ -247,76 +209,9 @@ class Tensor:
     def __ge__(self, o: Any) -> Tensor:
         return _wrap(self.data >= _raw(o))
 
-    # -- methods, named as in NumPy (and PyTorch where NumPy has none) ------------------------
-    def exp(self) -> Tensor:
-        return ops.exp(self)
-
-    def log(self) -> Tensor:
-        return ops.log(self)
-
-    def sqrt(self) -> Tensor:
-        return ops.sqrt(self)
-
-    def tanh(self) -> Tensor:
-        return ops.tanh(self)
-
-    def sigmoid(self) -> Tensor:
-        return ops.sigmoid(self)
-
-    def relu(self) -> Tensor:
-        return ops.relu(self)
-
-    def abs(self) -> Tensor:
-        return ops.abs(self)
-
-    def clip(self, lo: float | None = None, hi: float | None = None) -> Tensor:
-        return ops.clip(self, lo, hi)
-
-    def sum(self, axis: Any = None, keepdims: bool = False) -> Tensor:
-        return ops.sum(self, axis, keepdims)
-
-    def mean(self, axis: Any = None, keepdims: bool = False) -> Tensor:
-        return ops.mean(self, axis, keepdims)
-
-    def var(self, axis: Any = None, keepdims: bool = False, ddof: int = 0) -> Tensor:
-        return ops.var(self, axis, keepdims, ddof)
-
-    def max(self, axis: Any = None, keepdims: bool = False) -> Tensor:
-        return ops.max(self, axis, keepdims)
-
-    def min(self, axis: Any = None, keepdims: bool = False) -> Tensor:
-        return ops.min(self, axis, keepdims)
-
-    def logsumexp(self, axis: Any = None, keepdims: bool = False) -> Tensor:
-        return ops.logsumexp(self, axis, keepdims)
-
+    # -- methods that are not ops (no gradient flows through them) -------------------------
     def argmax(self, axis: int | None = None) -> Tensor:
         return _wrap(self.data.argmax(axis=axis))
-
-    def reshape(self, *shape: Any) -> Tensor:
-        return shape_ops.reshape(self, *shape)
-
-    def transpose(self, *axes: Any) -> Tensor:
-        return shape_ops.transpose(self, *axes)
-
-    def swapaxes(self, a: int, b: int) -> Tensor:
-        return shape_ops.swapaxes(self, a, b)
-
-    @property
-    def T(self) -> Tensor:
-        return shape_ops.transpose(self)
-
-    def expand_dims(self, axis: int | Sequence[int]) -> Tensor:
-        return shape_ops.expand_dims(self, axis)
-
-    def squeeze(self, axis: int | Sequence[int] | None = None) -> Tensor:
-        return shape_ops.squeeze(self, axis)
-
-    def broadcast_to(self, shape: Sequence[int]) -> Tensor:
-        return shape_ops.broadcast_to(self, shape)
-
-    def astype(self, dtype: Any) -> Tensor:
-        return ops.astype(self, dtype)
 
 
 # ----------------------------------------------------------------------------- graph helpers
@@ -353,7 +248,3 @@ def node(data: Any, parents: tuple[Tensor, ...], backward: Callable[[Any], tuple
 def tensor(data: Any, dtype: Any = None, requires_grad: bool = False) -> Tensor:
     """Create a tensor (same rules as `Tensor(...)`)."""
     return Tensor(data, dtype=dtype, requires_grad=requires_grad)
-
-
-# Imported last: ops.py and shape_ops.py import Tensor from this module.
-from minigen import ops, shape_ops  # noqa: E402
