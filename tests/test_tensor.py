@@ -173,3 +173,30 @@ def test_methods_and_conversions():
     a = minigen.rng.randn(4)
     minigen.manual_seed(3)
     np.testing.assert_array_equal(a, minigen.rng.randn(4))
+
+
+def test_a_tensor_has_its_operators_when_only_tensor_py_is_imported():
+    # the operators are set on Tensor by ops.py, reductions.py and shape_ops.py (tensor.py does
+    # not import them: no cycle); `import minigen.tensor` runs minigen/__init__ first, which
+    # imports them, so a user who imports only the class still gets every method
+    import subprocess
+    import sys
+
+    code = (
+        "from minigen.tensor import Tensor\n"
+        "t = Tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True)\n"
+        "y = (2 - t) * 3 / (1 + t) ** 2 @ t.T + (-t)[0].reshape(1, 2).exp().log()\n"
+        "y.sum().backward()\n"
+        "print(t.grad.shape, y.mean().item() < 0, t.transpose().squeeze().shape)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["(2,", "2)", "True", "(2,", "2)"]
+
+
+def test_reflected_operators_put_the_other_operand_first():
+    t = Tensor([2.0, 4.0])
+    assert np.allclose((1 - t).numpy(), [-1.0, -3.0])
+    assert np.allclose((8 / t).numpy(), [4.0, 2.0])
+    assert np.allclose((2**t).numpy(), [4.0, 16.0])
+    assert np.allclose((np.ones(2) @ t).numpy(), 6.0)
