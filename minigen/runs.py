@@ -32,11 +32,12 @@ import shutil
 import socket
 import sys
 import tempfile
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 
 __all__ = [
     "RunLock", "RunLockedError", "transaction", "recover", "previous", "check_writable_dir",
+    "refuse_overwrite",
 ]  # fmt: skip
 
 
@@ -178,6 +179,19 @@ def check_writable_dir(folder: str | os.PathLike) -> None:
         raise OSError(
             e.errno, f"cannot write into {folder} ({e.strerror or e}); choose another --out"
         ) from None
+
+
+def refuse_overwrite(
+    paths: str | os.PathLike | Iterable[str | os.PathLike | None], force: bool
+) -> None:
+    """Raise FileExistsError naming the first of `paths` that exists, unless `force` (--force).
+
+    Every command that writes a named output calls this before any work, so a finished run's
+    files are never replaced by accident. None entries (an output not asked for) are skipped.
+    """
+    for path in [paths] if isinstance(paths, str | os.PathLike) else paths:
+        if path is not None and os.path.exists(path) and not force:
+            raise FileExistsError(f"{path} already exists; pass --force to overwrite it")
 
 
 class RunLock:

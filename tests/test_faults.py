@@ -362,3 +362,17 @@ def test_a_hand_edited_trainer_state_is_refused_in_one_line(tmp_path, edit):
     path.write_text(json.dumps(edit(json.loads(path.read_text()))))
     with pytest.raises(checkpoint.CheckpointError, match=str(out)):
         Trainer.resume(out, *train_val_split(np.array(TOK.encode(TEXT))), max_iters=6)
+
+
+def test_refuse_overwrite_names_the_first_existing_output_and_leaves_it(tmp_path):
+    from minigen.runs import refuse_overwrite
+
+    kept, fresh = tmp_path / "model.safetensors", tmp_path / "new.png"
+    kept.write_bytes(b"a finished run")
+    refuse_overwrite([fresh, None], force=False)  # nothing there yet: no error
+    with pytest.raises(FileExistsError, match="model.safetensors already exists; pass --force"):
+        refuse_overwrite([fresh, None, kept], force=False)
+    with pytest.raises(FileExistsError, match="model.safetensors"):
+        refuse_overwrite(str(kept), force=False)  # one path, as a string
+    refuse_overwrite([kept], force=True)
+    assert kept.read_bytes() == b"a finished run"

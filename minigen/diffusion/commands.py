@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
 from typing import Any
 
 from minigen import cli_args as num
@@ -20,14 +19,9 @@ from minigen.diffusion import pipeline, plots, training
 from minigen.diffusion.schedule import MAX_TIMESTEPS
 from minigen.plotting import plot_losses, save_figure
 from minigen.run_state import resumable_run
+from minigen.runs import refuse_overwrite
 
 __all__ = ["add_commands", "train_cmd", "sample_cmd"]
-
-
-def _refuse_overwrite(paths: Sequence[str | None], force: bool) -> None:
-    for path in paths:
-        if path and os.path.exists(path) and not force:
-            raise ValueError(f"{path} exists; pass --force to overwrite it")
 
 
 # the flag of each TrainConfig field that --resume compares ("--" + the name otherwise)
@@ -40,7 +34,7 @@ def train_cmd(args: argparse.Namespace) -> int:
     digits = args.data == "digits"
     out = args.out or f"diffusion_{args.data}.safetensors"
     loss_png = args.loss_plot or os.path.splitext(out)[0] + "_loss.png"
-    _refuse_overwrite([out, loss_png], args.force)
+    refuse_overwrite([out, loss_png], args.force)
     model = {k: v for k, v in (("hidden", args.hidden), ("depth", args.depth),
              ("base_channels", args.channels)) if v is not None}  # fmt: skip
     if model and set(model) & ({"hidden", "depth"} if digits else {"base_channels"}):
@@ -69,7 +63,7 @@ def train_cmd(args: argparse.Namespace) -> int:
 
 
 def sample_cmd(args: argparse.Namespace) -> int:
-    _refuse_overwrite([args.out, args.figure72], args.force)
+    refuse_overwrite([args.out, args.figure72], args.force)
     model = pipeline.load(args.checkpoint)
     model.check_image_size(args.image_size)
     kw = {"sampler": args.sampler, "steps": args.steps, "eta": args.eta, "spacing": args.spacing,

@@ -26,7 +26,7 @@ from minigen.text import GPT, GPTConfig, tokenizer_from_dict
 
 __all__ = [
     "STAGES", "FORMAT", "Loaded", "stage_path", "save_policy", "save_reward", "load_policy",
-    "load_reward", "check_same_world", "refuse_overwrite",
+    "load_reward", "check_same_world",
 ]  # fmt: skip
 
 FORMAT = "minigen.rlhf"
@@ -50,12 +50,6 @@ class Loaded:
 
 def stage_path(run: str | Path, stage: str) -> Path:
     return Path(run) / f"{stage}.safetensors"
-
-
-def refuse_overwrite(path: str | Path, force: bool) -> None:
-    """Refuse to replace an existing checkpoint unless `force`."""
-    if Path(path).exists() and not force:
-        raise FileExistsError(f"{path} already exists; pass --force to overwrite it")
 
 
 def _meta(kind: str, stage: str, config: GPTConfig, tokenizer: Any, cfg: RLHFConfig,

@@ -40,6 +40,7 @@ from minigen.rlhf.train import (
     sft,
     train_reward_model,
 )  # fmt: skip
+from minigen.runs import refuse_overwrite
 
 __all__ = [
     "blas_threads", "fast_kernels", "rater_pairs", "save_pairs", "load_pairs", "run_pretrain", "run_sft", "run_pairs", "run_reward", "run_ppo", "run_dpo",
@@ -110,7 +111,7 @@ def _from(run: str | Path, base: str, stage: str, force: bool) -> tuple[io.Loade
     `force`): how every stage after pretraining starts."""
     loaded = io.load_policy(io.stage_path(run, base))
     path = io.stage_path(run, stage)
-    io.refuse_overwrite(path, force)
+    refuse_overwrite(path, force)
     return loaded, path
 
 
@@ -124,7 +125,7 @@ def run_pretrain(
     progress: bool = True,
 ) -> dict:  # fmt: skip
     path = io.stage_path(run, "pretrained")
-    io.refuse_overwrite(path, force)
+    refuse_overwrite(path, force)
     tok = make_tokenizer()
     t0 = time.perf_counter()
     model, losses = pretrain(cfg, tok, progress=progress)
@@ -197,7 +198,7 @@ def run_ppo(run: str | Path, beta: float | None = None, name: str | None = None,
     beta = cfg.beta if beta is None else beta
     name = name or ("ppo_beta0" if beta == 0 else "ppo")
     path = io.stage_path(run, name)
-    io.refuse_overwrite(path, force)
+    refuse_overwrite(path, force)
     t0 = time.perf_counter()
     policy, history = ppo(cfg, base.model, reward.model, base.tokenizer, beta, progress=progress)
     io.save_policy(path, policy, base.tokenizer, cfg, name, {"beta": beta, "iters": history})
