@@ -59,7 +59,7 @@ def test_lesson_ends_with_checked_exercises_and_what_we_learned(path):
     nb = json.loads(path.read_text(encoding="utf-8"))
     cells = nb["cells"]
     exercises, checks = _tagged(nb, "exercise"), _tagged(nb, "check")
-    assert len(checks) >= 2, f"{path.name}: {len(checks)} exercise check cells, expected >= 2"
+    assert len(checks) >= 3, f"{path.name}: {len(checks)} exercise check cells, expected >= 3"
     for cell in checks:
         assert cell["cell_type"] == "code" and "assert" in _source(cell), (
             f"{path.name}, cell {cell['id']}: a check cell without an assert"

@@ -27,3 +27,14 @@ def my_tiled_matmul(a: np.ndarray, b: np.ndarray, tile: int) -> np.ndarray:
         for p in range(0, k, tile):  # a block of rows of B, reused by the whole band
             c[i : i + tile] += a[i : i + tile, p : p + tile] @ b[p : p + tile]
     return c
+
+
+def my_ddpm_step(x_t, eps, z, beta_t, alpha_t, abar_t, sigma_t):
+    a, c = 1.0 / math.sqrt(alpha_t), beta_t / math.sqrt(1.0 - abar_t)  # once, outside the loop
+    out = np.empty_like(x_t)
+    xs, es, os_ = x_t.reshape(-1), eps.reshape(-1), out.reshape(-1)  # views: no copy
+    zs = None if z is None else z.reshape(-1)
+    for i in range(xs.size):  # one pass: read x_t, eps (and z) once, write x_{t-1} once
+        v = a * (xs[i] - c * es[i])
+        os_[i] = v if zs is None else v + sigma_t * zs[i]
+    return out
