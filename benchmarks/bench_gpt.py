@@ -1,6 +1,7 @@
 """The speed benchmark of §7.1: a GPT training iteration, minigen against PyTorch, in one run.
 
     python benchmarks/bench_gpt.py [--threads 2] [--rounds 10]
+    python benchmarks/bench_gpt.py --sizes            # the step as the model grows (item 4)
 
 1. Time per training iteration (forward, backward, gradient clipping, AdamW) of nanoGPT's
    CPU config (4 blocks, 4 heads, 128-dim tokens, context 64, batch 12, vocabulary 65) in
@@ -14,6 +15,8 @@
    keeps `--threads` threads in one process (the same cores: N = --threads).
 2. The model's FLOP/s (`flops_per_token` x tokens per iteration / time) as a fraction of
    the machine's float32 matmul peak, measured here on a large square matmul.
+With `--sizes`, only the training iteration, at each of SIZES (width, context, layers, heads),
+one row each: where the gap to PyTorch grows with the model.
 3. Generation throughput, tokens/s with and without the KV cache, when the context holds
    64 and 256 tokens (the same model with block_size 256, greedy, batch 1).
 
@@ -42,6 +45,8 @@ from minigen.text import GPT, GPTConfig, TrainConfig, flops_per_token, preset  #
 from minigen.text.train import make_optimizer, shard_loss  # noqa: E402
 
 B = 12
+# (n_embd, block_size, n_layer, n_head): nanoGPT's CPU config up to GPT-2 small's width
+SIZES = ((128, 64, 4, 4), (256, 128, 4, 4), (512, 128, 6, 8), (768, 256, 6, 12))
 
 
 def batch(config: GPTConfig, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -145,6 +150,24 @@ def decode_rate(model: GPT, context: int, use_cache: bool, n: int = 32) -> float
         return n / (time.perf_counter() - t0)
 
 
+def size_sweep(torch, tc: TrainConfig, rounds: int, shards: int) -> None:
+    """One row per size of SIZES: minigen's and PyTorch's iteration, alternated, and the ratio."""
+    print(f"\n{'width':>5} {'context':>7} {'layers':>6} {'params':>10} "
+          f"{'minigen ms':>10} {'pytorch ms':>10} {'ratio':>6}")  # fmt: skip
+    for d, t, layers, heads in SIZES:
+        config = preset("small").replace(n_embd=d, block_size=t, n_layer=layers, n_head=heads)
+        ours, model, sharded = minigen_step(config, tc, shards)
+        theirs = torch_step(torch, config, tc, model.state_dict())
+        # fewer blocks for the big models (a step of the largest takes seconds)
+        n = max(2, rounds * 128 * 64 // (d * t))
+        ta, tb = alternate(ours, theirs, n, per_round=3 if d * t > 128 * 64 else 5)
+        if sharded is not None:
+            sharded.close()
+        m, p = statistics.median(ta) * 1e3, statistics.median(tb) * 1e3
+        print(f"{d:5d} {t:7d} {layers:6d} {config.num_params():10,d} {m:10.1f} {p:10.1f} "
+              f"{m / p:5.2f}x", flush=True)  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="threads for both (default 2)")
@@ -153,6 +176,10 @@ def main() -> None:
     parser.add_argument(
         "--shards", type=int, default=1,
         help="minigen: the gradient in this many shards, one process (one BLAS thread) each",
+    )  # fmt: skip
+    parser.add_argument(
+        "--sizes", action="store_true",
+        help="only the training iteration, at each model size of SIZES (one row each)",
     )  # fmt: skip
     args = parser.parse_args()
     minigen.backend.use(args.backend)
@@ -169,8 +196,11 @@ def main() -> None:
     print(f"numpy {np.__version__}, torch {torch.__version__}, {how}, "
           f"minigen backend {args.backend}")  # fmt: skip
 
-    config = preset("small")
     tc = TrainConfig()
+    if args.sizes:
+        size_sweep(torch, tc, args.rounds, args.shards)
+        return
+    config = preset("small")
     ours, model, sharded = minigen_step(config, tc, args.shards)
     theirs = torch_step(torch, config, tc, model.state_dict())
     ta, tb = alternate(ours, theirs, args.rounds)
