@@ -21,3 +21,9 @@ def my_ddpm_step(
 ) -> np.ndarray:
     mean = (x_t - beta_t / np.sqrt(1 - abar_t) * eps_hat) / np.sqrt(1 - beta_t)
     return mean + sigma_t * z
+
+
+def my_posterior(x0, x_t, beta_t: float, abar_t: float, abar_prev: float):
+    c1 = np.sqrt(abar_prev) * beta_t / (1 - abar_t)
+    c2 = np.sqrt(1 - beta_t) * (1 - abar_prev) / (1 - abar_t)
+    return c1 * x0 + c2 * x_t, (1 - abar_prev) / (1 - abar_t) * beta_t
