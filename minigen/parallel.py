@@ -1,22 +1,19 @@
 """Data parallelism over CPU cores: a batch's gradient as the sum of its shards' gradients.
 
-A training step's loss is a mean over the batch. Cut the batch into shards k = 1 .. S of B_k
-examples each; the batch mean is the sum of the shards' means weighted by their share,
-
-    L = (1 / B) sum_i l_i = sum_k (B_k / B) L_k,        so     grad L = sum_k grad((B_k / B) L_k),
-
-and each term can be computed on its own core. `ShardedBackward` computes shard 1 in this
-process, on the model itself, and sends the others to worker processes ("spawn": fresh
-interpreters), each with a replica of the model built by the caller's `build()`. Every step
-the workers copy the current parameters out of shared memory, run forward and backward on
-their shards, and write the gradients back into shared memory, where this process adds them
-to its own, shard by shard, in order.
+The mathematics, grad L = sum_k grad((B_k / B) L_k), is `minigen.data_parallel`'s; this is
+its engine on one machine (`minigen.mpi.MPIBackward` is the one for an MPI job).
+`ShardedBackward` computes shard 1 in this process, on the model itself, and sends the others
+to worker processes ("spawn": fresh interpreters), each with a replica of the model built by
+the caller's `build()`. Every step the workers copy the current parameters out of shared
+memory, run forward and backward on their shards, and write the gradients back into shared
+memory, where this process adds them, in shard order (`data_parallel.sum_in_order`).
 
 The result does not depend on how many processes computed it: each shard's gradient is
-computed by the same code on a fresh, zeroed replica, and the sum is always taken in the same
+computed by the same code on a fresh, zeroed gradient, and the sum is always taken in the same
 order (shard 1, then 2, ...), so one process (`workers=1`, the shards computed one after the
-other here) and S processes give bit-identical gradients. The number of shards is part of a
-training recipe (it changes the rounding of the sum); the number of workers is not.
+other here), S processes, and an MPI job of S ranks give bit-identical gradients. The number
+of shards is part of a training recipe (it changes the rounding of the sum); the number of
+workers is not.
 
 Ctrl-C stops the caller only: a worker starts with SIGINT ignored (a terminal's Ctrl-C signals
 the whole process group), and the caller, which gets the KeyboardInterrupt, stops its workers.
@@ -43,6 +40,18 @@ import numpy as np
 from minigen import backend, nn
 from minigen import rng as _rng
 from minigen.backend import blas_threads
+from minigen.data_parallel import (
+    Slots,
+    add_grads,
+    check_same_model,
+    load_params,
+    shard_grad,
+    signature,
+    slots,
+    store_params,
+    sum_in_order,
+    sum_losses,
+)
 from minigen.tensor import Tensor, get_default_dtype, set_default_dtype
 
 __all__ = ["ShardedBackward", "check_workers", "default_workers", "start_ignoring_ctrl_c"]
@@ -75,49 +84,6 @@ def start_ignoring_ctrl_c(proc: Any) -> None:
         signal.signal(signal.SIGINT, previous)
 
 
-# (parameter, offset, size, shape): where each parameter lives in one flat vector
-Slots = list[tuple[nn.Parameter, int, int, tuple[int, ...]]]
-
-
-def _slots(model: nn.Module) -> Slots:
-    """The model's parameters and their places in one flat vector (computed once per model)."""
-    out, offset = [], 0
-    for p in model.parameters():
-        out.append((p, offset, p.size, tuple(p.shape)))
-        offset += p.size
-    return out
-
-
-def _signature(model: nn.Module) -> list[tuple[str, tuple[int, ...], str]]:
-    return [(n, tuple(p.shape), str(p.dtype)) for n, p in model.named_parameters()]
-
-
-def _shard_grad(
-    model: nn.Module,
-    slots: Slots,
-    loss: Callable[[nn.Module, Any], Tensor],
-    shard: Any,
-    out: np.ndarray,
-) -> tuple[float, list[bool]]:
-    """Write grad (loss(model, shard)) into the flat vector `out`; return the loss, and which
-    parameters it depends on (the others have no gradient: zeros in `out`)."""
-    for p, *_ in slots:
-        p.grad = None  # a fresh gradient: backward() stores it rather than adding to it
-    value = loss(model, shard)
-    value.backward()
-    for p, o, n, _shape in slots:
-        if p.grad is None:
-            out[o : o + n] = 0
-        else:
-            out[o : o + n] = np.asarray(p.grad).reshape(-1)
-    return float(value.item()), [p.grad is not None for p, *_ in slots]
-
-
-def _load_params(slots: Slots, flat: np.ndarray) -> None:
-    for p, o, n, shape in slots:
-        p.data[...] = flat[o : o + n].reshape(shape)
-
-
 def _worker(
     build: Callable[[], nn.Module],
     loss: Callable[[nn.Module, Any], Tensor],
@@ -135,8 +101,8 @@ def _worker(
         backend.use(settings[0])  # the parent's backend and default dtype
         set_default_dtype(settings[1])
         model = build()
-        slots = _slots(model)
-        conn.send(("ready", _signature(model)))
+        where = slots(model)
+        conn.send(("ready", signature(model)))
     except BaseException:  # noqa: BLE001 - everything goes back to the parent as text
         conn.send(("error", traceback.format_exc()))
         return
@@ -151,9 +117,9 @@ def _worker(
             if jobs is None:
                 return
             try:
-                _load_params(slots, params_flat)
+                load_params(where, params_flat)
                 conn.send(
-                    ("ok", [_shard_grad(model, slots, loss, s, grads_flat[k - 1]) for k, s in jobs])
+                    ("ok", [shard_grad(model, where, loss, s, grads_flat[k]) for k, s in jobs])
                 )
             except BaseException:  # noqa: BLE001
                 conn.send(("error", traceback.format_exc()))
@@ -204,25 +170,25 @@ class ShardedBackward:
         self.model, self.loss, self.shards, self.workers = model, loss, shards, workers
         self.dtype = dtypes.pop()
         self.size = sum(p.size for p in params)
-        self._slots = _slots(model)
+        self._slots = slots(model)
         itemsize = np.dtype(self.dtype).itemsize
         self._conns: list[Any] = []
         self._procs: list[Any] = []
         self._local: nn.Module | None = None
         self._local_slots: Slots = []
         if workers == 1:
-            self._grads = np.empty((max(shards - 1, 0), self.size), dtype=self.dtype)
+            self._grads = np.empty((shards, self.size), dtype=self.dtype)  # (S, P): g_k in row k
             self._params = np.empty(self.size, dtype=self.dtype)
             if shards > 1:
                 state = _rng.get_state()  # build() may draw weights: leave the caller's draws be
                 self._local = build()
-                self._local_slots = _slots(self._local)
+                self._local_slots = slots(self._local)
                 _rng.set_state(state)
-                self._check(_signature(self._local), "build()")
+                self._check(signature(self._local), "build()")
             return
         ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked BLAS state
         shared_params = ctx.RawArray("b", self.size * itemsize)
-        shared_grads = ctx.RawArray("b", (shards - 1) * self.size * itemsize)
+        shared_grads = ctx.RawArray("b", shards * self.size * itemsize)  # (S, P)
         self._params = np.frombuffer(shared_params, dtype=self.dtype)
         self._grads = np.frombuffer(shared_grads, dtype=self.dtype).reshape(-1, self.size)
         try:
@@ -253,14 +219,8 @@ class ShardedBackward:
             self.close(wait=not isinstance(e, KeyboardInterrupt))
             raise
 
-    def _check(self, signature: list[Any], who: str) -> None:
-        mine = _signature(self.model)
-        if signature != mine:
-            diff = next(
-                (f"{a} != {b}" for a, b in zip(signature, mine, strict=False) if a != b),
-                f"{len(signature)} parameters, the model has {len(mine)}",
-            )
-            raise ValueError(f"ShardedBackward: {who} does not build the same model: {diff}")
+    def _check(self, theirs: list[Any], who: str) -> None:
+        check_same_model(signature(self.model), theirs, who, "ShardedBackward")
 
     def _receive(self, conn: Any) -> tuple[str, Any]:
         try:
@@ -284,9 +244,11 @@ class ShardedBackward:
             raise ValueError(f"ShardedBackward: expected {self.shards} shards, got {len(shards)}")
         if self.workers > 1 and not self._conns:
             raise RuntimeError("ShardedBackward: called after close(); its workers are gone")
-        if self.shards > 1:  # the replicas start from the current weights
-            for p, o, n, _shape in self._slots:
-                self._params[o : o + n] = np.asarray(p.data).reshape(-1)
+        if self.shards == 1:  # the plain backward pass, on any backend (CuPy too)
+            value = self.loss(self.model, shards[0])
+            value.backward()
+            return float(value.item())
+        store_params(self._slots, self._params)  # the replicas start from the current weights
         # shard k > 0 goes to worker (k - 1) mod (workers - 1), or is computed here
         jobs: list[list[tuple[int, Any]]] = [[] for _ in self._conns]
         for k in range(1, self.shards):
@@ -294,32 +256,21 @@ class ShardedBackward:
                 jobs[(k - 1) % len(self._conns)].append((k, shards[k]))
         for conn, mine in zip(self._conns, jobs, strict=True):
             conn.send(mine)
-        first = self.loss(self.model, shards[0])
-        first.backward()
+        results = [shard_grad(self.model, self._slots, self.loss, shards[0], self._grads[0])]
         if self._local is not None:
-            _load_params(self._local_slots, self._params)
-            rest = [
-                _shard_grad(
-                    self._local, self._local_slots, self.loss, shards[k], self._grads[k - 1]
-                )
+            load_params(self._local_slots, self._params)
+            results += [
+                shard_grad(self._local, self._local_slots, self.loss, shards[k], self._grads[k])
                 for k in range(1, self.shards)
             ]
         else:
             answers = [self._receive(conn)[1] for conn in self._conns]
             by_shard = {k: v for mine, vals in zip(jobs, answers, strict=True)
                         for (k, _), v in zip(mine, vals, strict=True)}  # fmt: skip
-            rest = [by_shard[k] for k in range(1, self.shards)]
-        # grad = g_1 + g_2 + ... + g_S, always in this order
-        for k, (_, used) in enumerate(rest, start=1):
-            for (p, o, n, shape), has in zip(self._slots, used, strict=True):
-                if not has:  # this shard's loss does not depend on p
-                    continue
-                g = self._grads[k - 1, o : o + n].reshape(shape)
-                if p.grad is None:
-                    p.grad = g.copy()
-                else:
-                    p.grad += g
-        return float(first.item()) + sum(value for value, _ in rest)
+            results += [by_shard[k] for k in range(1, self.shards)]
+        used = [any(u) for u in zip(*(used for _, used in results), strict=True)]
+        add_grads(self._slots, sum_in_order(self._grads), used)
+        return sum_losses([value for value, _ in results])
 
     def close(self, wait: bool = True) -> None:
         """Stop the workers (also on `with` exit, and at interpreter exit: they are daemons):

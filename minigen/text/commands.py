@@ -117,6 +117,7 @@ def _md5(text: str) -> str:
 def train_gpt(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from minigen import mpi
     from minigen.parallel import default_workers
     from minigen.text.corpus import load_corpus, train_val_split
     from minigen.text.gpt import preset
@@ -137,6 +138,10 @@ def train_gpt(args: argparse.Namespace) -> int:
     name = "small" if args.preset is None else args.preset
     given = {n: getattr(args, n) for n in _MODEL_ARGS if getattr(args, n) is not None}
     train_given = {n: getattr(args, n) for n in args.train_args if getattr(args, n) is not None}
+    comm = mpi.world()  # under mpiexec -n N: N shards, one per rank; rank 0 alone prints
+    root = mpi.quiet_unless_root(comm)
+    if comm is not None and not args.resume:
+        train_given.setdefault("shards", comm.Get_size())
     if not args.resume:  # a preset or a shape that cannot be fails before the corpus is read
         preset(name, **given)
         TrainConfig(**train_given)
@@ -185,7 +190,7 @@ def train_gpt(args: argparse.Namespace) -> int:
     )
     trainer.run()
     print(f"checkpoint and loss curve in {args.out}")
-    if args.sample:
+    if args.sample and root:
         model, tok, _ = load_gpt(args.out)
         print("--- a sample (temperature 0.8, top-k 40) ---")
         start = "\n" if "\n" in text else text[0]

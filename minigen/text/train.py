@@ -12,6 +12,10 @@ weights, the batches and the dropout masks (the loss estimates draw from generat
 their own, seeded by (seed, step), so evaluating does not change training). A checkpoint
 holds that generator's state with the weights and the optimizer's moments, so a resumed run
 computes the same losses as one that never stopped.
+
+Under `mpiexec -n N` (`minigen.mpi`), the N ranks draw the same batches and each computes one
+of its N shards; rank 0 alone evaluates, checkpoints and shows the progress bar. The losses and
+weights are those of `shards=N` in one process, bit for bit.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from minigen import checks, optim, rng
+from minigen import checks, mpi, optim, rng
 from minigen.checkpoint import CheckpointError
 from minigen.parallel import ShardedBackward, check_workers
 from minigen.runs import RunLock, check_writable_dir
@@ -35,7 +39,7 @@ from minigen.tensor import Tensor, no_grad
 from minigen.text.corpus import check_corpus_length
 from minigen.text.gpt import GPT, GPTConfig
 from minigen.text.gpt_io import check_writable, load_checkpoint, save_checkpoint
-from minigen.training import Every, Loop, Schedule
+from minigen.training import Every, Loop, Schedule, TrainingDiverged
 
 __all__ = ["TrainConfig", "Trainer", "get_batch", "make_optimizer", "shard_loss"]
 
@@ -119,6 +123,7 @@ class Trainer:
         meta: anything JSON-able to keep in the checkpoint's config (e.g. the corpus).
         workers: processes computing the `train_config.shards` shards of each step's gradient
             (1 .. shards; `minigen.parallel`): the losses do not depend on it, the time does.
+            Under mpiexec the ranks compute the shards instead (one each: shards = ranks).
     """
 
     def __init__(
@@ -138,6 +143,13 @@ class Trainer:
                 "TrainConfig: shards > 1 needs dropout 0 (each process would draw its own masks)"
             )
         check_workers(train_config.shards, workers)  # here: the workers start at the first step
+        self.comm = mpi.world()  # None unless one of several MPI ranks
+        self.root = self.comm is None or self.comm.Get_rank() == 0
+        if self.comm is not None and train_config.shards != self.comm.Get_size():
+            raise ValueError(
+                f"under mpiexec -n {self.comm.Get_size()} each rank computes one shard of the "
+                f"batch: shards must be {self.comm.Get_size()}, the run's is {train_config.shards}"
+            )
         if model_config.vocab_size != tokenizer.vocab_size:
             raise ValueError(
                 f"the model's vocab_size {model_config.vocab_size} is not the tokenizer's "
@@ -165,7 +177,7 @@ class Trainer:
                          desc="train-gpt")  # fmt: skip
         self.evals: list[dict[str, Any]] = []  # the loss estimates, {"step", "train", "val"}
         self.workers = workers
-        self._sharded: ShardedBackward | None = None
+        self._sharded: ShardedBackward | mpi.MPIBackward | None = None
 
     @property
     def step(self) -> int:
@@ -186,9 +198,13 @@ class Trainer:
         max_iters: int | None = None,
         workers: int = 1,
     ) -> Trainer:
-        """Continue from the checkpoint in `out_dir` (optionally to a new `max_iters`)."""
-        with RunLock(out_dir):
-            ck = load_checkpoint(out_dir, with_state=True)
+        """Continue from the checkpoint in `out_dir` (optionally to a new `max_iters`). Under
+        MPI every rank reads it, rank 0 first (under the folder's lock)."""
+        comm = mpi.world()
+        with mpi.root_first(comm):
+            lock = RunLock(out_dir) if comm is None or comm.Get_rank() == 0 else None
+            with lock or contextlib.nullcontext():
+                ck = load_checkpoint(out_dir, with_state=True)
         tc = TrainConfig.from_dict(ck.train_config, str(out_dir))
         if max_iters is not None:
             tc = TrainConfig.from_dict({**asdict(tc), "max_iters": max_iters})
@@ -229,7 +245,9 @@ class Trainer:
         x, y = self.batch(self.train_ids, rng.generator())  # (B, T) each
         if self.tc.shards == 1:
             return self.model.loss(x, y)
-        if self._sharded is None:
+        if self._sharded is None and self.comm is not None:  # rank k: shard k
+            self._sharded = mpi.MPIBackward(self.model, shard_loss, self.comm)
+        elif self._sharded is None:
             self._sharded = ShardedBackward(
                 self.model, partial(GPT, self.config), shard_loss, self.tc.shards, self.workers,
             )  # fmt: skip
@@ -300,11 +318,17 @@ class Trainer:
         if self.out_dir is not None:
             hooks.append(Every(tc.checkpoint_interval, lambda _: self.save()))
         hooks.append(Every(1, after))
+        if not self.root:  # under MPI, rank 0 alone evaluates, saves and reports
+            hooks, progress = [], False
         loop.progress = progress
-        lock = RunLock(self.out_dir) if self.out_dir is not None else contextlib.nullcontext()
+        lock = RunLock(self.out_dir) if self.out_dir is not None and self.root else None
         try:
-            with lock:
+            with (
+                mpi.abort_on_error(self.comm, (TrainingDiverged,)),
+                lock or contextlib.nullcontext(),
+            ):
                 loop.run(self.loss_at, hooks, until)
+                mpi.check_in_sync(self.comm, self.model)
         finally:
             self.close()
         return self.history
@@ -312,10 +336,12 @@ class Trainer:
     def save(self, out_dir: str | Path | None = None, inference_only: bool = False) -> Path:
         """Write the checkpoint (and the loss curve) into `out_dir` or the trainer's folder, as
         one transaction; `inference_only` leaves out what only resuming needs (the optimizer's
-        moments and the trainer state)."""
+        moments and the trainer state). Under MPI only rank 0 writes."""
         path = Path(out_dir) if out_dir is not None else self.out_dir
         if path is None:
             raise ValueError("Trainer.save: no out_dir given")
+        if not self.root:
+            return path
         loop = None if inference_only else self.loop
         with RunLock(path):
             save_checkpoint(path, self.model, self.tokenizer, self.tc, loop, self.meta,
