@@ -15,7 +15,7 @@ from minigen.diffusion import NoiseSchedule
 from minigen.synthesis import captions as C
 from minigen.synthesis import scenes as S
 from minigen.synthesis.caption_unet import CELL_DIM, CaptionUNet
-from minigen.synthesis.cells import NOWHERE, is_mention, token_cells
+from minigen.synthesis.cells import NOWHERE, is_mention, place_jointly, token_cells
 from minigen.synthesis.clip import CLIPConfig, TextEncoder
 from minigen.synthesis.mirrors import mirror_pairs, mirror_safe, mirror_token_cells, mirror_tokens
 from minigen.synthesis.text2im import draw_batch, scene_data, train_text2im
@@ -154,10 +154,11 @@ def test_the_cell_loss_is_the_cross_entropy_over_the_tokens_with_a_target(net):
     np.testing.assert_allclose(P.reshape(len(words), -1), np.exp(logp[0, 1:9, :G2]), rtol=1e-10)
 
 
-def test_place_draws_one_free_cell_per_object_from_its_distribution(net):
-    """Each "<colour> <shape>" gets one cell for both words, drawn from P_j of its colour word
-    among the cells earlier objects left free; the other tokens NOWHERE, <pad> no target."""
-    tokens = C.encode_batch(CAPS * 200)  # (400, L)
+def test_place_draws_the_objects_cells_jointly_from_their_distributions(net):
+    """Each "<colour> <shape>" gets one cell for both words; the cells of a caption's objects
+    come from the product of their colour words' P_j restricted to distinct cells where the
+    relation holds; the other tokens NOWHERE, <pad> no target."""
+    tokens = C.encode_batch(CAPS * 400)  # (800, L)
     with no_grad():
         z = net.cell_where(net.text.states(tokens[:2])[0]).data[:, :, :G2]  # (2, L', G^2)
     cells = net.place(tokens, np.random.default_rng(0))
@@ -165,15 +166,64 @@ def test_place_draws_one_free_cell_per_object_from_its_distribution(net):
     mention = is_mention(tokens)
     np.testing.assert_array_equal(np.flatnonzero(mention[0]), [2, 7])
     assert (cells[:, 2] == cells[:, 3]).all() and (cells[:, 7] == cells[:, 8]).all()
-    assert (cells[::2, 2] != cells[::2, 7]).all()  # two objects never share a cell
+    assert (cells[::2, 2] % S.GRID < cells[::2, 7] % S.GRID).all()  # red left of blue, always
     other = ~(mention | np.roll(mention, 1, axis=1)) & (tokens != C.PAD)
     assert (cells[other] == NOWHERE).all() and (cells[tokens == C.PAD] == -100).all()
-    # the first object's cell follows its colour word's P_j (200 draws per caption)
-    for row, j in ((0, 2), (1, 2)):
-        p = np.exp(z[row, j] - z[row, j].max())
-        p /= p.sum()
-        freq = np.bincount(cells[row::2, j], minlength=G2) / 200
-        assert np.abs(freq - p).max() < 4 * np.sqrt(p.max() / 200)
+    p = np.exp(z - z.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)  # P_j
+    col = np.arange(G2) % S.GRID
+    # "a red circle left of a blue square": p(c_1, c_2) ∝ P_2(c_1) P_7(c_2) [col_1 < col_2]
+    pair = p[0, 2][:, None] * p[0, 7][None, :] * (col[:, None] < col[None, :])  # (G^2, G^2)
+    pair /= pair.sum()
+    for want, got in ((pair.sum(1), cells[0::2, 2]), (pair.sum(0), cells[0::2, 7]),
+                      (p[1, 2], cells[1::2, 2])):  # fmt: skip
+        freq = np.bincount(got, minlength=G2) / 400
+        assert np.abs(freq - want).max() < 4 * np.sqrt(want.max() / 400)
+
+
+@st.composite
+def captions(draw: st.DrawFn) -> str:
+    """A caption of the grammar that fits MAX_LEN: clauses "a c s" or "a c s <rel> a c s"."""
+    thing = st.builds(lambda c, s: f"a {c} {s}", st.sampled_from(S.COLOURS),
+                      st.sampled_from(S.SHAPES))  # fmt: skip
+    clauses = []
+    for _ in range(draw(st.integers(1, 4))):
+        rel = draw(st.sampled_from([None, *C.RELATIONS]))
+        clause = draw(thing) + (f" {rel} {draw(thing)}" if rel else "")
+        if len(" and ".join([*clauses, clause]).split()) + 2 > C.MAX_LEN:
+            break
+        clauses.append(clause)
+    return " and ".join(clauses or [draw(thing)])
+
+
+@given(caption=captions(), logits=st.data(), seed=st.integers(0, 2**16))
+def test_every_relation_holds_between_the_placed_cells_whatever_the_distributions(
+    caption, logits, seed
+):
+    """Whatever P_j say (here: any logits, even all on one column), every draw puts the objects
+    in distinct cells where each relation of the caption holds."""
+    tokens = C.encode_batch([caption] * 4)  # (4, L)
+    eos = (tokens != C.PAD).sum(1) - 1
+    z = np.array(logits.draw(st.lists(st.floats(-60, 60), min_size=G2, max_size=G2)))  # (G^2,)
+    z = np.broadcast_to(z, (*tokens.shape, G2))  # every token the same P_j
+    cells = place_jointly(z, tokens, eos, np.random.default_rng(seed))  # (4, L)
+    props = C.parse_caption(caption)
+    words = caption.split()
+    for row in cells:
+        placed = [row[i + 2] for i, w in enumerate(words) if w == "a"]  # token i + 2: colour
+        assert len(set(placed)) == len(placed)  # one object per cell
+        things = [C.Thing(words[i + 1], words[i + 2]) for i, w in enumerate(words) if w == "a"]
+        k = 0
+        for clause in caption.split(" and "):
+            n = clause.split().count("a")
+            if n == 2:
+                rel = C.Relation(things[k], " ".join(clause.split()[3:-3]), things[k + 1])
+                assert rel in props
+                (ra, ca), (rb, cb) = divmod(placed[k], S.GRID), divmod(placed[k + 1], S.GRID)
+                holds = {"left of": ca < cb, "right of": ca > cb, "above": ra < rb,
+                         "below": ra > rb}[rel.relation]  # fmt: skip
+                assert holds, (caption, placed)
+            k += n
 
 
 def test_the_map_reaches_eps_and_the_cell_loss_trains_the_encoder_alone(net):

@@ -17,7 +17,7 @@ from minigen import functional as F
 from minigen.diffusion import PREDICTIONS, NoiseSchedule
 from minigen.shape_ops import concatenate
 from minigen.synthesis.captions import encode, parse_caption
-from minigen.synthesis.cells import IGNORE, NOWHERE, is_mention
+from minigen.synthesis.cells import place_jointly
 from minigen.synthesis.clip import CLIPConfig, TextEncoder
 from minigen.synthesis.scenes import GRID
 from minigen.synthesis.xunet import Caption, CrossAttnUNet
@@ -153,22 +153,14 @@ class CaptionUNet(nn.Module):
         return Caption(g, states, mask, m, self.cell_where(h))  # logits (B, L', G^2 + 1)
 
     def place(self, tokens: Any, generator: np.random.Generator) -> np.ndarray:
-        """Draw where each mentioned object goes, (B, L) ints for `embed`: for each "<colour>
-        <shape>" in caption order, a cell drawn from P_j of its colour word (the learned
-        distribution: "left of" makes it a left one), among the cells no earlier object of the
-        caption took; both words get it. Other tokens: NOWHERE."""
+        """Draw where each mentioned object goes, (B, L) ints for `embed`: the cells of all the
+        "<colour> <shape>"s of a caption at once, from the product of their colour words' P_j
+        (the learned distributions: "left of" makes the subject's a left one) restricted to
+        distinct cells where the caption's relations hold (`cells.place_jointly`); both words
+        of a mention get its cell. Other tokens: NOWHERE."""
         tokens = np.asarray(tokens)
-        z, eos = self._cell_logits(tokens)
-        # P_j = softmax(W_p h_j), here over the cells only (NOWHERE is not a place)
-        z = z[:, :, : GRID * GRID]  # (B, L', G^2)
-        out = np.full(tokens.shape, NOWHERE, dtype=np.int64)  # (B, L)
-        out[np.arange(tokens.shape[1])[None, :] > eos[:, None]] = IGNORE
-        for b, j in zip(*np.nonzero(is_mention(tokens[:, : z.shape[1]])), strict=True):
-            free = np.ones(GRID * GRID, dtype=bool)
-            free[out[b][(out[b] >= 0) & (out[b] < NOWHERE)]] = False
-            p = np.exp(z[b, j] - z[b, j].max()) * free  # P_j over the free cells
-            out[b, j] = out[b, j + 1] = generator.choice(GRID * GRID, p=p / p.sum())
-        return out
+        z, eos = self._cell_logits(tokens)  # (B, L', G^2 + 1) W_p h_j; NOWHERE is no place
+        return place_jointly(z, tokens, eos, generator)
 
     def where(self, caption: str) -> tuple[list[str], np.ndarray]:
         """The words of `caption` and where the cell map puts each word's object: P_j over the
