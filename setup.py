@@ -31,6 +31,7 @@ setup(
         "tqdm>=4.60",
         "safetensors>=0.4",
         "scikit-learn>=1.2",  # its bundled 8x8 digits (offline)
+        "regex>=2022.1.18",  # GPT-2's pre-tokeniser: \p{L}, \p{N} from newer Unicode tables
     ],
     extras_require={
         "dev": [
@@ -48,7 +49,6 @@ setup(
         "oracle": [
             "torch==2.13.0",
             "transformers>=4.40",
-            "regex",
             "diffusers>=0.30",
             "threadpoolctl",
         ],

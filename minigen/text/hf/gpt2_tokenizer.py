@@ -31,14 +31,13 @@ from __future__ import annotations
 
 import heapq
 import json
-import re
-import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from itertools import pairwise
 from pathlib import Path
 
+import regex
 from tqdm.auto import tqdm
 
 from minigen.checkpoint import atomic_write
@@ -46,7 +45,6 @@ from minigen.checkpoint import atomic_write
 __all__ = [
     "EOT",
     "GPT2_PATTERN",
-    "WHITESPACE",
     "bytes_to_unicode",
     "bytes_to_gpt2_str",
     "pretokenize",
@@ -59,13 +57,6 @@ __all__ = [
 
 EOT = "<|endoftext|>"
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-
-# The characters that `\s` matches in the `regex` module (Unicode's White_Space property).
-# str.isspace() also accepts U+001C..U+001F, which `\s` does not.
-WHITESPACE = frozenset(
-    "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008"
-    "\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
-)
 
 
 @lru_cache(maxsize=1)
@@ -95,39 +86,15 @@ def bytes_to_gpt2_str(data: bytes) -> str:
 
 
 # ----------------------------------------------------------------------------- pre-tokeniser
-# Python's `re` has no \p{L} (letter) or \p{N} (number). We map every character to a
-# representative of its class, with str.translate, run the same pattern with ASCII classes on
-# that string, and cut the text where it cuts the class string (one character for one):
-#   \p{L} -> 'a', except s t r e v m l d, kept for the contractions 's 't 're 've 'm 'll 'd
-#   \p{N} -> '0';  ' ' -> ' ';  other whitespace -> '\t';  "'" -> "'";  anything else -> '!'
-_CLASS_PATTERN = re.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?[a-z]+| ?0+| ?[^\sa-z0]+|\s+(?!\S)|\s+""")
-
-
-class _CharClasses(dict):
-    """ord(c) -> class representative of c, filled in on first sight (for str.translate)."""
-
-    def __missing__(self, code: int) -> str:
-        c = chr(code)
-        category = unicodedata.category(c)
-        if c in WHITESPACE:
-            rep = " " if c == " " else "\t"
-        elif category[0] == "L":
-            rep = c if c in "strevmld" else "a"
-        elif category[0] == "N":
-            rep = "0"
-        else:
-            rep = "'" if c == "'" else "!"
-        self[code] = rep
-        return rep
-
-
-_CLASSES = _CharClasses()
+# Python's `re` has no \p{L} (letter) or \p{N} (number); the `regex` module, which GPT-2's own
+# encoder.py used, has them, from its own Unicode tables (newer than `unicodedata`'s: a code
+# point that a later Unicode made a letter is a letter here, as in GPT-2's tokenizer).
+_PATTERN = regex.compile(GPT2_PATTERN)
 
 
 def pretokenize(text: str) -> list[str]:
     """Cut `text` into GPT-2's words (the matches of GPT2_PATTERN); "".join(words) == text."""
-    classes = text.translate(_CLASSES)  # one class character per character of text
-    return [text[m.start() : m.end()] for m in _CLASS_PATTERN.finditer(classes)]
+    return _PATTERN.findall(text)
 
 
 # ----------------------------------------------------------------------------- merges
