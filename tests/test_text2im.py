@@ -395,14 +395,36 @@ def test_the_shipped_checkpoints_fit_in_5_mb_and_sample_scenes(tmp_path, capsys)
     assert "pass --force" in capsys.readouterr().err
 
 
-def test_the_demo_writes_a_captioned_grid(tmp_path, capsys):
+def test_the_demo_shows_clip_and_classifier_free_guidance_side_by_side(tmp_path, capsys):
+    import matplotlib.image
+
     from minigen import demo
 
     summary = {"figures": []}
     demo._text2im_step(tmp_path, fast=True, seed=0, summary=summary)
     assert summary["figures"] == [str(tmp_path / "text2im.png")]
     assert (tmp_path / "text2im.png").read_bytes()[:8] == PNG
-    assert 0.0 <= summary["text2im_score"] <= 1.0 and "properties hold" in capsys.readouterr().out
+    for method in ("clip", "cfg"):
+        assert 0.0 <= summary[f"text2im_{method}_score"] <= 1.0
+    out = capsys.readouterr().out
+    assert "CLIP guidance: " in out and "classifier-free: " in out and "properties hold" in out
+    h, w = matplotlib.image.imread(tmp_path / "text2im.png").shape[:2]
+    assert h > 300 and w > 2 * 300  # two rows of four images, each upscaled well past 16 px
+
+
+def test_upscale_makes_each_pixel_a_block_and_the_figure_checks_its_rows():
+    from minigen.synthesis.sampling import plot_side_by_side, upscale
+
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 3, 16, 16)).astype(np.float32)
+    big = upscale(x, 4)
+    assert big.shape == (2, 3, 64, 64) and big.dtype == x.dtype
+    for dy in range(4):
+        for dx in range(4):
+            np.testing.assert_array_equal(big[..., dy::4, dx::4], x)
+    with pytest.raises(ValueError, match="factor"):
+        upscale(x, 0)
+    with pytest.raises(ValueError, match="2 images, 1 scores"):
+        plot_side_by_side([("clip", x, [0.5])], CAPTION)
 
 
 def test_mirror_pairs_are_scenes_and_their_mirrors_with_the_same_noise_level():

@@ -61,7 +61,13 @@ from minigen.synthesis.guidance import (
     clip_guided_mean,
     guided_step,
 )
-from minigen.synthesis.sampling import DEFAULT_SCALE, METHODS, Text2Im, plot_samples
+from minigen.synthesis.sampling import (
+    DEFAULT_SCALE,
+    METHODS,
+    Text2Im,
+    plot_samples,
+    plot_side_by_side,
+)
 from minigen.synthesis.scenes import (
     COLOURS,
     SHAPES,
@@ -136,6 +142,7 @@ __all__ = [
     "METHODS",
     "DEFAULT_SCALE",
     "plot_samples",
+    "plot_side_by_side",
     "TrainResult",
     "training_data",
     "train_clip",

@@ -30,13 +30,14 @@ from minigen.synthesis.captions import encode, parse_caption
 from minigen.synthesis.clip import CLIP
 from minigen.synthesis.clip_train import load_clip
 from minigen.synthesis.guidance import cfg_eps, clip_grad, guided_step
-from minigen.synthesis.scenes import plot_grid
+from minigen.synthesis.scenes import plot_grid, to_unit
 from minigen.synthesis.text2im_config import SCENE_RANGE, SCENE_SHAPE
 from minigen.synthesis.text2im_io import CondModel, load_cond, load_scenes, resolve
 from minigen.synthesis.xunet import Caption
 from minigen.tensor import Tensor, no_grad
 
-__all__ = ["METHODS", "DEFAULT_SCALE", "DEFAULT_STEPS", "Text2Im", "plot_samples"]
+__all__ = ["METHODS", "DEFAULT_SCALE", "DEFAULT_STEPS", "Text2Im", "plot_samples", "plot_side_by_side",
+           "upscale"]  # fmt: skip
 
 METHODS = ("clip", "cfg", "none")
 DEFAULT_SCALE = {"clip": 100.0, "cfg": 3.0, "none": 0.0}
@@ -185,5 +186,43 @@ def plot_samples(
     labels = None if scores is None else [f"score {s:.2f}" for s in scores]
     fig = plot_grid(images, labels, ncols=ncols, value_range=SCENE_RANGE)
     fig.suptitle(f'"{caption}"' + (f"\n{title}" if title else ""), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def upscale(images: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour upscaling of images (..., H, W) by an integer factor: each pixel
+    becomes a factor x factor block, (..., factor H, factor W)."""
+    if isinstance(factor, bool) or not isinstance(factor, int | np.integer) or factor < 1:
+        raise ValueError(f"upscale: the factor must be an integer >= 1, got {factor!r}")
+    return np.repeat(np.repeat(np.asarray(images), factor, axis=-2), factor, axis=-1)
+
+
+def plot_side_by_side(
+    rows: Sequence[tuple[str, np.ndarray, Sequence[float]]], caption: str, factor: int = 8
+) -> Any:
+    """One caption's samples by several methods, a row each: (label, images (n, 3, H, W),
+    their checker scores) per row, every image upscaled by `factor` (nearest) and titled with
+    its score, each row labelled with its method and mean score."""
+    import matplotlib.pyplot as plt
+
+    n = max(len(x) for _, x, _ in rows)
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.5 * n + 0.6, 1.75 * len(rows) + 0.5),
+                             squeeze=False)  # fmt: skip
+    for r, (label, images, scores) in enumerate(rows):
+        if len(scores) != len(images):
+            raise ValueError(f"plot_side_by_side: {len(images)} images, {len(scores)} scores")
+        big = upscale(to_unit(np.asarray(images), SCENE_RANGE), factor)  # (n, 3, fH, fW)
+        for i, ax in enumerate(axes[r]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i >= len(images):
+                ax.set_axis_off()
+                continue
+            ax.imshow(big[i].transpose(1, 2, 0), interpolation="nearest")
+            ax.set_title(f"score {scores[i]:.2f}", fontsize=10)
+        mean = float(np.mean(scores))
+        axes[r, 0].set_ylabel(f"{label}\nmean {mean:.2f}", fontsize=10)
+    fig.suptitle(f'"{caption}"', fontsize=12)
     fig.tight_layout()
     return fig
