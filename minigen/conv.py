@@ -6,13 +6,16 @@ computed as one matrix product over *windows* ("im2col"). The windows are taken
 channels-last: the padded input is laid out (N, H, W, C), a strided view of it of
 shape (N, Ho, Wo, kh, kw, C) is copied into the (N Ho Wo, kh kw C) matrix of
 windows (each copy moves C contiguous values, which is several times faster than
-gathering windows out of (N, C, H, W)), and multiplied by w laid out (kh kw C, O).
-At stride 1, when the output has fewer channels than the input (O < C), the same sum is
-taken the other way round, which copies kh kw O values per pixel instead of kh kw C:
-one product z = x w[u, v] for every kernel offset at once, then y[i, j] = sum_{u, v}
-z[i + u, j + v, u, v] (`_correlate`). The gradient with respect to the input is itself
-such a correlation: of the gradient, padded by k - 1 - p, with the kernel flipped and
-its two channel axes swapped.
+gathering windows out of (N, C, H, W)), and multiplied by w laid out (kh kw C, O):
+    y = cols @ w                       (N Ho Wo, O)
+The backward reuses the forward's windows, so each gradient is one more product:
+    dL/dw = cols^T @ g                 (kh kw C, O)
+    dL/dx: at stride 1, itself a convolution: of g, padded by k - 1 - p, with the
+           kernel flipped and its two channel axes swapped, by windows again;
+           otherwise the windows' gradient g @ w^T, each kernel offset's slice of it
+           added back where its windows came from ("col2im").
+All the arithmetic is in these matrix products (BLAS); the rest is one copy each way
+between the layouts (measured on the U-Net's shapes: benchmarks/README.md, "U-Net").
 """
 
 from __future__ import annotations
@@ -44,36 +47,19 @@ def _pad_nhwc(a: Any, ph: int, pw: int) -> Any:
     """(N, C, H, W) -> (N, H + 2 ph, W + 2 pw, C), zero-padded, channels-last."""
     xp = backend.array_module(a)
     N, C, H, W = a.shape
+    if ph == pw == 0:
+        return xp.ascontiguousarray(a.transpose(0, 2, 3, 1))
     out = xp.zeros((N, H + 2 * ph, W + 2 * pw, C), dtype=a.dtype)
     out[:, ph : ph + H, pw : pw + W, :] = a.transpose(0, 2, 3, 1)
     return out
 
 
-def _correlate(xpad: Any, wk: Any) -> Any:
-    """Stride-1 cross-correlation, channels-last: xpad (N, Hp, Wp, C), wk (kh, kw, C, O)
-    -> (N, Hp - kh + 1, Wp - kw + 1, O), and the windows if it built them.
-
-    Two ways to one sum, y[n, i, j] = sum_{u, v} xpad[n, i + u, j + v] @ wk[u, v]; each builds
-    an intermediate of kh kw values per pixel and per channel of one side, so the side with
-    fewer channels is taken:
-    - C <= O, windows ("im2col"): y = [xpad[i + u, j + v] for u, v] @ wk, one row per output pixel;
-    - C > O, shifted products: z[a, b, u, v] = xpad[a, b] @ wk[u, v] for every padded pixel,
-      one matrix product, then y[i, j] = sum_{u, v} z[i + u, j + v, u, v].
-    """
-    xp = backend.array_module(xpad)
-    N, Hp, Wp, C = xpad.shape
-    kh, kw, _, O = wk.shape
-    Ho, Wo = Hp - kh + 1, Wp - kw + 1
-    if C <= O:
-        cols = _windows(xpad, kh, kw, 1).reshape(N * Ho * Wo, kh * kw * C)  # a copy
-        return (cols @ wk.reshape(kh * kw * C, O)).reshape(N, Ho, Wo, O), cols
-    wz = wk.transpose(2, 0, 1, 3).reshape(C, kh * kw * O)  # (C, kh kw O)
-    z = (xpad.reshape(N * Hp * Wp, C) @ wz).reshape(N, Hp, Wp, kh, kw, O)
-    y = xp.zeros((N, Ho, Wo, O), dtype=z.dtype)  # (N, Ho, Wo, O)
-    for u in range(kh):
-        for v in range(kw):
-            y += z[:, u : u + Ho, v : v + Wo, u, v, :]
-    return y, None
+def _im2col(xpad: Any, kh: int, kw: int, stride: int) -> tuple[Any, tuple[int, int]]:
+    """The matrix of windows (N Ho Wo, kh kw C) of a padded (N, H, W, C) input, and (Ho, Wo):
+    a copy, except for a 1x1 kernel at stride 1 (then it is xpad itself, reshaped)."""
+    win = _windows(xpad, kh, kw, stride)  # (N, Ho, Wo, kh, kw, C), a view
+    cols = win.reshape(-1, kh * kw * xpad.shape[3])  # one row per output pixel
+    return cols, win.shape[1:3]
 
 
 def conv2d(
@@ -98,54 +84,40 @@ def conv2d(
         )
     dt = xp.result_type(xd, w)
     xpad = _pad_nhwc(xd.astype(dt, copy=False), p, p)  # (N, H + 2p, W + 2p, C)
-    wk = w.transpose(2, 3, 1, 0)  # (kh, kw, C, O)
-    if s == 1:
-        y, cols = _correlate(xpad, wk)  # (N, Ho, Wo, O)
-    else:  # strided: the windows of every s-th pixel
-        win = _windows(xpad, kh, kw, s)  # (N, Ho, Wo, kh, kw, C)
-        cols = win.reshape(-1, kh * kw * C)  # a copy: one row per output pixel
-        y = (cols @ wk.reshape(kh * kw * C, O)).reshape(*win.shape[:3], O)
-    Ho, Wo = y.shape[1], y.shape[2]
+    cols, (Ho, Wo) = _im2col(xpad, kh, kw, s)  # (N Ho Wo, kh kw C)
+    wmat = w.transpose(2, 3, 1, 0).reshape(kh * kw * C, O)  # (kh kw C, O)
+    # y[n, i, j] = b + sum_{u, v, c} xpad[n, s i + u, s j + v, c] w[o, c, u, v]
+    y = cols @ wmat  # (N Ho Wo, O)
     if bias is not None:
         y += bias.data
-    y = xp.ascontiguousarray(y.transpose(0, 3, 1, 2))  # (N, O, Ho, Wo)
+    y = xp.ascontiguousarray(y.reshape(N, Ho, Wo, O).transpose(0, 3, 1, 2))  # (N, O, Ho, Wo)
 
     def backward(g):  # g: (N, O, Ho, Wo)
         dx = dw = db = None
-        g4 = g.transpose(0, 2, 3, 1)  # (N, Ho, Wo, O), a view
+        g2 = g.transpose(0, 2, 3, 1).reshape(-1, O)  # (N Ho Wo, O), a copy
         if weight.requires_grad:
-            # dL/dw[u, v] = sum over output pixels of xpad[i s + u, j s + v]^T g[i, j]
-            if cols is not None:  # = cols^T g
-                dwk = (cols.T @ g4.reshape(-1, O)).reshape(kh, kw, C, O)
-            else:  # stride 1, C > O: g shifted by (u, v) beside every padded pixel
-                gs = xp.zeros(
-                    (N, *xpad.shape[1:3], kh, kw, O), dtype=g.dtype
-                )  # (N, Hp, Wp, kh, kw, O)
-                for u in range(kh):
-                    for v in range(kw):
-                        gs[:, u : u + Ho, v : v + Wo, u, v, :] = g4
-                dwk = (xpad.reshape(-1, C).T @ gs.reshape(-1, kh * kw * O)).reshape(C, kh, kw, O)
-                dwk = dwk.transpose(1, 2, 0, 3)
-            dw = dwk.transpose(3, 2, 0, 1)  # (O, C, kh, kw)
+            # dL/dw[o, c, u, v] = sum over output pixels of xpad[s i + u, s j + v, c] g[i, j, o]
+            dw = (cols.T @ g2).reshape(kh, kw, C, O).transpose(3, 2, 0, 1)  # (O, C, kh, kw)
         if x.requires_grad:
             if s == 1 and p <= min(kh, kw) - 1:
                 # dL/dx: g (padded by k - 1 - p) correlated with the kernel flipped, C <-> O
                 gpad = _pad_nhwc(g, kh - 1 - p, kw - 1 - p)  # (N, H + kh - 1, W + kw - 1, O)
-                dxn, _ = _correlate(gpad, wk[::-1, ::-1].transpose(0, 1, 3, 2))  # (N, H, W, C)
-                dx = xp.ascontiguousarray(dxn.transpose(0, 3, 1, 2))
-            else:  # each kernel offset adds its windows back ("col2im")
-                dcols = (g4.reshape(-1, O) @ wk.reshape(kh * kw * C, O).T).reshape(
-                    N, Ho, Wo, kh, kw, C
-                )
+                gcols, _ = _im2col(gpad, kh, kw, 1)  # (N H W, kh kw O)
+                wflip = w[:, :, ::-1, ::-1].transpose(2, 3, 0, 1).reshape(kh * kw * O, C)
+                dx = (gcols @ wflip).reshape(N, H, W, C)
+            else:  # each kernel offset adds its windows' gradient back ("col2im")
+                wk = w.transpose(2, 3, 0, 1).reshape(kh * kw, O, C)  # (kh kw, O, C)
+                dcols = (g2 @ wk).reshape(kh, kw, N, Ho, Wo, C)  # per offset: dL/d(window)
                 dpad = xp.zeros(xpad.shape, dtype=g.dtype)  # (N, H + 2p, W + 2p, C)
                 for u in range(kh):
                     for v in range(kw):
-                        dpad[:, u : u + s * Ho : s, v : v + s * Wo : s, :] += dcols[
-                            :, :, :, u, v, :
-                        ]
-                dx = xp.ascontiguousarray(dpad[:, p : p + H, p : p + W, :].transpose(0, 3, 1, 2))
+                        dpad[:, u : u + s * Ho : s, v : v + s * Wo : s, :] += dcols[u, v]
+                dx = dpad[:, p : p + H, p : p + W, :]  # (N, H, W, C)
+            dx = xp.ascontiguousarray(dx.transpose(0, 3, 1, 2))  # (N, C, H, W)
         if bias is not None and bias.requires_grad:
-            db = g4.sum(axis=(0, 1, 2))
+            # dL/db = sum of g over the pixels, as (1, ..., 1) @ g2: BLAS, many times faster
+            # than NumPy's sum down the columns of a narrow matrix
+            db = xp.ones(g2.shape[0], dtype=g2.dtype) @ g2
         return (dx, dw, db) if bias is not None else (dx, dw)
 
     return node(y, (x, weight, bias) if bias is not None else (x, weight), backward)

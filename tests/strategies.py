@@ -121,17 +121,19 @@ def index_args(draw: st.DrawFn) -> tuple[tuple[int, ...], Any]:
 
 
 @st.composite
-def conv_args(draw: st.DrawFn) -> dict[str, Any]:
-    """Shapes for conv2d: x (N, C, H, W), w (O, C, k, k), a stride and a padding that fit."""
+def conv_args(draw: st.DrawFn, max_padding: int = 1, square: bool = True) -> dict[str, Any]:
+    """Shapes for conv2d: x (N, C, H, W), w (O, C, kh, kw) (kh = kw unless `square` is
+    False), a stride and a padding up to `max_padding` that fit."""
     N, C, O = draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
     k, stride, pad = (
         draw(st.sampled_from([1, 2, 3])),
         draw(st.integers(1, 2)),
-        draw(st.integers(0, 1)),
+        draw(st.integers(0, max_padding)),
     )
+    kw = k if square else draw(st.sampled_from([1, 2, 3]))
     H = draw(st.integers(max(1, k - 2 * pad), 6))
-    W = draw(st.integers(max(1, k - 2 * pad), 6))
-    return {"x": (N, C, H, W), "w": (O, C, k, k), "stride": stride, "padding": pad}
+    W = draw(st.integers(max(1, kw - 2 * pad), 6))
+    return {"x": (N, C, H, W), "w": (O, C, k, kw), "stride": stride, "padding": pad}
 
 
 @st.composite

@@ -1,7 +1,7 @@
 """The image side of the backend switch: convolutions, norms, and the two U-Nets, as NumPy.
 
 test_backend_parity.py checks the ops a GPT needs; these are the ops of the diffusion
-models (conv2d at stride 1 and 2 with both of its correlation strategies, group norm,
+models (conv2d at stride 1 and 2 with both ways of its input gradient, group norm,
 pooling, upsampling), then whole denoisers: the digits U-Net of §7.2 and the
 text-conditioned cross-attention U-Net, each loss and every parameter's gradient under
 another backend against the NumPy backend. Skipped, naming what is missing, where a
@@ -27,8 +27,8 @@ from tests.test_backend_parity import BACKENDS, DTYPES, TOL, assert_close, asser
 @pytest.mark.parametrize("backend_name", BACKENDS)
 @DTYPES
 def test_conv2d(backend_name, dtype):
-    """Both stride-1 strategies (windows when C <= O, shifted products when C > O), strided
-    convolutions, and dL/dx by the flipped kernel."""
+    """Stride 1 and 2, C above and below O, and dL/dx both ways (by the flipped kernel at
+    stride 1, by col2im when strided)."""
 
     @settings(max_examples=12)
     @given(a=S.conv_args(), seed=st.integers(0, 2**16))
