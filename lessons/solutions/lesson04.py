@@ -26,3 +26,9 @@ def my_gae(rewards: np.ndarray, values: np.ndarray, gamma: float, lam: float) ->
         adv[t] = next_adv = delta + gamma * lam * next_adv
         next_value = values[t]
     return adv
+
+
+def my_ppo_clip_loss(logp, logp_old, advantages, mask, eps: float = 0.2) -> float:
+    ratio = np.exp(logp - logp_old)  # rho_t
+    surrogate = np.minimum(ratio * advantages, np.clip(ratio, 1 - eps, 1 + eps) * advantages)
+    return float(-(surrogate * mask).sum() / mask.sum())

@@ -13,3 +13,13 @@ def my_clip_guided_mean(mean: np.ndarray, sigma_t: float, grad: np.ndarray, s: f
 
 def my_clip_guided_eps(eps: np.ndarray, abar_t: float, grad: np.ndarray, s: float) -> np.ndarray:
     return eps - s * np.sqrt(1 - abar_t) * grad
+
+
+def my_clip_loss(z_img: np.ndarray, z_txt: np.ndarray, scale: float) -> float:
+    logits = scale * z_img @ z_txt.T  # (B, B)
+
+    def ce_diagonal(m: np.ndarray) -> float:  # mean of -log softmax(row i)_i
+        m = m - m.max(axis=1, keepdims=True)
+        return float(-np.mean(np.diag(m) - np.log(np.exp(m).sum(axis=1))))
+
+    return 0.5 * (ce_diagonal(logits) + ce_diagonal(logits.T))
