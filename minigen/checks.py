@@ -6,7 +6,8 @@
 Each error names the field, what it must be and the value it got; `prefix` names the config
 where the caller's messages do. `known_keys` refuses a dict (a checkpoint's or a file's config)
 with keys the config does not have, naming them and where the dict came from; `DictConfig`
-gives a dataclass config the three methods by which it travels as JSON.
+gives a dataclass config the three methods by which it travels as JSON. `closest` answers an
+unknown word with the known ones a typo away (by `edit_distance`), or none.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import fields
 from typing import Any, TypeVar
 
-__all__ = ["require", "at_least", "known_keys", "DictConfig"]
+__all__ = ["require", "at_least", "known_keys", "DictConfig", "edit_distance", "closest"]
 
 _C = TypeVar("_C", bound="DictConfig")
 
@@ -59,3 +60,29 @@ class DictConfig:
 
     def replace(self: _C, **changes: Any) -> _C:
         return dataclasses.replace(self, **changes)
+
+
+def edit_distance(a: str, b: str) -> int:
+    """The fewest edits that turn `a` into `b`: insert, delete or replace one character, or
+    swap two adjacent ones (the optimal string alignment distance; "rde" -> "red" is 1)."""
+    # d[i][j]: the distance between a[:i] and b[:j]
+    d = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            d[i][j] = min(
+                d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] != b[j - 1])
+            )
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
+    return d[len(a)][len(b)]
+
+
+def closest(word: str, known: Iterable[str]) -> list[str]:
+    """The words of `known` nearest `word` by `edit_distance`, in their order, when a typo
+    could explain it (at most max(1, len(word) // 3) edits, none for a single character);
+    otherwise none: "purple" is 3 edits from "circle", which is no typo of it."""
+    dist = {k: edit_distance(word, k) for k in known}
+    best = min(dist.values(), default=0)
+    if not 0 < best <= (max(1, len(word) // 3) if len(word) > 1 else 0):
+        return []
+    return [k for k, v in dist.items() if v == best]

@@ -25,12 +25,12 @@ on the test captions measures how it composes words it has only seen in other co
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from minigen.checks import closest
 from minigen.synthesis.scenes import (
     COLOURS,
     SHAPES,
@@ -168,7 +168,7 @@ def words(caption: str) -> list[str]:
         raise ValueError("empty caption: a caption needs at least one word, e.g. 'a red circle'")
     for w in out:
         if w not in _ID or w in SPECIALS:
-            close = difflib.get_close_matches(w, VOCAB[len(SPECIALS) :], n=3, cutoff=0.5)
+            close = closest(w, VOCAB[len(SPECIALS) :])  # by edit distance, a typo away
             hint = f"; closest: {', '.join(close)}" if close else ""
             raise ValueError(
                 f"unknown word {w!r} in caption {caption!r}{hint}; "

@@ -152,7 +152,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--method", default="cfg", help="clip, cfg or none (default: %(default)s)")
     p.add_argument("--scale", type=num.nonneg_float,
                    help="guidance scale s or w, >= 0 (cfg: 0 unconditional, 1 conditional, more "
-                   f"follows the caption harder) (default: {DEFAULT_SCALE})")  # fmt: skip
+                   "follows the caption harder) (default: "
+                   + ", ".join(f"{m} {v:g}" for m, v in DEFAULT_SCALE.items()) + ")")  # fmt: skip
     p.add_argument("--sampler", default="ddpm", help="ddpm or ddim (default: %(default)s)")
     p.add_argument("--steps", type=num.positive_int,
                    help="sampling steps (default: 100 DDPM, 50 DDIM)")  # fmt: skip
