@@ -2,11 +2,11 @@
 
 Step 1 (the foundation): a small MLP learns to separate two interleaved spirals;
 the tour writes its decision boundary. Step 2 (§7.1): a character-level GPT trains on
-the standard library's sources and writes its loss curve and a sample. Steps 3-4 (§7.2):
-a short denoising-diffusion run on two moons, then digits and Figure 7.2 sampled from the
-shipped checkpoint. Step 5 (§7.2, text to image): scenes for a caption, sampled with
-CLIP guidance and with classifier-free guidance from the shipped checkpoints, side by side,
-each scored by the checker.
+the standard library's sources, writes its loss curve and a sample, and is kept in gpt/.
+Steps 3-4 (§7.2): a short denoising-diffusion run on two moons, then digits and Figure 7.2
+sampled from the shipped checkpoint. Step 5 (§7.2, text to image): scenes for a caption,
+sampled with CLIP guidance and with classifier-free guidance from the shipped checkpoints,
+side by side, each scored by the checker.
 """
 
 from __future__ import annotations
@@ -123,6 +123,7 @@ def run(out_dir: str | os.PathLike = "minigen-demo", fast: bool = False, seed: i
 def gpt_step(out: Path, fast: bool, seed: int, steps: int | None = None) -> dict[str, Any]:
     """Train a small character-level GPT on the stdlib corpus; write its loss curve, sample."""
     from minigen import text as mt
+    from minigen.text.gpt_io import save_checkpoint
 
     corpus = mt.stdlib_corpus(300_000 if fast else 1_500_000)
     tok = mt.CharTokenizer.from_text(corpus)
@@ -137,9 +138,13 @@ def gpt_step(out: Path, fast: bool, seed: int, steps: int | None = None) -> dict
     path = save_figure(fig, out / "gpt_loss.png")
     sample = mt.generate(trainer.model, tok, "def ", 160, temperature=0.8, top_k=20)
     val = trainer.history["eval"][-1]["val"]
+    meta = {"corpus": "stdlib", "tokenizer": "char"}
+    ckpt = save_checkpoint(out / "gpt", trainer.model, tok, tc, meta=meta)  # kept, to sample
     print(f"    {config.num_params():,} parameters, val loss {val:.3f} -> {path}")
     print("    sample: " + ("def " + sample).replace("\n", "\n            "))
-    return {"gpt_val_loss": val, "gpt_sample": "def " + sample, "gpt_figure": str(path)}
+    print(f"    the model is kept in {ckpt}: minigen generate --ckpt {ckpt} --prompt 'def '")
+    return {"gpt_val_loss": val, "gpt_sample": "def " + sample, "gpt_figure": str(path),
+            "gpt_checkpoint": str(ckpt)}  # fmt: skip
 
 
 def _diffusion_steps(out: Path, fast: bool, seed: int, summary: dict[str, Any]) -> None:

@@ -240,6 +240,12 @@ def test_the_demo_trains_a_gpt_and_samples_from_it(tmp_path):
     assert out["gpt_sample"].startswith("def ") and len(out["gpt_sample"]) > 100
     assert Path(out["gpt_figure"]).read_bytes()[:4] == b"\x89PNG"
     assert np.isfinite(out["gpt_val_loss"])
+    # the demo keeps what it trains, where it says, and `generate` samples it
+    assert Path(out["gpt_checkpoint"]) == tmp_path / "gpt"
+    model, tok, ck = load_gpt(tmp_path / "gpt")
+    assert ck.meta["corpus"] == "stdlib" and model.config.vocab_size == tok.vocab_size
+    assert main(["generate", "--ckpt", str(tmp_path / "gpt"), "--prompt", "def ",
+                 "--max-new-tokens", "5"]) == 0  # fmt: skip
 
 
 def test_freed_temporaries_are_reused_without_page_faults():
