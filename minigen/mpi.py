@@ -186,17 +186,23 @@ class MPIBackward:
 @contextlib.contextmanager
 def root_first(comm: Any) -> Iterator[None]:
     """Run the block on rank 0, then (once it is done) on the other ranks: rank 0 reads a
-    checkpoint under its lock (and repairs an interrupted save) before the others read it."""
+    checkpoint or prepares a run folder under its lock (and repairs an interrupted save)
+    before the others read it. If the block fails on rank 0, the others raise
+    CollectiveError with its message rather than wait."""
     if comm is None:
         yield
         return
     if comm.Get_rank() == 0:
         try:
             yield
-        finally:
-            comm.Barrier()
+        except BaseException as e:
+            comm.bcast(f"{type(e).__name__}: {e}", root=0)
+            raise
+        comm.bcast(None, root=0)
     else:
-        comm.Barrier()
+        failure = comm.bcast(None, root=0)
+        if failure is not None:
+            raise CollectiveError(f"rank 0 failed: {failure}")
         yield
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from minigen import checkpoint
+from minigen import checkpoint, mpi
 from minigen.checkpoint import CheckpointError, atomic_write
 from minigen.runs import RunLock, previous, transaction
 from minigen.training import Loop
@@ -190,11 +190,21 @@ def resumable_run(
     folder writable before the first step); yields (the run folder, the state to resume or
     None, the config: the resumed run's, checked against `config` by `RunState.config_for`
     with the command's `flags`, or `config` itself); removes the run folder when the body ends
-    without an error (the run is then complete in `out`)."""
+    without an error (the run is then complete in `out`). Under MPI (`minigen.mpi`) rank 0
+    alone holds the locks and prepares the folder; the other ranks then read the state."""
     run_dir = f"{out}.run"
-    with RunLock(out), RunLock(run_dir):
-        state = prepare_run(run_dir, resume, force)
-        if state is not None:
-            config = type(config)(**state.config_for(asdict(config), flags))
+    comm = mpi.world()
+    root = comm is None or comm.Get_rank() == 0
+    with contextlib.ExitStack() as locks:
+        with mpi.root_first(comm):
+            if root:
+                locks.enter_context(RunLock(out))
+                locks.enter_context(RunLock(run_dir))
+                state = prepare_run(run_dir, resume, force)
+            else:
+                state = load_run(run_dir) if resume else None
+            if state is not None:
+                config = type(config)(**state.config_for(asdict(config), flags))
         yield run_dir, state, config
-        shutil.rmtree(run_dir, ignore_errors=True)
+        if root:
+            shutil.rmtree(run_dir, ignore_errors=True)

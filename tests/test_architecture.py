@@ -138,7 +138,7 @@ def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
 CORE_ORDER = [
     "checks", "settings", "backend", "kernel_ops", "dispatch", "autograd", "tensor", "reductions",
     "gelu", "ops", "shape_ops", "rng", "normalize", "conv", "functional", "nn", "optim", "checkpoint",
-    "runs", "training", "run_state", "gradcheck", "data_parallel", "parallel", "mpi", "lane",
+    "runs", "training", "data_parallel", "mpi", "run_state", "gradcheck", "parallel", "lane",
     "plotting", "scalar", "toy2d", "cli_args",
 ]  # fmt: skip
 

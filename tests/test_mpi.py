@@ -52,6 +52,20 @@ def rank_main(case: str, *args: str) -> None:
                 raise ValueError("a rank-local failure")
             comm.Barrier()
         return
+    if case == "diffusion-until":  # train-diffusion's run, stopped after step 20 of 30
+        from minigen.diffusion import training
+        from minigen.run_state import resumable_run
+
+        class Stop(Exception):
+            pass
+
+        config = training.TrainConfig(data="moons", steps=30, batch_size=64, seed=0)
+        try:
+            with resumable_run(args[0], config, {}, False, False) as (run_dir, _, config):
+                training.train(config, False, run_dir=run_dir, checkpoint_interval=10, until=20)
+                raise Stop  # as if killed: the run folder stays
+        except Stop:
+            return
     from minigen import functional as F
     from minigen import rng
     from minigen.parallel import ShardedBackward
@@ -176,6 +190,34 @@ def test_resume_under_mpi(corpus):
     out = mpirun(2, *MINIGEN, *base, "--resume", "--max-iters", "6", "--sample", "0", cwd=corpus)
     assert out.returncode == 0, out.stderr
     assert _losses(corpus / "mpir") == _losses(corpus / "one2")
+
+
+DIFFUSION = ["train-diffusion", "--data", "moons", "--steps", "30", "--batch-size", "64", "--quiet"]
+
+
+def test_train_diffusion_under_mpi_and_its_resume(tmp_path):
+    """mpiexec -n 2 minigen train-diffusion: the weights of one process to float32 rounding;
+    a 2-rank run stopped at step 20 (its state saved at 10 and 20) and resumed with --resume
+    ends with the weights of the uninterrupted 2-rank run, bit for bit."""
+    from minigen import checkpoint
+    from minigen.cli import main
+
+    assert main([*DIFFUSION, "--out", str(tmp_path / "one.safetensors")]) == 0
+    out = mpirun(2, *MINIGEN, *DIFFUSION, "--out", "two.safetensors", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("trained 30 steps") == 1  # rank 0 alone prints
+    one, two = (checkpoint.load(tmp_path / f"{k}.safetensors")[0] for k in ("one", "two"))
+    for k in one:
+        np.testing.assert_allclose(two[k], one[k], rtol=1e-4, atol=1e-6)
+    out = mpirun(2, sys.executable, "-m", "tests.test_mpi", "diffusion-until",
+                 str(tmp_path / "again.safetensors"))  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "again.safetensors.run").is_dir()
+    out = mpirun(2, *MINIGEN, *DIFFUSION, "--out", "again.safetensors", "--resume", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    again = checkpoint.load(tmp_path / "again.safetensors")[0]
+    assert all(np.array_equal(again[k], two[k]) for k in two)
+    assert not (tmp_path / "again.safetensors.run").exists()
 
 
 if __name__ == "__main__":

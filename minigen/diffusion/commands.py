@@ -15,6 +15,7 @@ import os
 from typing import Any
 
 from minigen import cli_args as num
+from minigen import mpi
 from minigen.diffusion import pipeline, plots, training
 from minigen.diffusion.schedule import MAX_TIMESTEPS
 from minigen.plotting import plot_losses, save_figure
@@ -46,12 +47,15 @@ def train_cmd(args: argparse.Namespace) -> int:
         ema_decay=args.ema_decay, schedule=args.schedule, num_train_timesteps=args.timesteps,
         seed=args.seed, model=model,
     )  # fmt: skip
+    root = mpi.quiet_unless_root(mpi.world())  # under mpiexec, rank 0 alone writes and prints
     with resumable_run(out, cfg, _FLAGS, args.resume, args.force) as (run_dir, resume, cfg):
         try:
             result = training.train(cfg, progress=not args.quiet, run_dir=run_dir,
                                     checkpoint_interval=args.checkpoint_interval, resume=resume)  # fmt: skip
         except FloatingPointError as e:  # the loss went NaN: the weights before it are kept
             raise RuntimeError(str(e)) from None
+        if not root:
+            return 0
         path = pipeline.DiffusionModel.from_training(result).save(out)
         title = f"L_simple on {args.data}"
         fig = plot_losses(result.losses, title, plots.LOSS_LABEL, log_scale=True)
