@@ -183,17 +183,21 @@ def prepare_run(run_dir: str | os.PathLike, resume: bool, force: bool) -> RunSta
 
 @contextlib.contextmanager
 def resumable_run(
-    out: str, config: Any, flags: dict[str, str], resume: bool, force: bool
+    out: str, config: Any, flags: dict[str, str], resume: bool, force: bool, ranks: bool = False
 ) -> Iterator[tuple[str, RunState | None, Any]]:
     """A training command's run that writes the checkpoint `out`, its state kept every so many
     steps in the folder `out.run` for --resume. Holds the RunLock of both (one writer; their
     folder writable before the first step); yields (the run folder, the state to resume or
     None, the config: the resumed run's, checked against `config` by `RunState.config_for`
     with the command's `flags`, or `config` itself); removes the run folder when the body ends
-    without an error (the run is then complete in `out`). Under MPI (`minigen.mpi`) rank 0
-    alone holds the locks and prepares the folder; the other ranks then read the state."""
+    without an error (the run is then complete in `out`). Under MPI (`minigen.mpi`), for a
+    command whose trainer shares its steps among the `ranks`, rank 0 alone holds the locks and
+    prepares the folder, and the other ranks then read the state; ValueError for another."""
     run_dir = f"{out}.run"
     comm = mpi.world()
+    if comm is not None and not ranks:
+        raise ValueError(f"this command does not run under mpiexec ({comm.Get_size()} ranks "
+                         "here): start it as one process")  # fmt: skip
     root = comm is None or comm.Get_rank() == 0
     with contextlib.ExitStack() as locks:
         with mpi.root_first(comm):

@@ -52,6 +52,16 @@ def rank_main(case: str, *args: str) -> None:
                 raise ValueError("a rank-local failure")
             comm.Barrier()
         return
+    if case == "refuse":  # a command whose trainer does not share its steps among ranks
+        from minigen.diffusion.training import TrainConfig
+        from minigen.run_state import resumable_run
+
+        try:
+            with resumable_run(args[0], TrainConfig(), {}, False, False):
+                pass
+        except ValueError as e:
+            print(e)
+        return
     if case == "diffusion-until":  # train-diffusion's run, stopped after step 20 of 30
         from minigen.diffusion import training
         from minigen.run_state import resumable_run
@@ -61,7 +71,7 @@ def rank_main(case: str, *args: str) -> None:
 
         config = training.TrainConfig(data="moons", steps=30, batch_size=64, seed=0)
         try:
-            with resumable_run(args[0], config, {}, False, False) as (run_dir, _, config):
+            with resumable_run(args[0], config, {}, False, False, True) as (run_dir, _, config):
                 training.train(config, False, run_dir=run_dir, checkpoint_interval=10, until=20)
                 raise Stop  # as if killed: the run folder stays
         except Stop:
@@ -131,6 +141,13 @@ def test_a_failing_shard_stops_every_rank_with_its_traceback_on_rank_0(tmp_path)
     assert out.returncode != 0
     text = seen.read_text()
     assert "rank 1 failed" in text and "told to fail" in text and "Traceback" in text
+
+
+def test_a_command_without_ranks_refuses_mpiexec(tmp_path):
+    out = mpirun(2, sys.executable, "-m", "tests.test_mpi", "refuse", str(tmp_path / "x"))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("does not run under mpiexec (2 ranks here)") == 2
+    assert not list(tmp_path.iterdir())  # no lock, no run folder
 
 
 def test_a_rank_local_error_aborts_the_job():

@@ -48,7 +48,8 @@ def train_cmd(args: argparse.Namespace) -> int:
         seed=args.seed, model=model,
     )  # fmt: skip
     root = mpi.quiet_unless_root(mpi.world())  # under mpiexec, rank 0 alone writes and prints
-    with resumable_run(out, cfg, _FLAGS, args.resume, args.force) as (run_dir, resume, cfg):
+    run = resumable_run(out, cfg, _FLAGS, args.resume, args.force, ranks=True)  # MPI: shards
+    with run as (run_dir, resume, cfg):
         try:
             result = training.train(cfg, progress=not args.quiet, run_dir=run_dir,
                                     checkpoint_interval=args.checkpoint_interval, resume=resume)  # fmt: skip
