@@ -223,7 +223,7 @@ def test_bad_inputs_give_one_line_and_change_nothing(trained, tmp_path, capsys):
             "workers must lie in 1 .. shards (2)",
         ),
         (["train-gpt", "--corpus", "corpus.txt", "--resume", "--shards", "2"], "only --max-iters"),
-        (["generate", "--prompt", "Zebra"], "character 'Z' at position 0"),
+        (["generate", "--ckpt", "minigen-gpt", "--prompt", "Zebra"], "character 'Z' at position 0"),
         (["generate", "--ckpt", "missing"], "checkpoint directory not found: missing"),
     ]
     for argv, message in cases:

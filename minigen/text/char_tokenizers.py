@@ -147,8 +147,25 @@ class PieceTokenizer(_Vocabulary):
             if m is None:
                 raise ValueError(
                     f"text at position {pos} ({text[pos : pos + 12]!r}) starts with none of "
-                    f"this PieceTokenizer's {self.vocab_size} pieces"
+                    f"this PieceTokenizer's {self.vocab_size} pieces; {self._hint(text[pos:])}"
                 )
             ids.append(self._ids[m.group()])
             pos = m.end()
         return ids
+
+    def _hint(self, rest: str) -> str:
+        """The pieces nearest `rest` (the longest common start), and a few of the others."""
+
+        def common(piece: str) -> int:
+            n = 0
+            while n < min(len(piece), len(rest)) and piece[n] == rest[n]:
+                n += 1
+            return n
+
+        best = max(map(common, self.pieces))
+        near = [p for p in self.pieces if best and common(p) == best][:3]
+        some = self.pieces[:3] + ["..."] + self.pieces[-2:] if self.vocab_size > 6 else self.pieces
+        listed = ", ".join(p if p == "..." else repr(p) for p in some)
+        if near:
+            return f"did you mean {' or '.join(map(repr, near))}? The pieces: {listed}"
+        return f"the pieces: {listed}"

@@ -2,6 +2,7 @@
 
     minigen train-gpt --corpus shakespeare --out shakespeare-gpt
     minigen generate --ckpt shakespeare-gpt --prompt "ROMEO:" --temperature 0.8 --top-k 40
+    minigen generate --prompt "ROMEO:"      the shipped shakespeare-char, no training needed
 
 `minigen.cli` registers them with `add_commands`; heavy imports wait until a command runs.
 """
@@ -14,6 +15,7 @@ import sys
 from typing import Any
 
 from minigen import cli_args as num
+from minigen.text.gpt_io import SHIPPED
 
 __all__ = ["add_commands", "train_gpt", "generate_cmd"]
 
@@ -92,7 +94,9 @@ def add_commands(sub: Any) -> None:
             "with a KV cache (--no-cache to recompute the whole context at each token)."
         ),
     )
-    g.add_argument("--ckpt", default="minigen-gpt", help="checkpoint folder (default: %(default)s)")
+    g.add_argument("--ckpt", default="shakespeare-char",
+                   help="a checkpoint folder, or a shipped model: " + ", ".join(SHIPPED)
+                   + " (default: %(default)s, a character-level GPT of tiny Shakespeare)")  # fmt: skip
     g.add_argument("--prompt", default="\n", help="the text to continue (default: a newline)")
     g.add_argument("--max-new-tokens", type=num.positive_int, default=300,
                    help="tokens to sample (default: %(default)s)")  # fmt: skip
@@ -189,7 +193,7 @@ def train_gpt(args: argparse.Namespace) -> int:
         f"GPT of {n:,} parameters, {len(train_ids):,} training tokens, vocabulary {tokenizer.vocab_size}"
     )
     trainer.run()
-    print(f"checkpoint and loss curve in {args.out}")
+    print(f"checkpoint and loss curve in {args.out}; sample it: minigen generate --ckpt {args.out}")
     if args.sample and root:
         model, tok, _ = load_gpt(args.out)
         print("--- a sample (temperature 0.8, top-k 40) ---")

@@ -14,18 +14,23 @@ by `minigen.run_state` (`write_state`, `read_state`). The folder is written as o
 once, so a reader (and `--resume`) only ever sees a complete checkpoint, and a run killed while
 saving leaves the previous one as it was. The three state files still record the step, and
 loading checks that they agree (a folder assembled by hand from two runs is refused).
-A folder holding only config, weights and tokenizer (the shipped ones) is for inference."""
+A folder holding only config, weights and tokenizer (the shipped ones) is for inference.
+
+The shipped models answer to short names wherever a GPT checkpoint is read (`generate --ckpt`,
+`fewshot --model`, `eval-icl --ckpt`, `load_gpt`): `shakespeare-char` (a character-level GPT
+of tiny Shakespeare, weights stored as float16) and `icl-gpt` (the in-context learner), in
+minigen/assets/. A folder of that name in the working directory comes first."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from minigen import checkpoint
+from minigen import backend, checkpoint
 from minigen.checkpoint import CheckpointError, atomic_write
 from minigen.plotting import plot_losses, save_figure
 from minigen.run_state import STATE_FILES, read_state, write_state
@@ -42,6 +47,9 @@ __all__ = [
     "load_checkpoint",
     "load_gpt",
     "LOSS_LABEL",
+    "SHIPPED",
+    "resolve_gpt",
+    "export_for_inference",
 ]
 
 CHECKPOINT_FILES = {
@@ -55,6 +63,18 @@ CHECKPOINT_FILES = {
 FORMAT = "minigen.gpt"
 LOSS_LABEL = "cross-entropy (nats / token)"  # the y axis of loss.png
 OLD_OPTIMIZER_FILE = "optimizer.safetensors"  # the optimizer's moments, before minigen.run_state
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+# short name -> its folder in minigen/assets
+SHIPPED = {"shakespeare-char": "shakespeare-char", "icl-gpt": "icl-gpt"}
+
+
+def resolve_gpt(name_or_path: str | Path) -> Path:
+    """A checkpoint folder: the path itself where it exists, else the shipped model of that
+    short name (SHIPPED), else the path (whose loading then says it is not found)."""
+    path = Path(name_or_path)
+    if path.exists() or previous(path).exists() or str(name_or_path) not in SHIPPED:
+        return path
+    return ASSETS / SHIPPED[str(name_or_path)]
 
 
 @dataclass
@@ -93,28 +113,42 @@ def save_checkpoint(
     meta: dict[str, Any] | None = None,
     extra_state: dict[str, Any] | None = None,
     plot: dict[str, list] | None = None,
+    half: bool = False,
 ) -> Path:
     """Write a checkpoint directory (see the module docstring) as one transaction; returns its
     path. `loop`: the training loop whose state to keep for resuming, with `extra_state` in its
-    JSON (None: an inference-only checkpoint); `plot`: the history to draw in loss.png."""
+    JSON (None: an inference-only checkpoint); `plot`: the history to draw in loss.png; `half`
+    (inference-only): the weights stored as float16, read back into float32 by `load_gpt`."""
+    if half and loop is not None:
+        raise ValueError("half=True stores an inference-only checkpoint: pass no loop")
     out = Path(out_dir)
     config = {
         "format": FORMAT,
         "model": model.config.to_dict(),
-        "train": asdict(train_config) if train_config is not None else None,
+        "train": _fields(train_config),
         "meta": meta or {},
     }
     with transaction(out, owned=[*CHECKPOINT_FILES.values(), OLD_OPTIMIZER_FILE]) as tmp:
         if loop is not None:
             write_state(tmp, model, loop, extra_state)
         else:
-            checkpoint.save(tmp / CHECKPOINT_FILES["model"], model.state_dict())
+            state = model.state_dict()
+            if half:  # a relative rounding of at most 2^-11 per weight
+                state = {k: backend.to_numpy(v).astype(np.float16) for k, v in state.items()}
+            checkpoint.save(tmp / CHECKPOINT_FILES["model"], state)
         atomic_write(tmp / CHECKPOINT_FILES["config"], json.dumps(config, indent=1))
         tokenizer.save(tmp / CHECKPOINT_FILES["tokenizer"])
         if plot is not None:
             fig = plot_losses(plot["loss"], ylabel=LOSS_LABEL, estimates=plot.get("eval", []))
             save_figure(fig, tmp / CHECKPOINT_FILES["plot"])
     return out
+
+
+def _fields(train_config: Any) -> dict[str, Any] | None:
+    """A TrainConfig's fields (or a dict of them, as read back from config.json), or None."""
+    if train_config is None:
+        return None
+    return asdict(train_config) if is_dataclass(train_config) else dict(train_config)
 
 
 def _read_json(path: Path) -> Any:
@@ -151,7 +185,9 @@ def load_checkpoint(out_dir: str | Path, with_state: bool = False) -> Checkpoint
     if not out.is_dir() and previous(out).is_dir():
         out = previous(out)  # a save cut between its two renames (where no atomic swap exists)
     if not out.is_dir():
-        raise CheckpointError(f"checkpoint directory not found: {out}")
+        raise CheckpointError(
+            f"checkpoint directory not found: {out} (the shipped models: {', '.join(SHIPPED)})"
+        )
     cfg_path = out / CHECKPOINT_FILES["config"]
     cfg = _read_json(cfg_path)
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
@@ -210,9 +246,20 @@ def _read_old_state(out: Path, wmeta: dict[str, Any]) -> tuple[dict[str, Any], d
 
 
 def load_gpt(out_dir: str | Path) -> tuple[GPT, Any, Checkpoint]:
-    """(model, tokenizer, checkpoint) from a checkpoint directory, the model in eval mode."""
-    ck = load_checkpoint(out_dir)
+    """(model, tokenizer, checkpoint) from a checkpoint directory or a shipped model's short
+    name (`SHIPPED`), the model in eval mode."""
+    ck = load_checkpoint(resolve_gpt(out_dir))
     model = GPT(ck.config)
     model.load_state_dict(ck.weights)
     model.eval()
     return model, ck.tokenizer, ck
+
+
+def export_for_inference(
+    src: str | Path, dst: str | Path, half: bool = True, meta: dict[str, Any] | None = None
+) -> Path:
+    """Copy a checkpoint's config, weights (float16 with `half`) and tokenizer into `dst`, as
+    the shipped models are: no optimizer state, no loss plot. `meta` is added to its own."""
+    model, tokenizer, ck = load_gpt(src)
+    record = {**ck.meta, **(meta or {}), "stored_dtype": "float16" if half else "float32"}
+    return save_checkpoint(dst, model, tokenizer, ck.train_config, meta=record, half=half)

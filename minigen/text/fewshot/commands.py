@@ -31,12 +31,15 @@ def add_commands(sub: Any) -> None:
             "let the model continue it greedily up to the separator (shown in bold on a "
             "terminal), and score the answers against the labels. --model is a Hugging Face "
             "GPT-2 directory (config.json, model.safetensors, vocab.json, merges.txt), a hub name "
-            "such as gpt2 (with huggingface_hub installed, online), a minigen checkpoint, or "
-            "icl-gpt (the small model shipped with minigen)."
+            "such as gpt2 (with huggingface_hub installed, online), a minigen checkpoint, or a "
+            "model shipped with minigen: icl-gpt (the in-context learner; its prompts are "
+            "'I: a, O: 3, I: b, O:'), shakespeare-char."
         ),
     )
     p.add_argument(
-        "--model", required=True, help="GPT-2 directory, hub name, checkpoint or icl-gpt"
+        "--model",
+        required=True,
+        help="GPT-2 directory, hub name, checkpoint, or a shipped model: icl-gpt, shakespeare-char",
     )
     p.add_argument("--prompts", default="figure-7.1",
                    help="a JSON prompt file or a shipped one: figure-7.1, letters-to-digits")  # fmt: skip
@@ -71,17 +74,12 @@ def add_commands(sub: Any) -> None:
         description="Measure a train-icl checkpoint on held-out mappings (0 to 8 shots, 2-, 3- "
         "and 4-way) and, with --out, write shots.png and attention.png.",
     )
-    e.add_argument("--ckpt", default="icl-gpt", help="checkpoint (default: the shipped icl-gpt)")
-    e.add_argument("--episodes", type=num.positive_int, default=500,
+    e.add_argument("--ckpt", default="icl-gpt",
+                   help="a train-icl checkpoint folder (default: %(default)s, the shipped one)")  # fmt: skip
+    e.add_argument("--episodes", type=num.positive_int, default=1000,
                    help="held-out mappings per task (default: %(default)s)")  # fmt: skip
     e.add_argument("--out", help="folder for the figures")
     e.set_defaults(func=eval_icl_cmd)
-
-
-def _icl_dir(name: str) -> Path:
-    from minigen.text.fewshot.icl import ICL_CHECKPOINT
-
-    return ICL_CHECKPOINT if name == "icl-gpt" and not Path(name).exists() else Path(name)
 
 
 def _is_minigen_checkpoint(path: Path) -> bool:
@@ -97,11 +95,12 @@ def _is_minigen_checkpoint(path: Path) -> bool:
 
 
 def load_model(name: str) -> tuple[Any, Any]:
-    """(model, tokenizer) from a GPT-2 directory or hub name, a minigen checkpoint, or icl-gpt."""
-    from minigen.text.gpt_io import load_gpt
+    """(model, tokenizer) from a GPT-2 directory or hub name, a minigen checkpoint, or a shipped
+    model by its short name (icl-gpt, shakespeare-char)."""
+    from minigen.text.gpt_io import load_gpt, resolve_gpt
     from minigen.text.hf.gpt2 import load_gpt2
 
-    path = _icl_dir(name)
+    path = resolve_gpt(name)
     if path.is_dir() and _is_minigen_checkpoint(path):
         model, tokenizer, _ = load_gpt(path)
         return model, tokenizer
@@ -148,11 +147,16 @@ def _report(model: Any, task: Any, episodes: int, out: Path | None) -> None:
 
     from minigen.text.fewshot.icl import sample_episode, shot_accuracy
     from minigen.text.fewshot.icl_circuit import GROUPS, ablation, query_attention
-    from minigen.text.fewshot.icl_plots import accuracy_table, plot_attention, plot_shot_accuracy
+    from minigen.text.fewshot.icl_plots import (
+        ROWS_LEGEND,
+        accuracy_table,
+        plot_attention,
+        plot_shot_accuracy,
+    )
 
     model.eval()
     results = [shot_accuracy(model, task, n, episodes) for n in (2, 3, 4)]
-    print(f"accuracy against shots, {episodes} held-out mappings per task:")
+    print(f"accuracy against shots, {episodes:,} held-out mappings per task ({ROWS_LEGEND}):")
     print(accuracy_table(results))
     where = query_attention(model, task)  # (L, H, 4)
     print("where a seen query looks (block.head: " + ", ".join(GROUPS) + "):")
@@ -190,7 +194,7 @@ def train_icl_cmd(args: argparse.Namespace) -> int:
     trainer = train_icl(out, config, tc, force=args.force, callback=progress)
     print(f"trained in {trainer.meta['train_seconds']:.0f} s")
     plot_emergence(trainer.meta["curve"], out / "emergence.png")
-    _report(trainer.model, ICLTask(), 200 if args.fast else 500, out)
+    _report(trainer.model, ICLTask(), 200 if args.fast else 1000, out)
     return 0
 
 
@@ -198,7 +202,7 @@ def eval_icl_cmd(args: argparse.Namespace) -> int:
     from minigen.text.fewshot.icl import ICLTask
     from minigen.text.gpt_io import load_gpt
 
-    model, tokenizer, ck = load_gpt(_icl_dir(args.ckpt))
+    model, tokenizer, ck = load_gpt(args.ckpt)
     task = ICLTask(**{**ck.meta.get("task", {}), "ways": tuple(ck.meta.get("task", {}).get("ways", (2, 3, 4)))})  # fmt: skip
     if tokenizer != task.tokenizer():
         raise ValueError(

@@ -16,14 +16,22 @@ from minigen.text.gpt import GPT
 __all__ = ["accuracy_table", "plot_shot_accuracy", "plot_emergence", "plot_attention"]
 
 
+# the rows of `accuracy_table`: ShotAccuracy's field -> its name in the table
+ROWS = {"ranked": "ranked", "greedy": "greedy", "ideal": "ideal reader"}
+ROWS_LEGEND = (
+    "ranked: the GPT's likeliest of the n labels; greedy: its likeliest token of all; "
+    "ideal reader: knows each label seen in the context, guesses among the unseen"
+)
+
+
 def accuracy_table(results: Sequence[ShotAccuracy]) -> str:
     """A text table: one row per (n-way, score), one column per number of shots."""
     shots = len(results[0].ranked)
-    lines = ["shots          " + "".join(f"{k:>6}" for k in range(shots))]
+    lines = ["shots" + " " * 14 + "".join(f"{k:>6}" for k in range(shots))]
     for r in results:
-        for name in ("ranked", "greedy", "ideal"):
-            row = getattr(r, name)
-            lines.append(f"{r.n_way}-way {name:<8}" + "".join(f"{v:>6.2f}" for v in row))
+        for field, name in ROWS.items():
+            row = getattr(r, field)
+            lines.append(f"{r.n_way}-way {name:<13}" + "".join(f"{v:>6.2f}" for v in row))
     return "\n".join(lines)
 
 
