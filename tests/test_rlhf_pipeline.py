@@ -57,7 +57,7 @@ def test_ppo_logs_rater_rm_and_kl_every_iteration(run):
 
 
 def test_the_results_table(run):
-    rows = json.loads((run / "results.json").read_text())
+    rows = json.loads((run / "results.json").read_text())["models"]
     assert list(rows) == ["pretrained", "sft", "ppo", "dpo", "ppo_beta0"]
     for r in rows.values():
         assert 0 <= r["rater"] <= 1 and 0 <= r["win_vs_sft"] <= 1 and r["kl_to_sft"] >= 0

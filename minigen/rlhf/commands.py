@@ -7,6 +7,9 @@
     minigen rlhf dpo      --out rlhf-run      # DPO on the same comparisons
     minigen rlhf eval     --out rlhf-run      # the results table on held-out prompts
     minigen rlhf all      --out rlhf-run      # all of the above, both PPO runs
+    minigen rlhf all --seeds 0,1,2 --out r    # once per seed (r/seed0 ...), r/summary.md
+
+Every stage takes --seed (default: the seed of its input checkpoint; pretrain and all: 0).
 
 `minigen.cli` registers it with `add_commands`; heavy imports wait until a command runs.
 """
@@ -55,8 +58,15 @@ def add_commands(sub: Any) -> None:
             s.add_argument("--force", action="store_true", help="overwrite existing checkpoints")
         if name in ("pretrain", "all"):
             s.add_argument("--fast", action="store_true", help="tiny model, few steps (< 1 min)")
-            s.add_argument("--seed", type=num.seed, default=0, help="the run's seed (default: 0)")
+        seeds = s.add_mutually_exclusive_group() if name == "all" else s
+        seeds.add_argument("--seed", type=num.seed, default=None,
+                           help="the seed of the run (default: 0)" if name in ("pretrain", "all") else
+                                "the stage's seed: its data, batches and samples (default: its "
+                                "input checkpoint's; another is allowed, said, and recorded)")  # fmt: skip
         if name == "all":
+            seeds.add_argument("--seeds", type=num.int_list(0), default=None,
+                               help="run the pipeline once per seed (e.g. 0,1,2) into OUT/seed<k>/ "
+                                    "and write OUT/summary.md, .json: mean ± spread over seeds")  # fmt: skip
             s.add_argument("--jobs", type=int, choices=(1, 2), default=2,
                            help="lanes: 2 trains DPO in a second process beside the reward model "
                                 "and PPO (the same checkpoints as 1; default: %(default)s)")  # fmt: skip
@@ -82,27 +92,40 @@ def run_stage(args: argparse.Namespace) -> int:
     force = getattr(args, "force", False)
     # one run at a time writes into a run folder (a second stops at once, naming the first)
     with RunLock(args.out), pipeline.blas_threads(1):
+        seed = args.seed
         if args.stage in ("pretrain", "all"):
-            cfg = (RLHFConfig.fast if args.fast else RLHFConfig)(seed=args.seed)
+            cfg = (RLHFConfig.fast if args.fast else RLHFConfig)(seed=0 if seed is None else seed)
             if args.stage == "pretrain":
                 pipeline.run_pretrain(args.out, cfg, force, progress=progress)
+            elif args.seeds is not None:
+                pipeline.run_seeds(args.out, cfg, _seeds(args.seeds), force, progress=progress,
+                                   jobs=args.jobs)  # fmt: skip
             else:
                 pipeline.run_all(args.out, cfg, force, progress=progress, jobs=args.jobs)
         elif args.stage == "sft":
-            pipeline.run_sft(args.out, force, progress=progress)
+            pipeline.run_sft(args.out, force, progress=progress, seed=seed)
         elif args.stage == "reward":
-            pipeline.run_reward(args.out, force, progress=progress)
+            pipeline.run_reward(args.out, force, progress=progress, seed=seed)
         elif args.stage == "ppo":
             if args.name is not None and not args.name.isidentifier():
                 raise ValueError(
                     f"--name must be a plain name (letters, digits, _), got {args.name!r}"
                 )
-            pipeline.run_ppo(args.out, args.beta, args.name, args.iters, force, progress=progress)
+            pipeline.run_ppo(args.out, args.beta, args.name, args.iters, force, progress=progress,
+                             seed=seed)  # fmt: skip
         elif args.stage == "dpo":
-            pipeline.run_dpo(args.out, force, progress=progress)
+            pipeline.run_dpo(args.out, force, progress=progress, seed=seed)
         else:
             models = [m.strip() for m in args.models.split(",") if m.strip()]
             if not models:
                 raise ValueError("--models names no checkpoint")
-            pipeline.run_eval(args.out, models, progress=progress)
+            pipeline.run_eval(args.out, models, progress=progress, seed=seed)
     return 0
+
+
+def _seeds(text: str) -> list[int]:
+    """--seeds "0,1,2" (checked integers >= 0 by argparse) as a list, refused if one repeats."""
+    seeds = [int(k) for k in text.split(",")]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds must not repeat a seed, got {text!r}")
+    return seeds

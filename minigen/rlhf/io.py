@@ -7,7 +7,8 @@
     <run>/dpo.safetensors          policy
 
 The metadata holds {"format": "minigen.rlhf", "kind": "policy" | "reward", "stage",
-"model": GPTConfig, "tokenizer", "rlhf": RLHFConfig, "history", and for a reward model its
+"model": GPTConfig, "tokenizer", "rlhf": RLHFConfig (its "seed" the stage's own), "history",
+"input_seeds" (the seed each input was made with: {"sft": 0, ...}), and for a reward model its
 normalisation "reward_mean", "reward_std"}. Loading checks the kind, the weights against the
 model's shape, and (`check_same_world`) that checkpoints which work together share one
 tokenizer and one model shape, with errors that name both files.
@@ -15,6 +16,7 @@ tokenizer and one model shape, with errors that name both files.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,30 +49,37 @@ class Loaded:
     def history(self) -> Any:
         return self.meta.get("history")
 
+    @property
+    def seed(self) -> int:
+        """The seed the stage that wrote it ran with."""
+        return self.config.seed
+
 
 def stage_path(run: str | Path, stage: str) -> Path:
     return Path(run) / f"{stage}.safetensors"
 
 
 def _meta(kind: str, stage: str, config: GPTConfig, tokenizer: Any, cfg: RLHFConfig,
-          history: Any) -> dict[str, Any]:  # fmt: skip
+          history: Any, inputs: Mapping[str, int] | None) -> dict[str, Any]:  # fmt: skip
     return {
         "format": FORMAT, "kind": kind, "stage": stage, "model": config.to_dict(),
         "tokenizer": tokenizer.to_dict(), "rlhf": cfg.to_dict(), "history": history,
+        "input_seeds": dict(inputs or {}),
     }  # fmt: skip
 
 
 def save_policy(path: str | Path, model: GPT, tokenizer: Any, cfg: RLHFConfig, stage: str,
-                history: Any = None) -> Path:  # fmt: skip
-    """Write a policy (a GPT) and its metadata, atomically."""
-    meta = _meta("policy", stage, model.config, tokenizer, cfg, history)
+                history: Any = None, inputs: Mapping[str, int] | None = None) -> Path:  # fmt: skip
+    """Write a policy (a GPT) and its metadata, atomically; `inputs`: the seed of each
+    checkpoint (or file) the stage read."""
+    meta = _meta("policy", stage, model.config, tokenizer, cfg, history, inputs)
     return checkpoint.save(path, model.state_dict(), meta)
 
 
 def save_reward(path: str | Path, rm: RewardModel, tokenizer: Any, cfg: RLHFConfig,
-                history: Any = None) -> Path:  # fmt: skip
+                history: Any = None, inputs: Mapping[str, int] | None = None) -> Path:  # fmt: skip
     """Write a reward model (trunk, head and normalisation) and its metadata, atomically."""
-    meta = _meta("reward", "reward", rm.config, tokenizer, cfg, history)
+    meta = _meta("reward", "reward", rm.config, tokenizer, cfg, history, inputs)
     meta.update(reward_mean=rm.mean, reward_std=rm.std)
     return checkpoint.save(path, rm.state_dict(), meta)
 

@@ -8,8 +8,12 @@
     eval       every policy            -> results.md, results.json (and ppo_curves.png)
 
 A stage uses the RLHFConfig stored in its input checkpoint, so a run is one world: the same
-tokenizer, model shape and seeds throughout. BLAS runs on one thread (small matrices: more
-threads only contend, the more so on a shared machine).
+tokenizer, model shape and seeds throughout. A stage given its own seed (`seed=`, the
+commands' --seed) draws its data, batches and samples with it: allowed, to redraw one stage
+over fixed inputs (the reward model of another draw on the same SFT model); the stage says
+so, its checkpoint records its seed in its config and its inputs' in "input_seeds". BLAS runs
+on one thread (small matrices: more threads only contend, the more so on a shared machine).
+`run_seeds` runs the whole pipeline once per seed and summarises them (`minigen.rlhf.report`).
 """
 
 from __future__ import annotations
@@ -25,11 +29,12 @@ from minigen import backend
 from minigen.backend import blas_threads
 from minigen.checkpoint import atomic_write
 from minigen.lane import Lane
-from minigen.rlhf import io
+from minigen.rlhf import io, report
 from minigen.rlhf.config import RLHFConfig
-from minigen.rlhf.evaluate import evaluate, results_table
+from minigen.rlhf.evaluate import evaluate
 from minigen.rlhf.ppo import ppo
 from minigen.rlhf.rater import Pair, preference_pairs, with_near_misses
+from minigen.rlhf.report import plot_ppo
 from minigen.rlhf.task import sample_requests
 from minigen.rlhf.train import (
     dpo,
@@ -44,7 +49,7 @@ from minigen.runs import refuse_overwrite
 
 __all__ = [
     "blas_threads", "fast_kernels", "rater_pairs", "save_pairs", "load_pairs", "run_pretrain", "run_sft", "run_pairs", "run_reward", "run_ppo", "run_dpo",
-    "run_eval", "run_all", "plot_ppo",
+    "run_eval", "run_all", "run_seeds", "plot_ppo",
 ]  # fmt: skip
 
 
@@ -72,24 +77,37 @@ def rater_pairs(
     return {"forum": preference_pairs(forum, seed, k=group), "sampled": samples}
 
 
-def save_pairs(path: Path, pairs: dict[str, dict[str, list[Pair]]]) -> None:
-    data = {split: {k: [[p.prompt, p.chosen, p.rejected] for p in v] for k, v in d.items()}
-            for split, d in pairs.items()}  # fmt: skip
+def save_pairs(
+    path: Path, pairs: dict[str, dict[str, list[Pair]]], seed: int | None = None
+) -> None:
+    """The comparisons as JSON {split: {kind: [[prompt, chosen, rejected], ...]}}, and the
+    seed they were drawn with ("seed")."""
+    data: dict[str, Any] = {split: {k: [[p.prompt, p.chosen, p.rejected] for p in v]
+                                    for k, v in d.items()} for split, d in pairs.items()}  # fmt: skip
+    if seed is not None:
+        data["seed"] = seed
     atomic_write(path, json.dumps(data))
 
 
-def load_pairs(path: Path) -> dict[str, dict[str, list[Pair]]]:
+def read_pairs(path: Path) -> tuple[dict[str, dict[str, list[Pair]]], int | None]:
+    """The comparisons of `save_pairs`, and their seed (None if the file has none)."""
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} not found: run `minigen rlhf reward` first (it writes the comparisons)"
         )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        return {
+        seed = data.pop("seed", None)
+        pairs = {
             split: {k: [Pair(*p) for p in v] for k, v in d.items()} for split, d in data.items()
         }
-    except (ValueError, TypeError) as e:
+        return pairs, seed
+    except (ValueError, TypeError, AttributeError) as e:
         raise ValueError(f"{path}: not a file of comparisons ({e})") from None
+
+
+def load_pairs(path: Path) -> dict[str, dict[str, list[Pair]]]:
+    return read_pairs(path)[0]
 
 
 def fast_kernels() -> AbstractContextManager[None]:
@@ -115,6 +133,19 @@ def _from(run: str | Path, base: str, stage: str, force: bool) -> tuple[io.Loade
     return loaded, path
 
 
+def _seeded(cfg: RLHFConfig, seed: int | None, stage: str, inputs: dict[str, int | None],
+            verbose: bool) -> tuple[RLHFConfig, dict[str, int]]:  # fmt: skip
+    """The stage's config (its input's, with `seed` if given) and its inputs' seeds; a seed
+    other than an input's is said (it is allowed: see the module docstring)."""
+    cfg = cfg if seed is None else cfg.replace(seed=seed)
+    known = {k: s for k, s in inputs.items() if s is not None}
+    other = {k: s for k, s in known.items() if s != cfg.seed}
+    if other:
+        _say(verbose, f"note: {stage} runs with seed {cfg.seed}, on "
+             + ", ".join(f"{k} of seed {s}" for k, s in other.items()))  # fmt: skip
+    return cfg, known
+
+
 def _final(losses: Sequence[float]) -> float:
     """The loss a stage reports: the mean of its last 50 steps."""
     return sum(losses[-50:]) / len(losses[-50:])
@@ -129,34 +160,39 @@ def run_pretrain(
     tok = make_tokenizer()
     t0 = time.perf_counter()
     model, losses = pretrain(cfg, tok, progress=progress)
-    io.save_policy(path, model, tok, cfg, "pretrained", {"loss": losses})
+    io.save_policy(path, model, tok, cfg, "pretrained", {"loss": losses}, {})
     _say(verbose, f"pretrained on {cfg.corpus_size:,} forum exchanges, {cfg.pretrain_steps} steps "
          f"in {time.perf_counter() - t0:.0f}s, final loss {_final(losses):.3f} -> {path}")  # fmt: skip
     return {"loss": losses}
 
 
 def run_sft(
-    run: str | Path, force: bool = False, verbose: bool = True, progress: bool = True
-) -> dict:
+    run: str | Path, force: bool = False, verbose: bool = True, progress: bool = True,
+    seed: int | None = None,
+) -> dict:  # fmt: skip
     base, path = _from(run, "pretrained", "sft", force)
-    cfg, t0 = base.config, time.perf_counter()
+    cfg, inputs = _seeded(base.config, seed, "sft", {"pretrained": base.seed}, verbose)
+    t0 = time.perf_counter()
     model, losses = sft(cfg, base.model, base.tokenizer, progress=progress)
-    io.save_policy(path, model, base.tokenizer, cfg, "sft", {"loss": losses})
+    io.save_policy(path, model, base.tokenizer, cfg, "sft", {"loss": losses}, inputs)
     _say(verbose, f"fine-tuned on {cfg.sft_size:,} demonstrations in "
          f"{time.perf_counter() - t0:.0f}s, final loss {_final(losses):.3f} -> {path}")  # fmt: skip
     return {"loss": losses}
 
 
-def run_pairs(run: str | Path, verbose: bool = True) -> dict[str, dict[str, list[Pair]]]:
+def run_pairs(
+    run: str | Path, verbose: bool = True, seed: int | None = None
+) -> dict[str, dict[str, list[Pair]]]:
     """The rater's comparisons (training and held-out) -> pairs.json, which the reward model
-    and DPO both read."""
+    and DPO both read; drawn with `seed` (default: the SFT model's)."""
     base = io.load_policy(io.stage_path(run, "sft"))
-    cfg, tok, t0 = base.config, base.tokenizer, time.perf_counter()
+    cfg, _ = _seeded(base.config, seed, "the comparisons", {"sft": base.seed}, verbose)
+    tok, t0 = base.tokenizer, time.perf_counter()
     pairs = {
         "train": rater_pairs(cfg, base.model, tok),
         "held_out": rater_pairs(cfg, base.model, tok, True),
     }
-    save_pairs(Path(run) / "pairs.json", pairs)
+    save_pairs(Path(run) / "pairs.json", pairs, cfg.seed)
     n = {split: sum(len(v) for v in d.values()) for split, d in pairs.items()}
     _say(verbose, f"{n['train']:,} training and {n['held_out']:,} held-out comparisons in "
          f"{time.perf_counter() - t0:.0f}s -> {Path(run) / 'pairs.json'}")  # fmt: skip
@@ -169,12 +205,18 @@ def run_reward(
     verbose: bool = True,
     progress: bool = True,
     reuse_pairs: bool = False,
+    seed: int | None = None,
 ) -> dict:
     """The reward model; the comparisons are made first (or, with `reuse_pairs`, read from
     the run's pairs.json)."""
     base, path = _from(run, "sft", "reward", force)
-    cfg, tok, t0 = base.config, base.tokenizer, time.perf_counter()
-    pairs = load_pairs(Path(run) / "pairs.json") if reuse_pairs else run_pairs(run, verbose)
+    if reuse_pairs:
+        pairs, pairs_seed = read_pairs(Path(run) / "pairs.json")
+    else:
+        pairs, pairs_seed = run_pairs(run, verbose, seed), seed if seed is not None else base.seed
+    cfg, inputs = _seeded(base.config, seed, "reward", {"sft": base.seed, "pairs": pairs_seed},
+                          verbose)  # fmt: skip
+    tok, t0 = base.tokenizer, time.perf_counter()
     train_pairs = [p for v in pairs["train"].values() for p in v]
     with fast_kernels():
         rm, losses = train_reward_model(cfg, base.model, tok, train_pairs, progress=progress)
@@ -182,26 +224,33 @@ def run_reward(
            for split, d in pairs.items() for kind, v in d.items() if v}  # fmt: skip
     held = [p for v in pairs["held_out"].values() for p in v]
     acc["held_out"] = reward_accuracy(rm, tok, held)
-    io.save_reward(path, rm, tok, cfg, {"loss": losses, "accuracy": acc})
+    counts = {f"held_out {k}": len(v) for k, v in pairs["held_out"].items()}
+    counts["held_out"] = len(held)
+    history = {"loss": losses, "accuracy": acc, "comparisons": counts}
+    io.save_reward(path, rm, tok, cfg, history, inputs)
     _say(verbose, f"reward model on {len(train_pairs):,} comparisons in {time.perf_counter() - t0:.0f}s: "
          f"held-out pairwise accuracy {acc['held_out']:.1%} ({len(held)} comparisons) -> {path}",
          "  " + ", ".join(f"{k} {v:.1%}" for k, v in acc.items()))  # fmt: skip
-    return {"loss": losses, "accuracy": acc}
+    return history
 
 
 def run_ppo(run: str | Path, beta: float | None = None, name: str | None = None,
-            iters: int | None = None, force: bool = False, verbose: bool = True, progress: bool = True) -> dict:  # fmt: skip
+            iters: int | None = None, force: bool = False, verbose: bool = True, progress: bool = True,
+            seed: int | None = None) -> dict:  # fmt: skip
     base = io.load_policy(io.stage_path(run, "sft"))
     reward = io.load_reward(io.stage_path(run, "reward"))
     io.check_same_world(base, reward)
-    cfg = base.config if iters is None else base.config.replace(ppo_iters=iters)
+    cfg, inputs = _seeded(base.config, seed, "ppo", {"sft": base.seed, "reward": reward.seed},
+                          verbose)  # fmt: skip
+    cfg = cfg if iters is None else cfg.replace(ppo_iters=iters)
     beta = cfg.beta if beta is None else beta
     name = name or ("ppo_beta0" if beta == 0 else "ppo")
     path = io.stage_path(run, name)
     refuse_overwrite(path, force)
     t0 = time.perf_counter()
     policy, history = ppo(cfg, base.model, reward.model, base.tokenizer, beta, progress=progress)
-    io.save_policy(path, policy, base.tokenizer, cfg, name, {"beta": beta, "iters": history})
+    io.save_policy(path, policy, base.tokenizer, cfg, name, {"beta": beta, "iters": history},
+                   inputs)  # fmt: skip
     # the log alone too (small: the lesson's curves need no weights)
     atomic_write(Path(run) / f"{name}_history.json", json.dumps({"beta": beta, "iters": history}))
     last = history[-1]
@@ -212,14 +261,17 @@ def run_ppo(run: str | Path, beta: float | None = None, name: str | None = None,
 
 
 def run_dpo(
-    run: str | Path, force: bool = False, verbose: bool = True, progress: bool = True
-) -> dict:
+    run: str | Path, force: bool = False, verbose: bool = True, progress: bool = True,
+    seed: int | None = None,
+) -> dict:  # fmt: skip
     base, path = _from(run, "sft", "dpo", force)
-    cfg, t0 = base.config, time.perf_counter()
-    pairs = load_pairs(Path(run) / "pairs.json")
+    pairs, pairs_seed = read_pairs(Path(run) / "pairs.json")
+    cfg, inputs = _seeded(base.config, seed, "dpo", {"sft": base.seed, "pairs": pairs_seed},
+                          verbose)  # fmt: skip
+    t0 = time.perf_counter()
     train_pairs = [p for v in pairs["train"].values() for p in v]
     policy, losses = dpo(cfg, base.model, base.tokenizer, train_pairs, progress=progress)
-    io.save_policy(path, policy, base.tokenizer, cfg, "dpo", {"loss": losses})
+    io.save_policy(path, policy, base.tokenizer, cfg, "dpo", {"loss": losses}, inputs)
     _say(verbose, f"DPO on {len(train_pairs):,} comparisons in {time.perf_counter() - t0:.0f}s, "
          f"final loss {_final(losses):.3f} -> {path}")  # fmt: skip
     return {"loss": losses}
@@ -232,7 +284,11 @@ def _dpo_lane(run: str, force: bool, verbose: bool) -> None:
 
 
 def run_eval(run: str | Path, models: Sequence[str] = ("pretrained", "sft", "ppo", "dpo", "ppo_beta0"),
-             force: bool = True, verbose: bool = True, progress: bool = True) -> dict:  # fmt: skip
+             force: bool = True, verbose: bool = True, progress: bool = True,
+             seed: int | None = None) -> dict:  # fmt: skip
+    """The results table of `models` (results.md, results.json: the seed, the machine, the
+    reward model's held-out accuracy, every row; `minigen.rlhf.report`), with prompts and
+    samples drawn with `seed` (default: the SFT model's)."""
     run = Path(run)
     sft_ck = io.load_policy(io.stage_path(run, "sft"))
     rm_path = io.stage_path(run, "reward")
@@ -248,50 +304,18 @@ def run_eval(run: str | Path, models: Sequence[str] = ("pretrained", "sft", "ppo
             )
         loaded[m] = io.load_policy(p)
     io.check_same_world(sft_ck, *loaded.values(), *([reward] if reward else []))
-    cfg = sft_ck.config
+    seeds = {k: v.seed for k, v in loaded.items()} | ({"reward": reward.seed} if reward else {})
+    cfg, _ = _seeded(sft_ck.config, seed, "eval", seeds, verbose)
     rows = evaluate({k: v.model for k, v in loaded.items()}, sft_ck.model, sft_ck.tokenizer, cfg,
                     reward.model if reward else None, progress=progress)  # fmt: skip
-    table = results_table(rows)
-    n = cfg.eval_prompts * cfg.eval_samples
-    atomic_write(
-        run / "results.md",
-        f"{n} responses to {cfg.eval_prompts} held-out prompts per model\n\n{table}\n",
-    )
-    atomic_write(run / "results.json", json.dumps(rows, indent=1))
+    table = report.write_results(run, rows, cfg.seed, cfg.eval_prompts, cfg.eval_samples,
+                                 reward.history if reward else None)  # fmt: skip
     curves = {f.name[: -len("_history.json")]: json.loads(f.read_text())["iters"]
               for f in sorted(run.glob("*_history.json"))}  # fmt: skip
     if curves:
         plot_ppo(curves, run / "ppo_curves.png")
     _say(verbose, table)
     return rows
-
-
-def plot_ppo(histories: dict[str, list[dict[str, Any]]], path: str | Path | None = None) -> Any:
-    """The rater's score, the reward model's score and the KL per PPO iteration, one line per
-    run; written to `path` if given. Returns the figure."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-    for name, h in histories.items():
-        it = [r["iter"] for r in h]
-        for ax, key in zip(axes, ("rater", "rm", "kl"), strict=True):
-            ax.plot(it, [r[key] for r in h], label=name)
-    titles = (
-        "rater's mean score (never seen by the policy)",
-        "reward model's score",
-        "KL to SFT (nats)",
-    )
-    for ax, title in zip(axes, titles, strict=True):
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("PPO iteration")
-        ax.grid(alpha=0.3)
-    axes[0].legend()
-    fig.tight_layout()
-    if path is not None:
-        from minigen.plotting import save_figure
-
-        save_figure(fig, path)
-    return fig
 
 
 def run_all(
@@ -331,3 +355,31 @@ def run_all(
     rows = run_eval(run, verbose=verbose, progress=progress)
     _say(verbose, f"the whole pipeline took {time.perf_counter() - t0:.0f}s")
     return rows
+
+
+def run_seeds(
+    out: str | Path,
+    cfg: RLHFConfig,
+    seeds: Sequence[int],
+    force: bool = False,
+    verbose: bool = True,
+    progress: bool = True,
+    jobs: int = 2,
+) -> dict:
+    """`run_all` once per seed, into <out>/seed<k>/, then the summary over them
+    (<out>/summary.md, summary.json: mean ± spread of the reward model's accuracy and of every
+    cell of the results table). Every output is checked before the first stage starts."""
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(
+            f"run_seeds: the seeds must be distinct and at least one, got {list(seeds)}"
+        )
+    out = Path(out)
+    refuse_overwrite([out / "summary.md", out / "summary.json"]
+                     + [io.stage_path(report.seed_folder(out, k), s) for k in seeds for s in io.STAGES],
+                     force)  # fmt: skip
+    for k in seeds:
+        _say(verbose, f"== seed {k} -> {report.seed_folder(out, k)}")
+        run_all(report.seed_folder(out, k), cfg.replace(seed=k), force, verbose, progress, jobs)
+    text = report.write_summary(out, seeds)
+    _say(verbose, text, f"-> {out / 'summary.md'}")
+    return report.summarise_seeds(out, seeds)
