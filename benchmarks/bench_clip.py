@@ -3,6 +3,7 @@
     python benchmarks/bench_clip.py                       # train (~5 min on 2 cores), evaluate
     python benchmarks/bench_clip.py --save clip.safetensors
     python benchmarks/bench_clip.py --load clip.safetensors   # evaluate a checkpoint only
+    python benchmarks/bench_clip.py --hard-negatives 4        # with 4 minimal edits per image
 
 Retrieval is image -> text on scenes never trained on, at timesteps t (x_t = add_noise(x_0,
 eps, t); t = 0 is the clean x_0), for two sets:
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 
 import numpy as np
 
@@ -45,6 +47,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--n-train", type=int, default=20000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--hard-negatives", type=int, default=0, help="minimal edits per image")
+    ap.add_argument("--width", type=int, help="text width and embed_dim (default: CLIPConfig's)")
     ap.add_argument("--n-test", type=int, default=512)
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--batch", type=int, default=64, help="batch of the top-1 retrieval")
@@ -59,11 +63,13 @@ def main() -> None:
         cfg = model.config
     else:
         cfg = CLIPConfig()
+        if args.width:
+            cfg = replace(cfg, width=args.width, embed_dim=args.width)
         data = training_data(cfg, args.n_train)
         start = time.perf_counter()
         result = train_clip(
             cfg, data=data, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-            seed=args.seed,
+            seed=args.seed, hard_negatives=args.hard_negatives,
         )  # fmt: skip
         took = time.perf_counter() - start
         model = result.model

@@ -3,6 +3,7 @@
     python benchmarks/bench_text2im.py                         # the shipped checkpoints
     python benchmarks/bench_text2im.py --captions 32 --clip-scales 100,300 --cfg-scales 3
     python benchmarks/bench_text2im.py --grids runs/text2im    # also sample grids per method
+    python benchmarks/bench_text2im.py --captions 16 --cfg-scales "" --target x0   # a variant
 
 For captions of held-out scenes (`make_split`, seed 0: every caption names a colour-shape pair
 or a colour-relation-colour triple that no training scene shows) and, for comparison, of fresh
@@ -12,6 +13,7 @@ several w; every method starts from the same noise x_T. Columns:
 
 - satisfied: the checker's score (the share of the caption's properties that hold, picoclvr's
   measure), averaged over images; all: the share of images that satisfy every property;
+- relations: the share of the relation properties ("a left of b") that hold, over all images;
 - distinct: the number of different scenes (as the checker reads them: colour, shape and cell
   of each object) among the images of one caption, averaged over captions (at most
   --per-caption): guidance that collapsed onto one image would score 1;
@@ -25,14 +27,18 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from minigen.synthesis import make_split, parse_batch, score_batch
+from minigen.synthesis.captions import Relation
+from minigen.synthesis.checker import check
 from minigen.synthesis.clip import CLIPConfig
 from minigen.synthesis.clip_train import in_distribution_scenes
-from minigen.synthesis.sampling import Text2Im, plot_samples
+from minigen.synthesis.guidance import SCHEDULES, SCORES, TARGETS
+from minigen.synthesis.sampling import DEFAULT_GUIDANCE, Text2Im, plot_samples
 from minigen.synthesis.scenes import to_unit
 
 RANGE = (-1.0, 1.0)
@@ -59,6 +65,17 @@ def diversity(images: np.ndarray, k: int) -> tuple[float, float]:
     return float(distinct), float(np.sqrt(d2[:, iu[0], iu[1]]).mean())
 
 
+def relations_held(images: np.ndarray, captions: list[str]) -> float:
+    """The share of the captions' relation properties that hold in their images."""
+    found = parse_batch(images, value_range=RANGE)
+    held = []
+    for f, c in zip(found, captions, strict=True):
+        score = check(f, c, images.shape[-1])
+        held += [ok for p, ok in zip(score.properties, score.holds, strict=True)
+                 if isinstance(p, Relation)]  # fmt: skip
+    return float(np.mean(held)) if held else float("nan")
+
+
 def run(t2i: Text2Im, caps: list[str], k: int, method: str, scale: float, args) -> dict:
     """Sample k images per caption (in chunks), score them; same x_T for every method."""
     per_image = [c for c in caps for _ in range(k)]
@@ -76,6 +93,7 @@ def run(t2i: Text2Im, caps: list[str], k: int, method: str, scale: float, args) 
                 sampler=args.sampler,
                 steps=args.steps,
                 seed=args.seed + i,
+                guidance=args.guidance if method == "clip" else None,
             )  # fmt: skip
         )
     x = np.concatenate(parts)
@@ -83,7 +101,8 @@ def run(t2i: Text2Im, caps: list[str], k: int, method: str, scale: float, args) 
     scores = score_batch(x, per_image, value_range=RANGE)
     distinct, spread = diversity(x, k)
     return {"x": x, "satisfied": float(scores.mean()), "all": float((scores == 1).mean()),
-            "distinct": distinct, "spread": spread, "seconds": seconds}  # fmt: skip
+            "relations": relations_held(x, per_image), "distinct": distinct, "spread": spread,
+            "seconds": seconds}  # fmt: skip
 
 
 def main() -> None:
@@ -101,7 +120,13 @@ def main() -> None:
     ap.add_argument("--scenes", default="scenes")
     ap.add_argument("--cond", default="cond")
     ap.add_argument("--grids", help="write a sample grid per method for 3 held-out captions here")
+    ap.add_argument("--target", choices=TARGETS, help="CLIP guidance reads x_t or x0_hat")
+    ap.add_argument("--schedule", choices=SCHEDULES, help="CLIP guidance's scale over t")
+    ap.add_argument("--repeats", type=int, help="CLIP-guided steps per denoising step")
+    ap.add_argument("--score", choices=SCORES, help="CLIP guidance follows this score")
     args = ap.parse_args()
+    changes = {k: getattr(args, k) for k in ("target", "schedule", "repeats", "score")}
+    args.guidance = replace(DEFAULT_GUIDANCE, **{k: v for k, v in changes.items() if v})
 
     t2i = Text2Im(clip=args.clip, scenes=args.scenes, cond=args.cond)
     configs = [("none", 0.0)]
@@ -110,13 +135,15 @@ def main() -> None:
     k = args.per_caption
     print(
         f"{args.captions} captions per split, {k} images each, "
-        f"{args.sampler.upper()} {args.steps} steps\n"
+        f"{args.sampler.upper()} {args.steps} steps; CLIP guidance: {args.guidance}\n"
     )
     for split in args.splits.split(","):
         caps = captions_of(split, args.captions)
         print(f"### {split} captions\n")
-        print(f"| method | scale | satisfied | all | distinct (of {k}) | spread | seconds |")
-        print("|---|---|---|---|---|---|---|")
+        print(
+            f"| method | scale | satisfied | all | relations | distinct (of {k}) | spread | seconds |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
         base = None
         for method, scale in configs:
             r = run(t2i, caps, k, method, scale, args)
@@ -125,7 +152,8 @@ def main() -> None:
             name = {"none": "unguided", "clip": "CLIP guidance", "cfg": "classifier-free"}[method]
             print(
                 f"| {name} | {'-' if method == 'none' else f'{scale:g}'} | "
-                f"{r['satisfied']:.1%}{gain} | {r['all']:.1%} | {r['distinct']:.2f} | "
+                f"{r['satisfied']:.1%}{gain} | {r['all']:.1%} | {r['relations']:.1%} | "
+                f"{r['distinct']:.2f} | "
                 f"{r['spread']:.3f} | {r['seconds']:.0f} |",
                 flush=True,
             )

@@ -27,16 +27,18 @@ from minigen import checkpoint, optim, rng
 from minigen.checkpoint import CheckpointError
 from minigen.synthesis.captions import (
     CaptionedScenes,
-    Exists,
-    Property,
-    Relation,
     caption_scenes,
     is_held_out,
     make_split,
-    parse_caption,
 )
 from minigen.synthesis.clip import CLIP, CLIPConfig, caption_key, contrastive_loss
-from minigen.synthesis.scenes import COLOURS, SHAPES, SceneObject, generate, to_unit
+from minigen.synthesis.clip_hard import (
+    describes,
+    hard_negative_loss,
+    hard_negatives,
+    minimal_edits,
+)
+from minigen.synthesis.scenes import COLOURS, SHAPES, generate, to_unit
 from minigen.tensor import Tensor, no_grad
 from minigen.training import Loop, Schedule
 
@@ -83,6 +85,7 @@ def train_clip(
     grad_clip: float = 1.0,
     seed: int = 0,
     progress: bool = True,
+    hard_negatives: int = 0,
 ) -> TrainResult:
     """Train a CLIP from scratch (calls `minigen.manual_seed(seed)`; deterministic for a seed).
 
@@ -91,6 +94,8 @@ def train_clip(
     warm-up over `warmup` steps, cosine decay to lr / 20, gradients clipped to norm
     `grad_clip` (0: not clipped), a non-finite loss or gradient stops the run with
     `TrainingDiverged`. Returns the model and the loss and in-batch accuracy of every step.
+    hard_negatives k > 0 adds, for every image, the cross-entropy of its own caption against k
+    minimal edits of it (`clip_hard.hard_negative_loss`, weight 1).
     """
     cfg = config or CLIPConfig()
     given_data = data
@@ -116,6 +121,9 @@ def train_clip(
         "warmup": warmup, "grad_clip": grad_clip, "seed": seed,
         "n_train": len(data), "data_seed": data_seed if given_data is None else None,
     }  # fmt: skip
+    if hard_negatives:  # written only when used: older checkpoints have no such key
+        settings["hard_negatives"] = hard_negatives
+    hard_gen = np.random.default_rng([seed, 2])  # which edits
     result = TrainResult(model, settings=settings)
     # warm-up, then cosine decay to lr / 20 (the shipped CLIP's recipe)
     loop = Loop(model, opt, steps, Schedule(lr, warmup, steps, lr / 20), grad_clip,
@@ -132,6 +140,13 @@ def train_clip(
         P = keys[idx][:, None] == keys[idx][None, :]  # (B, B)
         z_img, z_txt = model(x_t, t, data.tokens[idx])  # (B, E) each
         loss = contrastive_loss(z_img, z_txt, model.log_scale, P, cfg.max_scale)
+        if hard_negatives:
+            objs = [data.scenes.objects(i) for i in idx]
+            caps, valid = _hard(data, idx, objs, hard_negatives, hard_gen)
+            z_hard = model.encode_text(caps)  # (B k, E)
+            # L + L_hard: each image's own caption against k minimal edits of it
+            loss = loss + hard_negative_loss(z_img, z_txt, z_hard, model.log_scale, valid,
+                                             cfg.max_scale)  # fmt: skip
         # the in-batch image -> text top-1: the trainer's own log, beside the loop's losses
         sim = z_img.data @ z_txt.data.T  # (B, B)
         acc = float(P[np.arange(len(idx)), sim.argmax(axis=1)].mean())
@@ -142,6 +157,11 @@ def train_clip(
     result.losses = loop.run(loss_at)
     model.eval()
     return result
+
+
+def _hard(data: CaptionedScenes, idx: np.ndarray, objs: list, k: int, gen: Any) -> tuple:
+    """k minimal edits of each caption of the batch, and which captions have them."""
+    return hard_negatives([data.captions[i] for i in idx], objs, k, gen)
 
 
 def _key_ids(captions: Sequence[str]) -> np.ndarray:
@@ -194,50 +214,6 @@ def similarity(model: CLIP, images: Any, t: Any, captions: Any) -> np.ndarray:
     with no_grad():
         z_txt = model.encode_text(captions).numpy()  # (M, E)
     return _embed_images(model, np.asarray(images), t) @ z_txt.T  # (N, M)
-
-
-def describes(caption: str | Sequence[Property], objects: Sequence[SceneObject]) -> bool:
-    """Whether the caption (or its properties) names exactly the scene's things and each of
-    its relations holds."""
-    props = parse_caption(caption) if isinstance(caption, str) else caption
-    named = {(p.thing.colour, p.thing.shape) for p in props if isinstance(p, Exists)}
-    if named != {(o.colour, o.shape) for o in objects}:
-        return False
-    for p in props:
-        if isinstance(p, Relation):
-            a_s = [o for o in objects if (o.colour, o.shape) == (p.a.colour, p.a.shape)]
-            b_s = [o for o in objects if (o.colour, o.shape) == (p.b.colour, p.b.shape)]
-            ok = {
-                "left of": lambda a, b: a.col < b.col,
-                "right of": lambda a, b: a.col > b.col,
-                "above": lambda a, b: a.row < b.row,
-                "below": lambda a, b: a.row > b.row,
-            }[p.relation]
-            if not any(ok(a, b) for a in a_s for b in b_s if a is not b):
-                return False
-    return True
-
-
-def minimal_edits(caption: str) -> list[str]:
-    """Captions one edit away, for hard negatives: one colour or one shape replaced, one
-    relation reversed, or the colours of a relation clause's two things swapped (binding)."""
-    ws = caption.split()
-    out = []
-    for i, w in enumerate(ws):
-        for vocab in (COLOURS, SHAPES):
-            if w in vocab:
-                out += [" ".join([*ws[:i], v, *ws[i + 1 :]]) for v in vocab if v != w]
-    rel = {"left": "right", "right": "left", "above": "below", "below": "above"}
-    for i, w in enumerate(ws):
-        if w in rel:
-            out.append(" ".join([*ws[:i], rel[w], *ws[i + 1 :]]))
-            # "a c1 s1 REL [of] a c2 s2": swap c1 and c2
-            j = i + (2 if w in ("left", "right") else 1)
-            if ws[i - 2] != ws[j + 1]:
-                swapped = list(ws)
-                swapped[i - 2], swapped[j + 1] = ws[j + 1], ws[i - 2]
-                out.append(" ".join(swapped))
-    return list(dict.fromkeys(out))
 
 
 def retrieval_accuracy(

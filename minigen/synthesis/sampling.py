@@ -29,7 +29,7 @@ from minigen.diffusion import SAMPLERS, DiffusionModel, blas_threads, make_sched
 from minigen.synthesis.captions import encode, parse_caption
 from minigen.synthesis.clip import CLIP
 from minigen.synthesis.clip_train import load_clip
-from minigen.synthesis.guidance import cfg_eps, clip_grad, guided_step
+from minigen.synthesis.guidance import ClipGuidance, cfg_eps, clip_guided_sampler_step
 from minigen.synthesis.scenes import plot_grid, to_unit
 from minigen.synthesis.text2im_config import SCENE_RANGE, SCENE_SHAPE
 from minigen.synthesis.text2im_io import CondModel, load_cond, load_scenes, resolve
@@ -44,6 +44,7 @@ DEFAULT_SCALE = {"clip": 100.0, "cfg": 3.0, "none": 0.0}
 # DDPM over 100 of the T = 1000 timesteps (strided) by default: with the shipped denoisers,
 # 50 deterministic DDIM steps leave speckles of colour the checker reads as objects
 DEFAULT_STEPS = {"ddpm": 100, "ddim": 50}
+DEFAULT_GUIDANCE = ClipGuidance()  # how --method clip reads the sample
 
 
 class Text2Im:
@@ -86,6 +87,7 @@ class Text2Im:
         image_size: int | None = None,
         progress: bool = False,
         threads: int | None = 1,
+        guidance: ClipGuidance | None = None,
     ) -> np.ndarray:
         """n scenes (n, 3, 16, 16) in [-1, 1] for `caption` (see the module docstring), or
         one scene per caption for a list of n captions.
@@ -93,6 +95,7 @@ class Text2Im:
         `scale` defaults to DEFAULT_SCALE[method]; `steps` to DEFAULT_STEPS[sampler] (DDPM: 100
         strided steps, pass 1000 for every step of Eq. 7.1; DDIM: 50);
         `clip_sample` clips each predicted x_0 to [-1, 1]; BLAS runs on `threads` threads.
+        `guidance`: how CLIP guidance reads the sample (default: DEFAULT_GUIDANCE).
         """
         tokens = check_request(caption, n, method, sampler, image_size)
         s = DEFAULT_SCALE[method] if scale is None else float(scale)
@@ -108,11 +111,8 @@ class Text2Im:
         if method == "clip":
             clip = self.clip
             _check_same_schedule(clip, schedule)
-
-            def clip_step(eps: Any, t: int, x: Any, g: np.random.Generator, **kw: Any) -> Any:
-                return guided_step(sched, eps, t, x, clip_grad(clip, x, t, tokens), s, g, **kw)
-
-            step = clip_step
+            g = DEFAULT_GUIDANCE if guidance is None else guidance
+            step = clip_guided_sampler_step(sched, clip, tokens, s, g, model.eps)
         kw = {"eta": eta} if sampler == "ddim" else {}
         with blas_threads(threads), np.errstate(over="ignore", invalid="ignore"):
             return sample_loop(sched, eps_fn, x_T, gen, progress=progress, step=step, **kw)
