@@ -11,7 +11,12 @@ from hypothesis import strategies as st
 from minigen import Tensor, default_dtype
 from minigen.gradcheck import gradcheck
 from minigen.synthesis import captions as C
-from minigen.synthesis.clip_hard import describes, hard_negative_loss, hard_negatives
+from minigen.synthesis.clip_hard import (
+    describes,
+    hard_negative_loss,
+    hard_negatives,
+    seen_combinations,
+)
 from minigen.synthesis.clip_train import train_clip
 from minigen.synthesis.scenes import generate
 from tests.strategies import scene_objects
@@ -66,3 +71,22 @@ def test_training_with_hard_negatives_is_deterministic_and_records_it():
     assert a.losses == b.losses and a.settings["hard_negatives"] == 3
     assert "hard_negatives" not in plain.settings
     assert a.losses[0] > plain.losses[0]  # the same first batch, plus the hard term
+
+
+def test_with_the_seen_combinations_no_edit_names_a_held_out_one():
+    split = C.make_split(300, 0, 0)
+    seen = seen_combinations(split.train.properties)
+    held = set(split.held_out_things) | set(split.held_out_relations)
+    assert held and not held & seen
+    objs = [split.train.scenes.objects(i) for i in range(len(split.train))]
+    caps, valid = hard_negatives(split.train.captions, objs, 2, np.random.default_rng(0), seen)
+    assert valid.mean() > 0.5
+    for c in caps:
+        assert not C.is_held_out(C.parse_caption(c), split.held_out_things,
+                                 split.held_out_relations)  # fmt: skip
+    # without the filter some edits do name one (so the assertions above can fail)
+    free, _ = hard_negatives(split.train.captions, objs, 2, np.random.default_rng(0))
+    assert any(
+        C.is_held_out(C.parse_caption(c), split.held_out_things, split.held_out_relations)
+        for c in free
+    )

@@ -24,7 +24,13 @@ from minigen.synthesis.captions import Exists, Property, Relation, parse_caption
 from minigen.synthesis.scenes import COLOURS, SHAPES, SceneObject
 from minigen.tensor import Tensor
 
-__all__ = ["describes", "minimal_edits", "hard_negatives", "hard_negative_loss"]
+__all__ = [
+    "describes",
+    "minimal_edits",
+    "seen_combinations",
+    "hard_negatives",
+    "hard_negative_loss",
+]
 
 
 def describes(caption: str | Sequence[Property], objects: Sequence[SceneObject]) -> bool:
@@ -71,18 +77,32 @@ def minimal_edits(caption: str) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def seen_combinations(properties: Sequence[Sequence[Property]]) -> frozenset:
+    """The things and (colour, relation, colour) triples that some caption names."""
+    out = set()
+    for props in properties:
+        for p in props:
+            out.add(p.thing if isinstance(p, Exists) else (p.a.colour, p.relation, p.b.colour))
+    return frozenset(out)
+
+
 def hard_negatives(
     captions: Sequence[str],
     objects: Sequence[Sequence[SceneObject]],
     k: int,
     gen: np.random.Generator,
+    seen: frozenset | None = None,
 ) -> tuple[list[str], np.ndarray]:
     """k minimal edits per caption that do not describe its scene (drawn without replacement),
     as one list of len(captions) * k captions, and which captions have k of them, (B,) bool
-    (the others' places hold their own caption and are left out of the loss)."""
+    (the others' places hold their own caption and are left out of the loss). With `seen`
+    (`seen_combinations` of the training captions) only edits that name seen things and
+    relation triples: an edit into a held-out combination would teach that it never matches."""
     out, valid = [], np.zeros(len(captions), dtype=bool)
     for i, (cap, objs) in enumerate(zip(captions, objects, strict=True)):
         edits = [c for c in minimal_edits(cap) if not describes(c, objs)]
+        if seen is not None:
+            edits = [c for c in edits if seen_combinations([parse_caption(c)]) <= seen]
         valid[i] = len(edits) >= k
         out += (
             [edits[j] for j in gen.choice(len(edits), k, replace=False)] if valid[i] else [cap] * k

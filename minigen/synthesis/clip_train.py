@@ -35,9 +35,10 @@ from minigen.synthesis.clip import CLIP, CLIPConfig, caption_key, contrastive_lo
 from minigen.synthesis.clip_hard import (
     describes,
     hard_negative_loss,
-    hard_negatives,
     minimal_edits,
+    seen_combinations,
 )
+from minigen.synthesis.clip_hard import hard_negatives as hard_negatives_of
 from minigen.synthesis.scenes import COLOURS, SHAPES, generate, to_unit
 from minigen.tensor import Tensor, no_grad
 from minigen.training import Loop, Schedule
@@ -95,7 +96,8 @@ def train_clip(
     `grad_clip` (0: not clipped), a non-finite loss or gradient stops the run with
     `TrainingDiverged`. Returns the model and the loss and in-batch accuracy of every step.
     hard_negatives k > 0 adds, for every image, the cross-entropy of its own caption against k
-    minimal edits of it (`clip_hard.hard_negative_loss`, weight 1).
+    minimal edits of it that name only combinations the training captions show
+    (`clip_hard.hard_negative_loss`, weight 1).
     """
     cfg = config or CLIPConfig()
     given_data = data
@@ -124,6 +126,7 @@ def train_clip(
     if hard_negatives:  # written only when used: older checkpoints have no such key
         settings["hard_negatives"] = hard_negatives
     hard_gen = np.random.default_rng([seed, 2])  # which edits
+    seen = seen_combinations(data.properties) if hard_negatives else None
     result = TrainResult(model, settings=settings)
     # warm-up, then cosine decay to lr / 20 (the shipped CLIP's recipe)
     loop = Loop(model, opt, steps, Schedule(lr, warmup, steps, lr / 20), grad_clip,
@@ -142,7 +145,8 @@ def train_clip(
         loss = contrastive_loss(z_img, z_txt, model.log_scale, P, cfg.max_scale)
         if hard_negatives:
             objs = [data.scenes.objects(i) for i in idx]
-            caps, valid = _hard(data, idx, objs, hard_negatives, hard_gen)
+            caps, valid = hard_negatives_of([data.captions[i] for i in idx], objs, hard_negatives,
+                                            hard_gen, seen)  # fmt: skip
             z_hard = model.encode_text(caps)  # (B k, E)
             # L + L_hard: each image's own caption against k minimal edits of it
             loss = loss + hard_negative_loss(z_img, z_txt, z_hard, model.log_scale, valid,
@@ -157,11 +161,6 @@ def train_clip(
     result.losses = loop.run(loss_at)
     model.eval()
     return result
-
-
-def _hard(data: CaptionedScenes, idx: np.ndarray, objs: list, k: int, gen: Any) -> tuple:
-    """k minimal edits of each caption of the batch, and which captions have them."""
-    return hard_negatives([data.captions[i] for i in idx], objs, k, gen)
 
 
 def _key_ids(captions: Sequence[str]) -> np.ndarray:
