@@ -199,10 +199,35 @@ def test_group_norm_silu_on_numpy_is_group_norm_then_silu_bit_for_bit(dtype):
             np.testing.assert_array_equal(a, c)
 
 
+def _digits_unet_loss(x):
+    model = UNet(image_size=8, base_channels=8)
+    return F.mse_loss(model(Tensor(x), np.array([3, 500])), x)
+
+
+def _text_unet_loss(x):
+    g = np.random.default_rng(6)
+    pooled, states = (
+        Tensor(g.standard_normal(s).astype(np.float32)) for s in ((2, 16), (2, 5, 16))
+    )
+    mask = np.arange(5)[None, :] < np.array([[5], [2]])  # (B, L)
+    model = CrossAttnUNet(
+        image_size=8, in_channels=1, base_channels=8, channel_mults=(1, 2), cond_dim=16,
+        text_dim=16, heads=2, attn_levels=(1,),
+    )  # fmt: skip
+    return F.mse_loss(model(Tensor(x), np.array([3, 500]), Caption(pooled, states, mask)), x)
+
+
 @pytest.mark.parametrize("backend_name", BACKENDS)
-def test_digits_unet_runs_group_norm_silu_through_its_dispatch_row(backend_name, monkeypatch):
-    """Every SiLU(GroupNorm) of the U-Net (two per residual block, one before the output
-    conv: 11 with two levels) calls the backend's fused kernel, once forward, once backward."""
+@pytest.mark.parametrize(
+    "loss, sites",
+    # the digits U-Net: two per residual block and one before the output conv, 11 with two
+    # levels; the text-conditioned one: the first of each FiLM block (5) and the output's
+    [(_digits_unet_loss, 11), (_text_unet_loss, 6)],
+    ids=["digits UNet", "CrossAttnUNet"],
+)
+def test_unets_run_group_norm_silu_through_its_dispatch_row(backend_name, loss, sites, monkeypatch):
+    """Every SiLU(GroupNorm) site of the U-Nets calls the backend's fused kernel, once
+    forward, once backward."""
     calls = {"group_norm_silu_forward": 0, "group_norm_silu_backward": 0}
     with backend.using(backend_name):
         k = backend.kernel_module()
@@ -217,6 +242,5 @@ def test_digits_unet_runs_group_norm_silu_through_its_dispatch_row(backend_name,
         minigen.manual_seed(0)
         x = np.random.default_rng(5).standard_normal((2, 1, 8, 8)).astype(np.float32)
         with default_dtype(np.float32):
-            model = UNet(image_size=8, base_channels=8)
-            F.mse_loss(model(Tensor(x), np.array([3, 500])), x).backward()
-    assert calls == {"group_norm_silu_forward": 11, "group_norm_silu_backward": 11}
+            loss(x).backward()
+    assert calls == {"group_norm_silu_forward": sites, "group_norm_silu_backward": sites}

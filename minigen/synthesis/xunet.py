@@ -126,7 +126,9 @@ class FiLMResBlock(nn.Module):
 
     def forward(self, x: Tensor, temb: Tensor) -> Tensor:
         B, c_out = x.shape[0], self.conv1.weight.shape[0]
-        h = self.conv1(F.silu(self.norm1(x)))  # (B, c_out, H, W)
+        n1 = self.norm1  # SiLU(GroupNorm(x)) as one op (a fused kernel on "numba")
+        a = F.group_norm_silu(x, n1.num_groups, n1.weight, n1.bias, n1.eps)  # (B, c_in, H, W)
+        h = self.conv1(a)  # (B, c_out, H, W)
         gb = self.film(F.silu(temb)).reshape(B, 2, c_out, 1, 1)  # (B, 2, c_out, 1, 1)
         # FiLM: GN(h) (1 + gamma) + beta, one gamma and beta per channel
         h = self.norm2(h) * (gb[:, 0] + 1.0) + gb[:, 1]  # (B, c_out, H, W)
@@ -293,4 +295,5 @@ class CrossAttnUNet(nn.Module):
                 h = next(up_attn)(h, s, m)  # (B, w_i, S_i, S_i)
             if j < len(self.up) - 1:  # up: nearest-neighbour, each pixel into a 2x2 block
                 h = F.upsample_nearest2d(h, 2)  # (B, w_i, 2 S_i, 2 S_i)
-        return self.out(F.silu(self.out_norm(h)))  # (B, C, S, S)
+        n = self.out_norm  # SiLU(GroupNorm(h)) as one op
+        return self.out(F.group_norm_silu(h, n.num_groups, n.weight, n.bias, n.eps))  # (B, C, S, S)
