@@ -10,7 +10,8 @@ Reinforcement Learning approach." (The Little Book of Deep Learning, §7.1)
 - `rater`: the simulated rater, the only source of feedback (demonstrations, comparisons);
 - `data`, `models`, `losses`: response-masked batches; reward model and value head on the
   GPT trunk; Bradley-Terry, PPO, GAE, KL and DPO;
-- `train`, `ppo`: the stages; `evaluate`: the results table; `io`: checkpoints;
+- `train`, `ppo`: the stages; `evaluate`: the results table; `io`: checkpoints; `report`:
+  the results files (with the seed and the machine) and the summary over seeds;
 - `pipeline`, `commands`: `minigen rlhf pretrain|sft|reward|ppo|dpo|eval|all`.
 
 `SHIPPED` is the folder of the small checkpoints the lesson uses (made by
