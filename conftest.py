@@ -14,6 +14,11 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("MINIGEN_FAST", "1")
+# The training commands' --backend auto takes numba where it runs (minigen.backend.resolve);
+# the suite runs them on the NumPy reference unless a test asks otherwise, so that a command's
+# numbers can be compared with the library's in the same process. The kernels are held to the
+# reference by tests/test_kernels_parity.py, and auto itself by tests/test_cli_backend.py.
+os.environ.setdefault("MINIGEN_BACKEND", "numpy")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 try:

@@ -39,7 +39,7 @@ import numpy as np
 __all__ = [
     "BACKENDS", "BackendError", "BackendMismatchError", "use", "current", "kernel_module",
     "available", "why_unavailable", "xp", "array_module", "to_numpy", "scatter_add", "erf",
-    "import_kernels", "keep_freed_memory", "blas_threads", "using",
+    "import_kernels", "keep_freed_memory", "blas_threads", "using", "resolve", "describe",
 ]  # fmt: skip
 
 BACKENDS = ("numpy", "numba", "cupy")
@@ -125,6 +125,34 @@ def use(name: str) -> None:
     else:
         module = np
     _name, xp, _kernels = name, module, kernels
+
+
+def resolve(requested: str = "auto") -> str:
+    """The backend a training command runs on (its --backend flag): `requested`, or for "auto"
+    MINIGEN_BACKEND's choice when the environment sets it, otherwise the rule measured in
+    benchmarks/README.md ("Which backend a command runs on"): "numba" wherever its kernels run,
+    as it was the faster on the CPU for every model measured (the GPT iteration, the U-Net
+    step), else "numpy". A GPU ("cupy") only when asked: at the CPU models' small batches a
+    kernel launch costs more than the work. ValueError for an unknown name.
+    """
+    if requested == "auto":
+        if os.environ.get("MINIGEN_BACKEND"):
+            return current()
+        return "numba" if why_unavailable("numba") is None else "numpy"
+    why_unavailable(requested)  # ValueError naming the choices for an unknown name
+    return requested
+
+
+def describe() -> str:
+    """What a command runs on, as it prints it once at its start: "backend numba, 2 BLAS threads"."""
+    try:
+        from threadpoolctl import threadpool_info
+
+        blas = [p["num_threads"] for p in threadpool_info() if p.get("user_api") == "blas"]
+    except ImportError:  # threadpoolctl comes with scikit-learn; without it, say nothing
+        blas = []
+    threads = f", {max(blas)} BLAS thread{'s' * (max(blas) != 1)}" if blas else ""
+    return f"backend {current()}{threads}"
 
 
 def current() -> str:

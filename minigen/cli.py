@@ -26,16 +26,21 @@ from __future__ import annotations
 
 import _thread
 import argparse
+import contextlib
 import os
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from minigen import __version__
+from minigen import __version__, backend
 from minigen import cli_args as num
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "TRAINING_COMMANDS"]
+
+# the commands that train a model: each takes --backend (default "auto", `backend.choose`) and
+# says once, at its start, what it runs on
+TRAINING_COMMANDS = ("train-gpt", "train-icl", "train-diffusion", "train-text2im")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -99,7 +104,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_text2im_commands(sub)
     # -- end of §7.2 text-to-image -------------------------------------------------------------
+
+    for name in TRAINING_COMMANDS:
+        sub.choices[name].add_argument(
+            "--backend", choices=("auto", *backend.BACKENDS), default="auto",
+            help="numpy, numba or cupy; auto: MINIGEN_BACKEND if set, else numba where its "
+            "kernels run (the faster on CPUs, measured: benchmarks/README.md) (default: auto)",
+        )  # fmt: skip
     return parser
+
+
+@contextlib.contextmanager
+def _training_backend(args: argparse.Namespace) -> Iterator[None]:
+    """For a training command, its --backend for the length of the command (the one before
+    afterwards), said once at the start (by rank 0 alone under MPI; not with --quiet); for
+    another command, nothing."""
+    requested = getattr(args, "backend", None)
+    if requested is None:
+        yield
+        return
+    with backend.using(backend.resolve(requested)):
+        rank = os.environ.get("OMPI_COMM_WORLD_RANK") or os.environ.get("PMI_RANK") or "0"
+        if rank == "0" and not getattr(args, "quiet", False):
+            how = " (auto)" if requested == "auto" else ""
+            print(f"minigen: {backend.describe()}{how}", flush=True)
+        yield
 
 
 def _interrupts_not_ignored(hook: Any) -> Any:
@@ -124,7 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.unraisablehook = _interrupts_not_ignored(previous_hook)
     try:
         args = build_parser().parse_args(argv)  # a bad flag: argparse's line, exit status 2
-        return int(args.func(args) or 0)
+        with _training_backend(args):
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:  # worker processes ignore Ctrl-C: this is the one report
         # an interrupt that went through exec(<string>) (SciPy's imports run some) leaves
         # CPython marked to kill itself with SIGINT at exit, even once caught (exit status -2,
