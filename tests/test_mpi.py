@@ -34,7 +34,9 @@ TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16
 
 
 def mpirun(n: int, *command: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    # one backend for the CLI's ranks and the library's (`diffusion-until`), whatever the default
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+           "MINIGEN_BACKEND": os.environ.get("MINIGEN_BACKEND", "numpy")}  # fmt: skip
     return subprocess.run([MPIEXEC, "-n", str(n), *command], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
 
