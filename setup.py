@@ -41,8 +41,13 @@ setup(
             "jupyter",
             "ipykernel",
             "ruff>=0.5",
+            # tests/test_mpi.py runs real mpiexec jobs (the mpi extra; no Windows wheel of MPICH)
+            "mpi4py>=4.0; sys_platform != 'win32'",
+            "mpich>=4.2; sys_platform != 'win32'",
         ],
         "gpu": ["cupy-cuda12x"],
+        # data parallelism on MPI: mpiexec -n N minigen train-gpt ... (docs/parallel.md)
+        "mpi": ["mpi4py>=4.0", "mpich>=4.2"],
         # load_gpt2("gpt2") / minigen fewshot --model gpt2 download from the hub with it
         "hub": ["huggingface_hub"],
         # Test oracles and benchmark peers only: never imported at run time.
