@@ -23,7 +23,7 @@ from minigen.diffusion import LOSS_LABEL, PREDICTIONS
 from minigen.parallel import default_workers
 from minigen.plotting import plot_losses, save_figure
 from minigen.run_state import resumable_run
-from minigen.runs import RunLock
+from minigen.runs import RunLock, refuse_overwrite
 from minigen.synthesis.checker import score_batch
 from minigen.synthesis.clip_train import save_clip, train_clip
 from minigen.synthesis.sampling import DEFAULT_SCALE, Text2Im, check_request, plot_samples
@@ -34,15 +34,10 @@ from minigen.synthesis.text2im_io import save_text2im
 __all__ = ["add_commands", "text2im_cmd", "train_cmd"]
 
 
-def _refuse_overwrite(path: str, force: bool) -> None:
-    if os.path.exists(path) and not force:
-        raise ValueError(f"{path} exists; pass --force to overwrite it")
-
-
 def text2im_cmd(args: argparse.Namespace) -> int:
     caption = args.caption
     check_request(caption, args.n, args.method, args.sampler, args.image_size)  # before loading
-    _refuse_overwrite(args.out, args.force)
+    refuse_overwrite(args.out, args.force)
     t2i = Text2Im(clip=args.clip, scenes=args.scenes, cond=args.cond)
     scale = DEFAULT_SCALE[args.method] if args.scale is None else args.scale
     try:
@@ -75,7 +70,7 @@ def train_cmd(args: argparse.Namespace) -> int:
     out = args.out or f"text2im_{args.model}.safetensors"
     loss_png = args.loss_plot or os.path.splitext(out)[0] + "_loss.png"
     for path in (out, loss_png):
-        _refuse_overwrite(path, args.force)
+        refuse_overwrite(path, args.force)
     clip = args.model == "clip"
     if args.steps is None:
         args.steps = 1000 if clip else 2000
