@@ -1,10 +1,15 @@
-"""Lessons are committed clean: no outputs, no execution counts (reviewable diffs).
+"""Lessons are committed executed (in full mode, so anyone can read their outputs without running
+them), with clean metadata, execution counts in order, and outputs that are fresh: computed from
+the code cells as they are now.
 
-They are executed by nbmake as part of the suite (fast mode, MINIGEN_FAST=1).
+`python lessons/execute.py` re-executes them and stores `minigen.code_hash`, a hash of the code
+cells, in each notebook's metadata; the freshness test recomputes it. CI also executes every lesson
+in fast mode (MINIGEN_FAST=1) through nbmake, which never writes the notebooks back.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import runpy
 from pathlib import Path
@@ -12,6 +17,14 @@ from pathlib import Path
 import pytest
 
 LESSONS = sorted((Path(__file__).resolve().parents[1] / "lessons").glob("*.ipynb"))
+EXECUTE = LESSONS[0].parent / "execute.py" if LESSONS else None
+
+
+def _execute_module():
+    spec = importlib.util.spec_from_file_location("lessons_execute", EXECUTE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_there_are_lessons():
@@ -19,15 +32,70 @@ def test_there_are_lessons():
 
 
 @pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.name)
-def test_lesson_is_committed_without_outputs_and_imports_minigen(path):
+def test_lesson_imports_minigen_and_has_a_fast_mode(path):
     nb = json.loads(path.read_text(encoding="utf-8"))
-    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
-    for cell in code:
-        assert cell.get("outputs") == [], f"{path.name}: a cell has outputs"
-        assert cell.get("execution_count") is None, f"{path.name}: a cell has an execution count"
-    source = "".join("".join(c["source"]) for c in code)
+    source = "".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
     assert "import minigen" in source or "from minigen" in source
     assert "MINIGEN_FAST" in source, f"{path.name}: no fast mode for CI"
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.name)
+def test_lesson_is_stored_executed_with_clean_metadata_and_counts_in_order(path):
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    allowed = set(_execute_module().NOTEBOOK_KEYS)
+    assert set(nb["metadata"]) <= allowed, (
+        f"{path.name}: notebook metadata {sorted(nb['metadata'])}"
+    )
+    assert nb["metadata"].get("minigen", {}).get("mode") == "full", (
+        f"{path.name}: not stored executed in full mode; run `python lessons/execute.py {path.name[:2]}`"
+    )
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    counts = [c.get("execution_count") for c in code]
+    assert counts == list(range(1, len(code) + 1)), (
+        f"{path.name}: execution counts {counts}, expected 1..{len(code)} in order (one clean run)"
+    )
+    for cell in nb["cells"]:
+        assert set(cell.get("metadata", {})) <= {"tags"}, (
+            f"{path.name}, cell {cell.get('id')}: metadata {sorted(cell['metadata'])}"
+        )
+    for cell in code:
+        kinds = [o["output_type"] for o in cell["outputs"]]
+        assert "error" not in kinds, f"{path.name}, cell {cell.get('id')}: a stored error"
+    if any("plt.show()" in "".join(c["source"]) for c in code):  # figures are visible unrun
+        images = [o for c in code for o in c["outputs"] if "image/png" in o.get("data", {})]
+        assert images, f"{path.name}: plots, but no figure stored"
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.name)
+def test_stored_outputs_are_fresh(path):
+    """The stored outputs were computed from the code cells as they are now."""
+    execute = _execute_module()
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    stored = nb["metadata"].get("minigen", {}).get("code_hash")
+    assert stored == execute.code_hash(nb), (
+        f"{path.name}: its code changed since its outputs were stored; "
+        f"run `python lessons/execute.py {path.name[:2]}` and commit the notebook"
+    )
+
+
+def test_freshness_hash_sees_a_code_change_and_ignores_markdown():
+    execute = _execute_module()
+    nb = json.loads(LESSONS[0].read_text(encoding="utf-8"))
+    before = execute.code_hash(nb)
+    markdown = next(c for c in nb["cells"] if c["cell_type"] == "markdown")
+    markdown["source"] = ["# another title"]
+    assert execute.code_hash(nb) == before
+    code = next(c for c in nb["cells"] if c["cell_type"] == "code")
+    code["source"] = ["".join(code["source"]) + "\nx = 1"]
+    assert execute.code_hash(nb) != before
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.name)
+def test_stored_outputs_hold_no_path_of_the_machine_that_ran_them(path):
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    text = json.dumps([c.get("outputs", []) for c in nb["cells"]])
+    for prefix in ("/work/", "/tmp/", "/home/", "/root/"):
+        assert prefix not in text, f"{path.name}: an output holds a path under {prefix}"
 
 
 # ----------------------------------------------------------------------------- exercises

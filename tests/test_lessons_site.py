@@ -81,7 +81,8 @@ def test_site_renders_its_figures_in_a_headless_browser(tmp_path):
     browser = _browser()
     if browser is None:
         pytest.skip(f"no headless browser installed (looked for {', '.join(BROWSERS)})")
-    lesson = next(p for p in LESSONS if _stored_figures(p) > 0)
+    lesson = next((p for p in LESSONS if _stored_figures(p) > 0), None)
+    assert lesson is not None, "no lesson stores a figure: run `python lessons/execute.py`"
     index, page = _site_module().build(tmp_path, [lesson])
     _, _, links = _probe(browser, index)
     assert links >= 1, "the index shows no link"
