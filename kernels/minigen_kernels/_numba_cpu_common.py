@@ -9,6 +9,13 @@ on, see `use_threads`) runs its loop as `prange` on Numba's threads
 (`numba.get_num_threads()`), False as a plain loop on the calling core, which wakes
 no thread. `numba_cpu.set_parallel_min_size` changes the threshold (0: always threads).
 
+By default no call uses threads: BLAS already runs the matrix products on every core, and
+its threads spin between products, so on the 2-core machine Numba's split loops slowed a
+whole GPT iteration (2 threads each) where they took effect, above 1M elements: width 256,
+context 128: 247 ms with them, 175 ms without; width 512: 1,032 ms and 844 ms (PyTorch 196
+and 946-1,032 ms; benchmarks/results/gpt_sizes-2026-12-08.md). On an idle many-core machine
+`set_parallel_min_size(1 << 20)` gives them back.
+
 Numba's on-disk cache does not notice edits to this file in the kernels that use
 `fast_exp`: delete kernels/minigen_kernels/__pycache__ after changing it.
 
@@ -43,7 +50,7 @@ from numba.extending import overload
 
 __all__ = ["fast_exp", "use_threads", "PARALLEL_MIN_SIZE"]
 
-PARALLEL_MIN_SIZE = 1 << 20  # elements (4 MiB of float32): below this, one core
+PARALLEL_MIN_SIZE = 1 << 62  # elements: below this, one core (so by default, always one core)
 
 
 def use_threads(size: int) -> bool:

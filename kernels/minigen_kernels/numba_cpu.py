@@ -10,10 +10,10 @@ and scales it, touching main memory about once in and once out.
 How the loops are compiled:
 - `parallel=True` with `prange` over rows: rows are independent, so the cores split
   them. Waking the worker threads costs from tens of microseconds (idle machine) to
-  milliseconds (busy machine), more than a whole 0.2 ms softmax, so arrays under
-  `PARALLEL_MIN_SIZE` elements (1M; see `_numba_cpu_common.py`) run on one core,
-  which is where fusing alone must beat NumPy. `set_parallel_min_size(0)` uses every
-  core for every call.
+  milliseconds (busy machine), more than a whole 0.2 ms softmax, and BLAS's threads
+  already hold the cores, so by default every call runs on one core (`PARALLEL_MIN_SIZE`,
+  see `_numba_cpu_common.py` for the measurement), which is where fusing alone must beat
+  NumPy. `set_parallel_min_size(0)` uses every core for every call.
 - `fastmath={"reassoc", "contract"}` only on the kernels that *sum* (softmax family,
   layer norm): it lets LLVM keep 8 partial sums in SIMD lanes (another rounding
   order, not another result beyond rounding) and fuse multiply-adds. We never
