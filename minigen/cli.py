@@ -33,7 +33,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from minigen import __version__, backend
+from minigen import __version__, backend, mpi
 from minigen import cli_args as num
 
 __all__ = ["main", "build_parser", "TRAINING_COMMANDS"]
@@ -124,8 +124,8 @@ def _training_backend(args: argparse.Namespace) -> Iterator[None]:
         yield
         return
     with backend.using(backend.resolve(requested)):
-        rank = os.environ.get("OMPI_COMM_WORLD_RANK") or os.environ.get("PMI_RANK") or "0"
-        if rank == "0" and not getattr(args, "quiet", False):
+        comm = mpi.world()  # None outside an MPI job of several ranks
+        if (comm is None or comm.Get_rank() == 0) and not getattr(args, "quiet", False):
             how = " (auto)" if requested == "auto" else ""
             print(f"minigen: {backend.describe()}{how}", flush=True)
         yield
