@@ -70,8 +70,11 @@ def save(
     path: str | os.PathLike,
     tensors: Mapping[str, Any],
     config: Mapping[str, Any] | None = None,
+    half: bool = False,
 ) -> Path:
-    """Save named arrays (NumPy or CuPy) and a JSON-able config to a safetensors file."""
+    """Save named arrays (NumPy or CuPy) and a JSON-able config to a safetensors file; `half`
+    stores the float arrays as float16 (half the file; `load_state_dict` reads them back into
+    the model's dtype, a relative rounding of at most 2^-11 per weight)."""
     from safetensors.numpy import save as st_save
 
     # ascontiguousarray turns a 0-d array into shape (1,): reshape keeps scalars scalars
@@ -79,6 +82,8 @@ def save(
         k: np.ascontiguousarray(backend.to_numpy(v)).reshape(np.shape(v))
         for k, v in tensors.items()
     }
+    if half:
+        arrays = {k: a.astype(np.float16) if a.dtype.kind == "f" else a for k, a in arrays.items()}
     metadata = {"format": "minigen", "config": json.dumps(dict(config or {}), sort_keys=True)}
     return atomic_write(path, st_save(arrays, metadata=metadata))
 

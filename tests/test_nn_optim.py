@@ -234,3 +234,18 @@ def test_mlp_trained_with_adamw_reaches_95_percent_on_two_moons():
     assert losses[-1] < losses[0]
     assert accuracy(model, Xte, yte) >= 0.95
     assert isinstance(model, MLP)
+
+
+def test_checkpoint_save_half_stores_floats_as_float16_and_reads_back_within_rounding(tmp_path):
+    from minigen import checkpoint
+
+    w = np.random.default_rng(0).standard_normal((5, 7)).astype(np.float32)
+    ids = np.arange(4, dtype=np.int64)
+    path = checkpoint.save(tmp_path / "h.safetensors", {"w": w, "ids": ids}, {"k": 1}, half=True)
+    arrays, config = checkpoint.load(path)
+    assert arrays["w"].dtype == np.float16 and arrays["ids"].dtype == np.int64
+    assert config == {"k": 1} and np.array_equal(arrays["ids"], ids)
+    # float16 keeps 11 significant bits: a relative rounding of at most 2^-11
+    assert np.all(np.abs(arrays["w"].astype(np.float32) - w) <= np.abs(w) * 2.0**-11 + 1e-7)
+    full = checkpoint.save(tmp_path / "f.safetensors", {"w": w, "ids": ids}, {"k": 1})
+    assert path.stat().st_size == full.stat().st_size - w.size * 2  # 2 bytes less per weight

@@ -69,12 +69,10 @@ def save_cond(model: CondModel, path: str | os.PathLike, half: bool = False) -> 
     """Write a conditional denoiser; `half` stores its weights as float16 (half the file,
     read back into the model's float32: a relative rounding of at most 2^-11 per weight)."""
     state = model.denoiser.state_dict()
-    if half:
-        state = {k: v.astype(np.float16) for k, v in state.items()}
     meta = {"format": FORMAT, "version": VERSION, "model": model.denoiser.config,
             "schedule": model.schedule, "train": model.config.get("train", {}),
             "stored_dtype": "float16" if half else str(next(iter(state.values())).dtype)}  # fmt: skip
-    return checkpoint.save(path, state, meta)
+    return checkpoint.save(path, state, meta, half=half)
 
 
 def resolve(name_or_path: str | os.PathLike) -> Path:

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from minigen import backend, checkpoint
+from minigen import checkpoint
 from minigen.checkpoint import CheckpointError, atomic_write
 from minigen.plotting import plot_losses, save_figure
 from minigen.run_state import STATE_FILES, read_state, write_state
@@ -132,10 +132,7 @@ def save_checkpoint(
         if loop is not None:
             write_state(tmp, model, loop, extra_state)
         else:
-            state = model.state_dict()
-            if half:  # a relative rounding of at most 2^-11 per weight
-                state = {k: backend.to_numpy(v).astype(np.float16) for k, v in state.items()}
-            checkpoint.save(tmp / CHECKPOINT_FILES["model"], state)
+            checkpoint.save(tmp / CHECKPOINT_FILES["model"], model.state_dict(), half=half)
         atomic_write(tmp / CHECKPOINT_FILES["config"], json.dumps(config, indent=1))
         tokenizer.save(tmp / CHECKPOINT_FILES["tokenizer"])
         if plot is not None:
